@@ -1,0 +1,182 @@
+//! On every node: runs the tasks assigned to it and reports their state.
+//!
+//! The agent compares the store's tasks for this node with what runs locally,
+//! starts and stops replicas through the runtime, tells the mesh which local
+//! replicas exist, and reports every state change through raft.
+//!
+//! Architecture invariant: a task starts only after its assignment is
+//! committed (the agent reads assignments from the applied store only), and
+//! a replica is in the mesh before its task is reported `running`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use swarmlet_proto::{Command, DesiredState, Image, Task, TaskState};
+use tokio::sync::watch;
+
+use crate::blobs::Blobs;
+use crate::mesh::{Backend, Mesh};
+use crate::raft::RaftHandle;
+use crate::runtime::wasm::{WasmApp, WasmRuntime};
+use crate::store::Store;
+
+struct Local {
+    service_id: String,
+    service_name: String,
+    name: String,
+    digest: String,
+    app: Arc<WasmApp>,
+}
+
+pub struct Agent {
+    pub node_id: String,
+    pub store: Arc<Store>,
+    pub raft: RaftHandle,
+    pub runtime: Arc<WasmRuntime>,
+    pub blobs: Arc<Blobs>,
+    pub mesh: Arc<Mesh>,
+}
+
+enum Action {
+    Start(Task, String),
+    Stop(String),
+    Report(String, TaskState, String, Option<String>),
+}
+
+impl Agent {
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let mut changes = self.store.changes();
+        let mut local: HashMap<String, Local> = HashMap::new();
+        loop {
+            let actions = self.plan(&local);
+            let mut reports = Vec::new();
+            let mut mesh_dirty = false;
+            for action in actions {
+                match action {
+                    Action::Start(task, digest) => {
+                        mesh_dirty = true;
+                        match self.start(&task, &digest).await {
+                            Ok(app) => {
+                                local.insert(
+                                    task.id.clone(),
+                                    Local {
+                                        service_id: task.service_id.clone(),
+                                        service_name: task.service_name.clone(),
+                                        name: task.display_name(),
+                                        digest,
+                                        app,
+                                    },
+                                );
+                                reports.push((task.id.clone(), TaskState::Running, "running".to_string(), None));
+                            }
+                            Err(e) => {
+                                tracing::warn!(task = %task.display_name(), "task failed to start: {e}");
+                                reports.push((task.id.clone(), TaskState::Failed, "starting failed".into(), Some(e)));
+                            }
+                        }
+                    }
+                    Action::Stop(id) => {
+                        mesh_dirty = true;
+                        if let Some(l) = local.remove(&id) {
+                            tracing::info!(task = %l.name, "replica stopped");
+                            if !local.values().any(|o| o.digest == l.digest) {
+                                self.runtime.unload(&l.digest);
+                            }
+                        }
+                        reports.push((id, TaskState::Shutdown, "shutdown".into(), None));
+                    }
+                    Action::Report(id, state, msg, err) => reports.push((id, state, msg, err)),
+                }
+            }
+            if mesh_dirty {
+                self.publish(&local);
+            }
+            // Proposed together, so raft commits them in one batch.
+            let proposals = reports.into_iter().map(|(task_id, state, message, error)| {
+                self.raft.propose(Command::UpdateTaskStatus { task_id, state, message, error })
+            });
+            for r in futures::future::join_all(proposals).await {
+                if let Err(e) = r {
+                    tracing::warn!("reporting task state failed: {e}");
+                }
+            }
+            tokio::select! {
+                _ = changes.changed() => {}
+                _ = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+
+    /// What to do to make local replicas match this node's tasks.
+    fn plan(&self, local: &HashMap<String, Local>) -> Vec<Action> {
+        let state = self.store.read();
+        let mut actions = Vec::new();
+        for t in state.tasks.values().filter(|t| t.node_id.as_deref() == Some(self.node_id.as_str())) {
+            let here = local.contains_key(&t.id);
+            match t.desired_state {
+                DesiredState::Running if !t.state.is_terminal() && !here => {
+                    let Some(service) = state.services.get(&t.service_id) else { continue };
+                    let Image::Wasm { digest, .. } = &service.spec.image;
+                    actions.push(Action::Start(t.clone(), digest.clone()));
+                }
+                DesiredState::Running if here && t.state < TaskState::Running => {
+                    // Started before a restart of the report path; say so again.
+                    actions.push(Action::Report(t.id.clone(), TaskState::Running, "running".into(), None));
+                }
+                DesiredState::Shutdown if here || !t.state.is_terminal() => {
+                    actions.push(Action::Stop(t.id.clone()));
+                }
+                _ => {}
+            }
+        }
+        // Local replicas whose task is gone from the store.
+        for id in local.keys() {
+            if !state.tasks.contains_key(id) {
+                actions.push(Action::Stop(id.clone()));
+            }
+        }
+        actions
+    }
+
+    async fn start(&self, task: &Task, digest: &str) -> Result<Arc<WasmApp>, String> {
+        if task.state < TaskState::Starting {
+            let _ = self
+                .raft
+                .propose(Command::UpdateTaskStatus {
+                    task_id: task.id.clone(),
+                    state: TaskState::Starting,
+                    message: "starting".into(),
+                    error: None,
+                })
+                .await;
+        }
+        let blob = self.blobs.existing(digest).map_err(|e| e.to_string())?;
+        let runtime = self.runtime.clone();
+        let digest = digest.to_string();
+        // Compiling can take a while the first time: keep it off the reactor.
+        let app = tokio::task::spawn_blocking(move || runtime.load(&digest, &blob))
+            .await
+            .map_err(|e| format!("loading the component panicked: {e}"))?
+            .map_err(|e| e.to_string())?;
+        tracing::info!(task = %task.display_name(), "replica running");
+        Ok(app)
+    }
+
+    fn publish(&self, local: &HashMap<String, Local>) {
+        let mut by_service: HashMap<String, (String, Vec<Backend>)> = HashMap::new();
+        for l in local.values() {
+            by_service
+                .entry(l.service_id.clone())
+                .or_insert_with(|| (l.service_name.clone(), Vec::new()))
+                .1
+                .push(Backend::LocalWasm { replica: l.name.clone(), app: l.app.clone() });
+        }
+        for (_, list) in by_service.values_mut() {
+            list.sort_by(|a, b| match (a, b) {
+                (Backend::LocalWasm { replica: x, .. }, Backend::LocalWasm { replica: y, .. }) => x.cmp(y),
+            });
+        }
+        self.mesh.set_backends(by_service);
+    }
+}

@@ -1,0 +1,54 @@
+//! API errors: a status code and a message that says what to do.
+
+use crate::blobs::BlobError;
+use crate::raft::ProposeError;
+use crate::store::StoreError;
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: u16,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: u16, message: impl Into<String>) -> Self {
+        ApiError { status, message: message.into() }
+    }
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(400, message)
+    }
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(404, message)
+    }
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self::new(409, message)
+    }
+    pub fn not_in_swarm() -> Self {
+        Self::new(
+            503,
+            "this node is not a swarm manager. Use \"swarmlet init\" to create a single-node swarm on it",
+        )
+    }
+}
+
+impl From<ProposeError> for ApiError {
+    fn from(e: ProposeError) -> Self {
+        match &e {
+            ProposeError::Refused(StoreError::NoSuchService(_) | StoreError::NoSuchTask(_)) => Self::not_found(e.to_string()),
+            ProposeError::Refused(_) => Self::conflict(e.to_string()),
+            ProposeError::NotLeader => Self::new(503, "this manager is not the raft leader right now; retry in a moment"),
+            ProposeError::Stopped => Self::new(503, "the node is shutting down"),
+            ProposeError::Raft(_) => Self::new(500, e.to_string()),
+        }
+    }
+}
+
+impl From<BlobError> for ApiError {
+    fn from(e: BlobError) -> Self {
+        match e {
+            BlobError::NotFound(_) => Self::not_found(format!("{e}; upload it first (POST /v1/blobs)")),
+            BlobError::BadDigest(_) => Self::bad_request(e.to_string()),
+            BlobError::Io { .. } => Self::new(500, e.to_string()),
+        }
+    }
+}

@@ -1,0 +1,286 @@
+//! One function per endpoint. Handlers validate, then propose through raft;
+//! they answer only after the change is committed and applied.
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use swarmlet_proto::api::*;
+use swarmlet_proto::{
+    Command, DesiredState, Image, Node, NodeRole, PortConfig, Protocol, Service, ServiceSpec, TaskState,
+    DYNAMIC_PORT_RANGE,
+};
+
+use super::server::{body_bytes, body_json, json, ApiState, Response};
+use super::ApiError;
+use crate::identity::random_id;
+use crate::orchestrator::now_ms;
+use crate::store::State;
+
+pub async fn info(st: &ApiState) -> Result<Response, ApiError> {
+    let cluster = st.cluster.get();
+    Ok(json(
+        200,
+        &InfoResponse {
+            node_id: st.identity.node_id.clone(),
+            hostname: st.identity.hostname.clone(),
+            swarm_active: cluster.is_some(),
+            is_leader: cluster.map(|c| c.raft.is_leader()).unwrap_or(false),
+            cluster_id: cluster.and_then(|c| c.store.read().cluster_id.clone()),
+            api_addr: st.api_addr.to_string(),
+        },
+    ))
+}
+
+pub async fn init(st: &ApiState, body: Incoming) -> Result<Response, ApiError> {
+    let req: InitRequest = body_json(body).await?;
+    let _guard = st.init_lock.lock().await;
+    if st.cluster.get().is_some() {
+        return Err(ApiError::conflict(
+            "this node is already part of a swarm; its services are listed by \"swarmlet service ls\"",
+        ));
+    }
+    let advertise = match req.advertise_addr.as_deref().filter(|a| !a.is_empty()) {
+        Some(a) => parse_advertise(a, st.api_addr.port())?,
+        None if st.api_addr.ip().is_unspecified() => {
+            return Err(ApiError::bad_request(
+                "the daemon listens on all addresses; say which one other nodes should use with --advertise-addr IP",
+            ))
+        }
+        None => st.api_addr,
+    };
+    let cluster = crate::daemon::start_cluster(st, true)
+        .map_err(|e| ApiError::new(500, format!("starting raft: {e:#}")))?;
+    let cluster = st.cluster.get_or_init(|| async { cluster }).await;
+    cluster.wait_leader().await;
+    let node = Node {
+        id: st.identity.node_id.clone(),
+        raft_id: st.identity.raft_id,
+        hostname: st.identity.hostname.clone(),
+        role: NodeRole::Manager,
+        availability: swarmlet_proto::Availability::Active,
+        addr: advertise.to_string(),
+        created_at_ms: now_ms(),
+    };
+    let cluster_id = random_id(25);
+    cluster.raft.propose(Command::InitCluster { cluster_id: cluster_id.clone(), node }).await?;
+    tracing::info!(%cluster_id, "swarm initialized");
+    Ok(json(
+        200,
+        &InitResponse { node_id: st.identity.node_id.clone(), cluster_id, manager_addr: advertise.to_string() },
+    ))
+}
+
+fn parse_advertise(a: &str, default_port: u16) -> Result<SocketAddr, ApiError> {
+    if let Ok(sa) = a.parse::<SocketAddr>() {
+        return Ok(sa);
+    }
+    a.parse::<std::net::IpAddr>()
+        .map(|ip| SocketAddr::new(ip, default_port))
+        .map_err(|_| ApiError::bad_request(format!("--advertise-addr {a:?} is not an IP address or IP:PORT")))
+}
+
+pub fn nodes(st: &ApiState) -> Result<Response, ApiError> {
+    let cluster = st.cluster()?;
+    let state = cluster.store.read();
+    let leader = cluster.raft.is_leader();
+    let views: Vec<NodeView> = state
+        .nodes
+        .values()
+        .map(|n| {
+            let is_self = n.id == st.identity.node_id;
+            NodeView {
+                node: n.clone(),
+                status: "Ready".into(),
+                manager_status: match (n.role, is_self && leader) {
+                    (NodeRole::Manager, true) => "Leader".into(),
+                    (NodeRole::Manager, false) => "Reachable".into(),
+                    (NodeRole::Worker, _) => String::new(),
+                },
+                is_self,
+            }
+        })
+        .collect();
+    Ok(json(200, &views))
+}
+
+pub async fn put_blob(st: &ApiState, body: Incoming) -> Result<Response, ApiError> {
+    let bytes = body_bytes(body).await?;
+    if bytes.is_empty() {
+        return Err(ApiError::bad_request("the uploaded file is empty"));
+    }
+    let blobs = st.blobs.clone();
+    let size = bytes.len() as u64;
+    let digest = tokio::task::spawn_blocking(move || blobs.put(&bytes))
+        .await
+        .map_err(|e| ApiError::new(500, e.to_string()))??;
+    Ok(json(201, &BlobResponse { digest, size }))
+}
+
+pub fn get_blob(st: &ApiState, digest: &str) -> Result<Response, ApiError> {
+    let bytes = st.blobs.get(digest)?;
+    let mut r = hyper::Response::new(Full::new(Bytes::from(bytes)));
+    r.headers_mut()
+        .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/octet-stream"));
+    Ok(r)
+}
+
+fn service_view(state: &State, s: &Service) -> ServiceView {
+    let running = state
+        .tasks_of(&s.id)
+        .filter(|t| t.desired_state == DesiredState::Running && t.state == TaskState::Running)
+        .count() as u64;
+    ServiceView { service: s.clone(), running, desired: s.spec.replicas }
+}
+
+pub fn services(st: &ApiState) -> Result<Response, ApiError> {
+    let cluster = st.cluster()?;
+    let state = cluster.store.read();
+    let views: Vec<ServiceView> = state.services.values().map(|s| service_view(&state, s)).collect();
+    Ok(json(200, &views))
+}
+
+fn not_found(key: &str) -> ApiError {
+    ApiError::not_found(format!("service {key} not found; \"swarmlet service ls\" lists the services"))
+}
+
+pub fn service(st: &ApiState, key: &str) -> Result<Response, ApiError> {
+    let cluster = st.cluster()?;
+    let state = cluster.store.read();
+    let s = state.find_service(key).ok_or_else(|| not_found(key))?;
+    Ok(json(200, &service_view(&state, s)))
+}
+
+/// Docker's rule for service names.
+fn valid_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphanumeric())
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+        && name.len() <= 63
+}
+
+/// Whether something else on this machine holds `port` on the publish address.
+fn port_taken(st: &ApiState, port: u16) -> Option<std::io::Error> {
+    std::net::TcpListener::bind(SocketAddr::new(st.publish_ip(), port)).err()
+}
+
+pub async fn create_service(st: &ApiState, body: Incoming) -> Result<Response, ApiError> {
+    let cluster = st.cluster()?;
+    let req: CreateServiceRequest = body_json(body).await?;
+    if !valid_name(&req.name) {
+        return Err(ApiError::bad_request(format!(
+            "invalid service name {:?}: use letters, digits, '-', '_' and '.', starting with a letter or digit, at most 63 characters",
+            req.name
+        )));
+    }
+    if let Some(other) = cluster.store.read().find_service(&req.name).filter(|s| s.spec.name == req.name) {
+        return Err(ApiError::conflict(format!("service name {:?} is already in use by service {}", req.name, other.id)));
+    }
+    // The component must be one this node can serve: checked before anything is stored.
+    let blob = st.blobs.existing(&req.wasm_digest)?;
+    let size = std::fs::metadata(&blob).map(|m| m.len()).unwrap_or(0);
+    let (runtime, blobs, digest) = (st.runtime.clone(), st.blobs.clone(), req.wasm_digest.clone());
+    tokio::task::spawn_blocking(move || {
+        let bytes = blobs.get(&digest)?;
+        runtime.validate(&digest, &bytes).map_err(|e| ApiError::bad_request(format!("{e}")))
+    })
+    .await
+    .map_err(|e| ApiError::new(500, e.to_string()))??;
+
+    let ports = allocate_ports(st, &cluster.store.read(), &req.ports)?;
+    let now = now_ms();
+    let service = Service {
+        id: random_id(25),
+        spec: ServiceSpec {
+            name: req.name.clone(),
+            replicas: req.replicas,
+            image: Image::Wasm { digest: req.wasm_digest.clone(), name: req.wasm_name.clone(), size },
+            ports,
+        },
+        version: 1,
+        created_at_ms: now,
+        updated_at_ms: now,
+    };
+    cluster.raft.propose(Command::CreateService { service: service.clone() }).await?;
+    let state = cluster.store.read();
+    Ok(json(201, &service_view(&state, &service)))
+}
+
+fn allocate_ports(st: &ApiState, state: &State, wanted: &[PortRequest]) -> Result<Vec<PortConfig>, ApiError> {
+    let mut out: Vec<PortConfig> = Vec::new();
+    for p in wanted {
+        if p.target == 0 {
+            return Err(ApiError::bad_request("target port 0 is not a valid port (1-65535)"));
+        }
+        let published = match p.published {
+            Some(0) => return Err(ApiError::bad_request("published port 0 is not a valid port (1-65535)")),
+            Some(port) => {
+                if out.iter().any(|o| o.published == port) {
+                    return Err(ApiError::bad_request(format!("port {port} is published twice")));
+                }
+                if let Some(owner) = state.port_owner(port) {
+                    return Err(ApiError::conflict(format!(
+                        "port {port} is already published by service {}; choose another published port",
+                        owner.spec.name
+                    )));
+                }
+                if let Some(e) = port_taken(st, port) {
+                    return Err(ApiError::conflict(format!(
+                        "port {port} is already in use on this node by another process ({e}); stop it or choose another published port"
+                    )));
+                }
+                port
+            }
+            None => DYNAMIC_PORT_RANGE
+                .clone()
+                .find(|&port| {
+                    state.port_owner(port).is_none() && !out.iter().any(|o| o.published == port) && port_taken(st, port).is_none()
+                })
+                .ok_or_else(|| ApiError::conflict("no free port left in 30000-32767 to publish on"))?,
+        };
+        out.push(PortConfig { published, target: p.target, protocol: Protocol::Tcp });
+    }
+    Ok(out)
+}
+
+pub async fn remove_service(st: &ApiState, key: &str) -> Result<Response, ApiError> {
+    let cluster = st.cluster()?;
+    let id = cluster.store.read().find_service(key).map(|s| s.id.clone()).ok_or_else(|| not_found(key))?;
+    cluster.raft.propose(Command::RemoveService { service_id: id.clone() }).await?;
+    Ok(json(200, &serde_json::json!({ "id": id })))
+}
+
+pub async fn scale_service(st: &ApiState, key: &str, body: Incoming) -> Result<Response, ApiError> {
+    let cluster = st.cluster()?;
+    let req: ScaleRequest = body_json(body).await?;
+    let id = cluster.store.read().find_service(key).map(|s| s.id.clone()).ok_or_else(|| not_found(key))?;
+    cluster.raft.propose(Command::ScaleService { service_id: id.clone(), replicas: req.replicas }).await?;
+    let state = cluster.store.read();
+    let s = state.services.get(&id).ok_or_else(|| not_found(key))?;
+    Ok(json(200, &service_view(&state, s)))
+}
+
+pub fn service_tasks(st: &ApiState, key: &str, query: &str) -> Result<Response, ApiError> {
+    let cluster = st.cluster()?;
+    let state = cluster.store.read();
+    let s = state.find_service(key).ok_or_else(|| not_found(key))?;
+    let only_running = query.split('&').any(|kv| kv == "desired-state=running");
+    let mut views: Vec<TaskView> = state
+        .tasks_of(&s.id)
+        .filter(|t| !only_running || t.desired_state == DesiredState::Running)
+        .map(|t| TaskView {
+            task: t.clone(),
+            node_name: t
+                .node_id
+                .as_ref()
+                .and_then(|n| state.nodes.get(n))
+                .map(|n| n.hostname.clone())
+                .unwrap_or_default(),
+            image: s.spec.image.display_name().to_string(),
+        })
+        .collect();
+    // As docker: by slot, newest first within a slot.
+    views.sort_by(|a, b| a.task.slot.cmp(&b.task.slot).then(b.task.created_at_ms.cmp(&a.task.created_at_ms)));
+    Ok(json(200, &views))
+}

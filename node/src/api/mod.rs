@@ -1,0 +1,11 @@
+//! The HTTP/JSON API every client command talks to (on the local unix socket
+//! `DATA_DIR/swarmlet.sock` and on the cluster port), and the typed client
+//! the CLI uses.
+
+pub mod client;
+mod error;
+mod handlers;
+mod server;
+
+pub use error::ApiError;
+pub use server::{serve, ApiState};

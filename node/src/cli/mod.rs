@@ -1,0 +1,164 @@
+//! Docker-like command line: `swarmlet daemon` runs the node; every other
+//! command is a client of a daemon's API.
+
+mod format;
+mod service;
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use swarmlet_proto::api::{InitRequest, InitResponse, NodeView};
+
+use crate::api::client::Client;
+
+#[derive(Parser)]
+#[command(name = "swarmlet", version, about = "Docker Swarm mode as one small binary for edge hardware")]
+pub struct Cli {
+    /// Daemon to talk to: unix:///path/to/swarmlet.sock, IP:PORT or IP
+    /// (default: the local daemon's socket in the default data dir).
+    #[arg(short = 'H', long = "host", env = "SWARMLET_HOST", global = true)]
+    host: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the node process (what the systemd unit starts)
+    Daemon(DaemonArgs),
+    /// Create a new swarm with the local daemon as its first manager
+    Init(InitArgs),
+    /// Manage the swarm (`swarm init`)
+    #[command(subcommand)]
+    Swarm(SwarmCommand),
+    /// Manage nodes
+    #[command(subcommand)]
+    Node(NodeCommand),
+    /// Manage services
+    #[command(subcommand)]
+    Service(service::ServiceCommand),
+}
+
+#[derive(Subcommand)]
+enum SwarmCommand {
+    /// Create a new swarm with the local daemon as its first manager
+    Init(InitArgs),
+}
+
+#[derive(Subcommand)]
+enum NodeCommand {
+    /// List the nodes of the swarm
+    #[command(alias = "list")]
+    Ls(format::ListArgs),
+}
+
+#[derive(Args)]
+struct InitArgs {
+    /// Address other nodes reach this one at (IP or IP:PORT)
+    #[arg(long)]
+    advertise_addr: Option<String>,
+}
+
+#[derive(Args)]
+pub struct DaemonArgs {
+    /// Where the node keeps its identity, raft log and blobs
+    #[arg(long, env = "SWARMLET_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Cluster API and raft address
+    #[arg(long, default_value = "0.0.0.0:2377")]
+    listen_addr: SocketAddr,
+    /// Address other nodes reach this one at (given again to `init`)
+    #[arg(long)]
+    advertise_addr: Option<String>,
+    /// Address published ports bind on
+    #[arg(long, default_value = "0.0.0.0")]
+    publish_addr: IpAddr,
+    /// Node name shown by `node ls` (default: the hostname)
+    #[arg(long)]
+    node_name: Option<String>,
+    /// Longest a wasm guest may take over one request (e.g. 30s, 500ms)
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    wasm_timeout: Duration,
+}
+
+/// `/var/lib/swarmlet` for root, else `$XDG_DATA_HOME/swarmlet`.
+pub fn default_data_dir() -> PathBuf {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return PathBuf::from("/var/lib/swarmlet");
+    }
+    let base = std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+        .unwrap_or_else(|| PathBuf::from("."));
+    base.join("swarmlet")
+}
+
+fn client(host: Option<String>) -> anyhow::Result<Client> {
+    let host = host.unwrap_or_else(|| format!("unix://{}", default_data_dir().join("swarmlet.sock").display()));
+    Ok(Client::new(&host)?)
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Daemon(a) => {
+            if let Some(adv) = &a.advertise_addr {
+                tracing::info!(advertise_addr = %adv, "advertise address is given to `swarmlet init`");
+            }
+            crate::daemon::run(crate::daemon::DaemonConfig {
+                data_dir: a.data_dir.unwrap_or_else(default_data_dir),
+                listen_addr: a.listen_addr,
+                publish_addr: a.publish_addr,
+                node_name: a.node_name,
+                wasm_timeout: a.wasm_timeout,
+            })
+            .await
+        }
+        Command::Init(a) | Command::Swarm(SwarmCommand::Init(a)) => init(client(cli.host)?, a).await,
+        Command::Node(NodeCommand::Ls(a)) => node_ls(client(cli.host)?, a).await,
+        Command::Service(c) => service::run(client(cli.host)?, c).await,
+    }
+}
+
+async fn init(c: Client, a: InitArgs) -> anyhow::Result<()> {
+    let r: InitResponse = c
+        .post("/v1/swarm/init", &InitRequest { advertise_addr: a.advertise_addr })
+        .await
+        .context("swarm init failed")?;
+    println!("Swarm initialized: current node ({}) is now a manager.", r.node_id);
+    println!();
+    println!("Its API answers at {}. Deploy a service with:", r.manager_addr);
+    println!();
+    println!("    swarmlet service create --name hello --replicas 3 -p 8080:80 ./hello.wasm");
+    println!();
+    Ok(())
+}
+
+async fn node_ls(c: Client, a: format::ListArgs) -> anyhow::Result<()> {
+    let nodes: Vec<NodeView> = c.get("/v1/nodes").await?;
+    if a.json() {
+        return format::print_json(&nodes);
+    }
+    if a.quiet {
+        nodes.iter().for_each(|n| println!("{}", n.node.id));
+        return Ok(());
+    }
+    let rows = nodes
+        .iter()
+        .map(|n| {
+            vec![
+                format!("{}{}", n.node.id, if n.is_self { " *" } else { "" }),
+                n.node.hostname.clone(),
+                n.status.clone(),
+                n.node.availability.to_string(),
+                n.manager_status.clone(),
+                env!("CARGO_PKG_VERSION").to_string(),
+            ]
+        })
+        .collect();
+    format::print_table(&["ID", "HOSTNAME", "STATUS", "AVAILABILITY", "MANAGER STATUS", "ENGINE VERSION"], rows);
+    Ok(())
+}

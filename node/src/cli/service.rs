@@ -1,0 +1,351 @@
+//! `swarmlet service …`
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use clap::{Args, Subcommand};
+use swarmlet_proto::api::*;
+use swarmlet_proto::{DesiredState, TaskState};
+
+use super::format::{self, ago, print_table, ListArgs};
+use crate::api::client::Client;
+use crate::orchestrator::now_ms;
+
+#[derive(Subcommand)]
+pub enum ServiceCommand {
+    /// Create a new service from a wasi:http/proxy component (.wasm file)
+    Create(CreateArgs),
+    /// List services
+    #[command(alias = "list")]
+    Ls(ListArgs),
+    /// List the tasks of a service
+    Ps {
+        service: String,
+        #[command(flatten)]
+        list: ListArgs,
+    },
+    /// Display detailed information on one or more services
+    Inspect { services: Vec<String> },
+    /// Scale one or more replicated services (SERVICE=REPLICAS …)
+    Scale {
+        #[arg(required = true, value_parser = parse_scale)]
+        scales: Vec<(String, u64)>,
+        /// Exit immediately instead of waiting for the service to converge
+        #[arg(short, long)]
+        detach: bool,
+    },
+    /// Remove one or more services
+    #[command(alias = "remove")]
+    Rm {
+        #[arg(required = true)]
+        services: Vec<String>,
+    },
+}
+
+#[derive(Args)]
+pub struct CreateArgs {
+    /// Service name
+    #[arg(long)]
+    name: String,
+    /// Number of tasks
+    #[arg(long, default_value = "1", value_parser = parse_replicas)]
+    replicas: u64,
+    /// Publish a port: [PUBLISHED:]TARGET[/tcp] or published=P,target=T
+    #[arg(short, long = "publish", value_parser = parse_publish)]
+    publish: Vec<PortRequest>,
+    /// Exit immediately instead of waiting for the service to converge
+    #[arg(short, long)]
+    detach: bool,
+    /// The component to run: a .wasm file
+    image: PathBuf,
+}
+
+fn parse_replicas(s: &str) -> Result<u64, String> {
+    s.parse::<u64>()
+        .map_err(|_| format!("replicas must be a whole number of 0 or more, not {s:?}"))
+}
+
+fn parse_port(what: &str, s: &str) -> Result<u16, String> {
+    match s.parse::<u16>() {
+        Ok(p) if p > 0 => Ok(p),
+        _ => Err(format!("invalid {what} port {s:?}: a port is a number from 1 to 65535")),
+    }
+}
+
+pub fn parse_publish(s: &str) -> Result<PortRequest, String> {
+    if s.contains('=') {
+        let (mut published, mut target) = (None, None);
+        for kv in s.split(',') {
+            match kv.split_once('=') {
+                Some(("published", v)) => published = Some(parse_port("published", v)?),
+                Some(("target", v)) => target = Some(parse_port("target", v)?),
+                Some(("protocol", "tcp")) | Some(("mode", "ingress")) => {}
+                _ => return Err(format!("invalid publish option {kv:?}: use published=P,target=T")),
+            }
+        }
+        let target = target.ok_or("publish needs a target port: published=P,target=T")?;
+        return Ok(PortRequest { published, target });
+    }
+    let s = s.strip_suffix("/tcp").unwrap_or(s);
+    if s.ends_with("/udp") {
+        return Err("UDP ports are not supported yet; publish TCP ports".into());
+    }
+    match s.split_once(':') {
+        Some((p, t)) => Ok(PortRequest { published: Some(parse_port("published", p)?), target: parse_port("target", t)? }),
+        None => Ok(PortRequest { published: None, target: parse_port("target", s)? }),
+    }
+}
+
+fn parse_scale(s: &str) -> Result<(String, u64), String> {
+    let (name, n) = s
+        .split_once('=')
+        .ok_or_else(|| format!("invalid scale specifier {s:?}: expected SERVICE=REPLICAS"))?;
+    if name.is_empty() {
+        return Err(format!("invalid scale specifier {s:?}: expected SERVICE=REPLICAS"));
+    }
+    Ok((name.to_string(), parse_replicas(n)?))
+}
+
+pub async fn run(c: Client, cmd: ServiceCommand) -> anyhow::Result<()> {
+    match cmd {
+        ServiceCommand::Create(a) => create(&c, a).await,
+        ServiceCommand::Ls(a) => ls(&c, a).await,
+        ServiceCommand::Ps { service, list } => ps(&c, &service, list).await,
+        ServiceCommand::Inspect { services } => {
+            let mut out = Vec::new();
+            for s in services {
+                let v: ServiceView = c.get(&format!("/v1/services/{s}")).await?;
+                out.push(v);
+            }
+            format::print_json(&out)
+        }
+        ServiceCommand::Scale { scales, detach } => {
+            for (name, replicas) in scales {
+                let v: ServiceView = c.post(&format!("/v1/services/{name}/scale"), &ScaleRequest { replicas }).await?;
+                println!("{name} scaled to {replicas}");
+                if !detach {
+                    converge(&c, &v.service.id).await?;
+                }
+            }
+            Ok(())
+        }
+        ServiceCommand::Rm { services } => {
+            let mut failed = false;
+            for s in services {
+                match c.delete::<serde_json::Value>(&format!("/v1/services/{s}")).await {
+                    Ok(_) => println!("{s}"),
+                    Err(e) => {
+                        eprintln!("Error: {e}");
+                        failed = true;
+                    }
+                }
+            }
+            if failed {
+                bail!("some services could not be removed");
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn create(c: &Client, a: CreateArgs) -> anyhow::Result<()> {
+    if !a.image.is_file() {
+        let shown = a.image.display();
+        if a.image.extension().is_none_or(|e| e != "wasm") && !a.image.exists() {
+            bail!("{shown:?} is not a .wasm file here; swarmlet services run wasi:http/proxy components given as a path to a .wasm file");
+        }
+        bail!("cannot read {shown}: no such file");
+    }
+    let bytes = std::fs::read(&a.image).with_context(|| format!("cannot read {}", a.image.display()))?;
+    let blob: BlobResponse = c.post_bytes("/v1/blobs", bytes).await.context("uploading the component")?;
+    let wasm_name = a
+        .image
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "component.wasm".into());
+    let req = CreateServiceRequest {
+        name: a.name,
+        replicas: a.replicas,
+        wasm_digest: blob.digest,
+        wasm_name,
+        ports: a.publish,
+    };
+    let v: ServiceView = c.post("/v1/services", &req).await?;
+    println!("{}", v.service.id);
+    if !a.detach {
+        converge(c, &v.service.id).await?;
+    }
+    Ok(())
+}
+
+/// Docker's progress bar: how far along the task lifecycle a state is.
+fn bar(state: TaskState) -> String {
+    let step = match state {
+        TaskState::New => 1,
+        TaskState::Assigned => 4,
+        TaskState::Starting => 8,
+        TaskState::Running => 9,
+        _ => 0,
+    };
+    if step == 0 {
+        return String::new();
+    }
+    let filled: usize = 50 * step / 9;
+    format!("[{}>{}]", "=".repeat(filled.saturating_sub(1)), " ".repeat(50 - filled))
+}
+
+/// Waits until the service runs exactly its replica count, drawing docker's
+/// progress display (redrawn in place on a terminal, printed once otherwise).
+async fn converge(c: &Client, id: &str) -> anyhow::Result<()> {
+    const GIVE_UP: Duration = Duration::from_secs(120);
+    let started = Instant::now();
+    let tty = std::io::stdout().is_terminal();
+    let mut drawn = 0usize;
+    loop {
+        let svc: ServiceView = c.get(&format!("/v1/services/{id}")).await?;
+        let tasks: Vec<TaskView> = c.get(&format!("/v1/services/{id}/tasks")).await?;
+        let desired = svc.service.spec.replicas;
+        let mut lines = Vec::new();
+        let mut running = 0;
+        for slot in 1..=desired {
+            let latest = tasks.iter().find(|t| t.task.slot == slot && t.task.desired_state == DesiredState::Running);
+            let latest = latest.or_else(|| tasks.iter().find(|t| t.task.slot == slot));
+            let line = match latest {
+                Some(t) if t.task.state == TaskState::Running && t.task.desired_state == DesiredState::Running => {
+                    running += 1;
+                    format!("{slot}/{desired}: running   {}", bar(TaskState::Running))
+                }
+                Some(t) if t.task.state.is_terminal() => format!(
+                    "{slot}/{desired}: {}   {}",
+                    t.task.state.as_str(),
+                    t.task.error.clone().unwrap_or_default()
+                ),
+                Some(t) => format!("{slot}/{desired}: {:<9} {}", t.task.state.as_str(), bar(t.task.state)),
+                None => format!("{slot}/{desired}:"),
+            };
+            lines.push(line);
+        }
+        let stopping = tasks
+            .iter()
+            .filter(|t| t.task.desired_state == DesiredState::Shutdown && !t.task.state.is_terminal())
+            .count();
+        let done = running == desired && stopping == 0;
+        let mut out = std::io::stdout().lock();
+        if tty {
+            if drawn > 0 {
+                write!(out, "\x1b[{drawn}A")?;
+            }
+            writeln!(out, "\x1b[2Koverall progress: {running} out of {desired} tasks")?;
+            for l in &lines {
+                writeln!(out, "\x1b[2K{l}")?;
+            }
+            drawn = lines.len() + 1;
+        } else if done {
+            writeln!(out, "overall progress: {running} out of {desired} tasks")?;
+            for l in &lines {
+                writeln!(out, "{l}")?;
+            }
+        }
+        if done {
+            writeln!(out, "verify: Service converged")?;
+            return Ok(());
+        }
+        drop(out);
+        if started.elapsed() > GIVE_UP {
+            bail!(
+                "service {} has {running} of {desired} tasks running after {GIVE_UP:?}; see \"swarmlet service ps {}\"",
+                svc.service.spec.name,
+                svc.service.spec.name
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn ls(c: &Client, a: ListArgs) -> anyhow::Result<()> {
+    let services: Vec<ServiceView> = c.get("/v1/services").await?;
+    if a.json() {
+        return format::print_json(&services);
+    }
+    if a.quiet {
+        services.iter().for_each(|s| println!("{}", s.service.id));
+        return Ok(());
+    }
+    let rows = services
+        .iter()
+        .map(|v| {
+            let s = &v.service;
+            vec![
+                s.id.chars().take(12).collect(),
+                s.spec.name.clone(),
+                "replicated".into(),
+                format!("{}/{}", v.running, v.desired),
+                s.spec.image.display_name().to_string(),
+                s.spec.ports.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(", "),
+            ]
+        })
+        .collect();
+    print_table(&["ID", "NAME", "MODE", "REPLICAS", "IMAGE", "PORTS"], rows);
+    Ok(())
+}
+
+async fn ps(c: &Client, service: &str, a: ListArgs) -> anyhow::Result<()> {
+    let tasks: Vec<TaskView> = c.get(&format!("/v1/services/{service}/tasks")).await?;
+    if a.json() {
+        return format::print_json(&tasks);
+    }
+    if a.quiet {
+        tasks.iter().for_each(|t| println!("{}", t.task.id));
+        return Ok(());
+    }
+    let now = now_ms();
+    let mut last_slot = None;
+    let rows = tasks
+        .iter()
+        .map(|v| {
+            let t = &v.task;
+            // Older tasks of a slot are shown as docker does: " \_ name.N".
+            let name = if last_slot == Some(t.slot) { format!(" \\_ {}", t.display_name()) } else { t.display_name() };
+            last_slot = Some(t.slot);
+            vec![
+                t.id.chars().take(12).collect(),
+                name,
+                v.image.clone(),
+                v.node_name.clone(),
+                t.desired_state.to_string(),
+                format!("{} {}", t.state, ago(t.updated_at_ms, now)),
+                t.error.clone().map(|e| format!("\"{e}\"")).unwrap_or_default(),
+                String::new(),
+            ]
+        })
+        .collect();
+    print_table(&["ID", "NAME", "IMAGE", "NODE", "DESIRED STATE", "CURRENT STATE", "ERROR", "PORTS"], rows);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn publish_forms() {
+        let p = parse_publish("8080:80").unwrap();
+        assert_eq!((p.published, p.target), (Some(8080), 80));
+        let p = parse_publish("80").unwrap();
+        assert_eq!((p.published, p.target), (None, 80));
+        let p = parse_publish("published=81,target=8080").unwrap();
+        assert_eq!((p.published, p.target), (Some(81), 8080));
+        assert!(parse_publish("70000:80").unwrap_err().contains("1 to 65535"));
+        assert!(parse_publish("0:80").is_err());
+        assert!(parse_publish("x").is_err());
+    }
+
+    #[test]
+    fn scale_forms() {
+        assert_eq!(parse_scale("web=5").unwrap(), ("web".to_string(), 5));
+        assert!(parse_scale("web").is_err());
+        assert!(parse_scale("web=-1").unwrap_err().contains("0 or more"));
+    }
+}

@@ -1,0 +1,205 @@
+//! `swarmlet daemon`: the one long-running process of a node. It owns the
+//! data dir, serves the API, and — once the node is in a swarm — runs raft,
+//! the orchestrator, the agent and the mesh.
+
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use tokio::sync::watch;
+
+use crate::agent::Agent;
+use crate::api::{self, ApiState};
+use crate::blobs::Blobs;
+use crate::identity::Identity;
+use crate::mesh::{Mesh, Publish};
+use crate::raft::{self, DiskStorage, RaftConfig, RaftHandle};
+use crate::runtime::wasm::WasmRuntime;
+use crate::store::Store;
+
+pub struct DaemonConfig {
+    pub data_dir: PathBuf,
+    pub listen_addr: SocketAddr,
+    pub publish_addr: IpAddr,
+    pub node_name: Option<String>,
+    pub wasm_timeout: Duration,
+}
+
+/// The parts that exist once the node is in a swarm.
+pub struct Cluster {
+    pub raft: RaftHandle,
+    pub store: Arc<Store>,
+}
+
+impl Cluster {
+    /// Waits until this node leads (a single voter elects itself at once).
+    pub async fn wait_leader(&self) {
+        let mut l = self.raft.leadership();
+        let _ = l.wait_for(|is| *is).await;
+    }
+}
+
+fn raft_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("raft.redb")
+}
+
+/// Starts raft on the data dir's log and everything that follows it.
+pub fn start_cluster(st: &ApiState, bootstrap: bool) -> anyhow::Result<Cluster> {
+    let storage = DiskStorage::open(&raft_path(&st.data_dir))?;
+    if bootstrap && storage.is_initialized() {
+        bail!("the data dir already holds a swarm's raft log");
+    }
+    let store = Arc::new(Store::new());
+    let (handle, raft_task) = raft::start(
+        RaftConfig { id: st.identity.raft_id },
+        storage,
+        store.clone(),
+        bootstrap,
+        st.shutdown.clone(),
+    )?;
+    tokio::spawn(async move {
+        match raft_task.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                // Without durable storage the node must not go on acknowledging.
+                tracing::error!("raft stopped: {e}; exiting");
+                std::process::exit(1);
+            }
+            Err(e) => tracing::error!("raft task panicked: {e}"),
+        }
+    });
+    tokio::spawn(crate::orchestrator::run(store.clone(), handle.clone(), st.shutdown.clone()));
+    let agent = Agent {
+        node_id: st.identity.node_id.clone(),
+        store: store.clone(),
+        raft: handle.clone(),
+        runtime: st.runtime.clone(),
+        blobs: st.blobs.clone(),
+        mesh: st.mesh.clone(),
+    };
+    tokio::spawn(agent.run(st.shutdown.clone()));
+    tokio::spawn(sync_mesh(store.clone(), st.mesh.clone(), st.shutdown.clone()));
+    Ok(Cluster { raft: handle, store })
+}
+
+/// Keeps the mesh's listeners in line with the services' published ports.
+async fn sync_mesh(store: Arc<Store>, mesh: Arc<Mesh>, mut shutdown: watch::Receiver<bool>) {
+    let mut changes = store.changes();
+    let mut last_failed: Vec<u16> = Vec::new();
+    loop {
+        let desired: Vec<Publish> = store
+            .read()
+            .services
+            .values()
+            .flat_map(|s| {
+                s.spec.ports.iter().map(|p| Publish {
+                    port: p.published,
+                    service_id: s.id.clone(),
+                    service_name: s.spec.name.clone(),
+                })
+            })
+            .collect();
+        let failed = mesh.sync_listeners(&desired);
+        let ports: Vec<u16> = failed.iter().map(|(p, _)| *p).collect();
+        for (port, e) in failed {
+            if !last_failed.contains(&port) {
+                tracing::error!(port, "cannot listen on published port: {e}; retrying");
+            }
+        }
+        last_failed = ports;
+        tokio::select! {
+            _ = changes.changed() => {}
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+            _ = shutdown.changed() => { mesh.close_all(); return; }
+        }
+    }
+}
+
+/// Holds an exclusive lock on the data dir for the daemon's lifetime.
+fn lock_data_dir(data_dir: &Path) -> anyhow::Result<std::fs::File> {
+    let path = data_dir.join("swarmlet.lock");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    // SAFETY: flock on a file descriptor we own.
+    let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        bail!(
+            "another swarmlet daemon is using the data dir {}; stop it or choose another --data-dir",
+            data_dir.display()
+        );
+    }
+    Ok(f)
+}
+
+pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("creating the data dir {}", cfg.data_dir.display()))?;
+    let _lock = lock_data_dir(&cfg.data_dir)?;
+    let identity = Identity::load_or_create(&cfg.data_dir, cfg.node_name.as_deref())?;
+    let runtime = WasmRuntime::new(cfg.data_dir.join("wasm-cache"), cfg.wasm_timeout)?;
+    let blobs = Arc::new(Blobs::open(&cfg.data_dir)?);
+    let mesh = Mesh::new(cfg.publish_addr);
+
+    let tcp = tokio::net::TcpListener::bind(cfg.listen_addr).await.with_context(|| {
+        format!("cannot listen on {} for the cluster API; is another daemon running? choose --listen-addr IP:PORT", cfg.listen_addr)
+    })?;
+    let api_addr = tcp.local_addr()?;
+    let sock = cfg.data_dir.join("swarmlet.sock");
+    let _ = std::fs::remove_file(&sock); // stale from a killed daemon; we hold the lock
+    let unix = tokio::net::UnixListener::bind(&sock).with_context(|| format!("binding {}", sock.display()))?;
+
+    let (shutdown_tx, shutdown) = watch::channel(false);
+    let state = Arc::new(ApiState {
+        identity,
+        data_dir: cfg.data_dir.clone(),
+        api_addr,
+        blobs,
+        runtime,
+        mesh: mesh.clone(),
+        cluster: tokio::sync::OnceCell::new(),
+        init_lock: tokio::sync::Mutex::new(()),
+        shutdown: shutdown.clone(),
+    });
+    let initialized = raft_path(&cfg.data_dir).exists()
+        && DiskStorage::open(&raft_path(&cfg.data_dir))?.is_initialized();
+    if initialized {
+        let cluster = start_cluster(&state, false)?;
+        let _ = state.cluster.set(cluster);
+        tracing::info!(node = %state.identity.node_id, "rejoined the swarm from the data dir");
+    }
+    tracing::info!(
+        node = %state.identity.node_id,
+        name = %state.identity.hostname,
+        api = %api_addr,
+        socket = %sock.display(),
+        "swarmlet daemon ready"
+    );
+    let server = tokio::spawn(api::serve(state.clone(), unix, tcp, shutdown.clone()));
+
+    wait_for_signal().await;
+    tracing::info!("shutting down");
+    let _ = shutdown_tx.send(true);
+    mesh.close_all();
+    let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+    let _ = std::fs::remove_file(&sock);
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

@@ -1,0 +1,48 @@
+//! On the leader only: turns desired services into tasks with node
+//! assignments, replaces failed tasks, trims history.
+//!
+//! Architecture invariant: the orchestrator changes the cluster only through
+//! raft proposals; `reconcile` decides, this loop proposes.
+
+mod reconcile;
+pub mod scheduler;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::raft::RaftHandle;
+use crate::store::Store;
+
+pub use reconcile::reconcile;
+
+/// Runs until `shutdown`. Wakes on every store change and at least every
+/// second (restart delays are time-based).
+pub async fn run(store: Arc<Store>, raft: RaftHandle, mut shutdown: watch::Receiver<bool>) {
+    let mut changes = store.changes();
+    let mut leadership = raft.leadership();
+    loop {
+        if raft.is_leader() {
+            let commands = reconcile(&store.read(), now_ms());
+            for command in commands {
+                if let Err(e) = raft.propose(command).await {
+                    tracing::warn!("orchestrator proposal failed: {e}");
+                }
+            }
+        }
+        tokio::select! {
+            _ = changes.changed() => {}
+            _ = leadership.changed() => {}
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,209 @@
+//! Desired services → task changes. A pure function of the store state and
+//! the time: the loop in `mod.rs` proposes what it returns.
+
+use std::collections::{BTreeMap, HashMap};
+
+use swarmlet_proto::{Command, DesiredState, Service, Task, TaskState};
+
+use super::scheduler;
+use crate::identity::random_id;
+use crate::store::State;
+
+/// Docker's default restart delay (restart condition `any`).
+pub const RESTART_DELAY_MS: u64 = 5_000;
+/// Docker's default task history per slot.
+pub const TASK_HISTORY: usize = 5;
+
+/// The commands that move the cluster toward its desired state.
+pub fn reconcile(state: &State, now_ms: u64) -> Vec<Command> {
+    let mut create = Vec::new();
+    let mut stop = Vec::new();
+    let mut remove = Vec::new();
+
+    let mut load: HashMap<String, usize> = HashMap::new();
+    for t in state.tasks.values() {
+        if let (Some(n), false) = (&t.node_id, t.state.is_terminal()) {
+            *load.entry(n.clone()).or_default() += 1;
+        }
+    }
+
+    for service in state.services.values() {
+        let mut slots: BTreeMap<u64, Vec<&Task>> = BTreeMap::new();
+        for t in state.tasks_of(&service.id) {
+            slots.entry(t.slot).or_default().push(t);
+        }
+        for slot in 1..=service.spec.replicas {
+            let tasks = slots.get(&slot).map(Vec::as_slice).unwrap_or(&[]);
+            let live = tasks.iter().find(|t| t.desired_state == DesiredState::Running);
+            match live {
+                Some(t) if !t.state.is_terminal() => {}
+                Some(t) => {
+                    // It ended although it should run: restart it in a new
+                    // task after the restart delay, as Swarm does.
+                    if now_ms.saturating_sub(t.updated_at_ms) >= RESTART_DELAY_MS {
+                        stop.push(t.id.clone());
+                        if let Some(new) = new_task(state, service, slot, now_ms, &mut load) {
+                            create.push(new);
+                        }
+                    }
+                }
+                None => {
+                    if let Some(new) = new_task(state, service, slot, now_ms, &mut load) {
+                        create.push(new);
+                    }
+                }
+            }
+        }
+        // Scale down: slots above the replica count stop.
+        for (slot, tasks) in &slots {
+            if *slot > service.spec.replicas {
+                stop.extend(tasks.iter().filter(|t| t.desired_state == DesiredState::Running).map(|t| t.id.clone()));
+            }
+        }
+        // Keep the newest TASK_HISTORY ended tasks per slot.
+        for tasks in slots.values() {
+            let mut ended: Vec<&&Task> = tasks
+                .iter()
+                .filter(|t| t.desired_state == DesiredState::Shutdown && t.state.is_terminal())
+                .collect();
+            if ended.len() > TASK_HISTORY {
+                ended.sort_by_key(|t| std::cmp::Reverse(t.created_at_ms));
+                remove.extend(ended[TASK_HISTORY..].iter().map(|t| t.id.clone()));
+            }
+        }
+    }
+    // Tasks of removed services go once they have stopped; nothing is left
+    // to show them under.
+    for t in state.tasks.values() {
+        if !state.services.contains_key(&t.service_id)
+            && (t.state.is_terminal() || t.node_id.is_none() || t.state == TaskState::New)
+        {
+            remove.push(t.id.clone());
+        }
+    }
+
+    let mut out = Vec::new();
+    if !stop.is_empty() {
+        out.push(Command::SetDesiredState { task_ids: stop, desired: DesiredState::Shutdown });
+    }
+    if !create.is_empty() {
+        out.push(Command::CreateTasks { tasks: create });
+    }
+    if !remove.is_empty() {
+        out.push(Command::RemoveTasks { task_ids: remove });
+    }
+    out
+}
+
+fn new_task(state: &State, service: &Service, slot: u64, now_ms: u64, load: &mut HashMap<String, usize>) -> Option<Task> {
+    let node = scheduler::place(state.nodes.values(), load)?;
+    *load.entry(node.id.clone()).or_default() += 1;
+    Some(Task {
+        id: random_id(25),
+        service_id: service.id.clone(),
+        service_name: service.spec.name.clone(),
+        slot,
+        service_version: service.version,
+        node_id: Some(node.id.clone()),
+        desired_state: DesiredState::Running,
+        state: TaskState::Assigned,
+        message: "assigned".into(),
+        error: None,
+        created_at_ms: now_ms,
+        updated_at_ms: now_ms,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use swarmlet_proto::{Availability, Envelope, Image, Node, NodeRole, ServiceSpec};
+
+    fn state_with(replicas: u64) -> State {
+        let mut st = State::default();
+        st.nodes.insert(
+            "n1".into(),
+            Node {
+                id: "n1".into(),
+                raft_id: 1,
+                hostname: "n1".into(),
+                role: NodeRole::Manager,
+                availability: Availability::Active,
+                addr: String::new(),
+                created_at_ms: 0,
+            },
+        );
+        st.services.insert(
+            "s1".into(),
+            Service {
+                id: "s1".into(),
+                spec: ServiceSpec {
+                    name: "web".into(),
+                    replicas,
+                    image: Image::Wasm { digest: "sha256:0".into(), name: "w.wasm".into(), size: 1 },
+                    ports: vec![],
+                },
+                version: 1,
+                created_at_ms: 0,
+                updated_at_ms: 0,
+            },
+        );
+        st
+    }
+
+    fn apply_all(st: &mut State, cmds: Vec<Command>) {
+        let store = crate::store::Store::new();
+        store.restore(st.clone());
+        for command in cmds {
+            store.apply(&Envelope { proposal_id: 0, at_ms: 1, command }).unwrap();
+        }
+        *st = store.read().clone();
+    }
+
+    fn running_slots(st: &State) -> Vec<u64> {
+        let mut v: Vec<u64> = st
+            .tasks
+            .values()
+            .filter(|t| t.desired_state == DesiredState::Running)
+            .map(|t| t.slot)
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn fills_slots_then_is_quiet() {
+        let mut st = state_with(3);
+        let cmds = reconcile(&st, 1);
+        apply_all(&mut st, cmds);
+        assert_eq!(running_slots(&st), vec![1, 2, 3]);
+        assert!(reconcile(&st, 2).is_empty(), "converged state needs no change");
+    }
+
+    #[test]
+    fn scale_down_stops_the_highest_slots() {
+        let mut st = state_with(3);
+        let cmds = reconcile(&st, 1);
+        apply_all(&mut st, cmds);
+        st.services.get_mut("s1").unwrap().spec.replicas = 1;
+        let cmds = reconcile(&st, 2);
+        apply_all(&mut st, cmds);
+        assert_eq!(running_slots(&st), vec![1]);
+    }
+
+    #[test]
+    fn failed_task_is_replaced_after_the_restart_delay() {
+        let mut st = state_with(1);
+        let cmds = reconcile(&st, 1);
+        apply_all(&mut st, cmds);
+        for t in st.tasks.values_mut() {
+            t.state = TaskState::Failed;
+            t.updated_at_ms = 10;
+        }
+        assert!(reconcile(&st, 10 + RESTART_DELAY_MS - 1).is_empty());
+        let cmds = reconcile(&st, 10 + RESTART_DELAY_MS);
+        apply_all(&mut st, cmds);
+        assert_eq!(st.tasks.len(), 2);
+        assert_eq!(running_slots(&st), vec![1]);
+    }
+}

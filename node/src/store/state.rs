@@ -1,0 +1,215 @@
+//! The plain data of the state machine and how each command changes it.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use swarmlet_proto::{Command, DesiredState, Envelope, Node, Service, Task};
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum StoreError {
+    #[error("this node is already part of a swarm")]
+    AlreadyInitialized,
+    #[error("service name {0:?} is already in use by service {1}")]
+    DuplicateName(String, String),
+    #[error("port {port} is already published by service {service}")]
+    PortInUse { port: u16, service: String },
+    #[error("service {0} not found")]
+    NoSuchService(String),
+    #[error("task {0} not found")]
+    NoSuchTask(String),
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct State {
+    pub cluster_id: Option<String>,
+    pub nodes: BTreeMap<String, Node>,
+    pub services: BTreeMap<String, Service>,
+    pub tasks: BTreeMap<String, Task>,
+}
+
+impl State {
+    /// Looks a service up by exact ID, exact name, or unique ID prefix, as
+    /// docker does.
+    pub fn find_service(&self, key: &str) -> Option<&Service> {
+        if let Some(s) = self.services.get(key) {
+            return Some(s);
+        }
+        if let Some(s) = self.services.values().find(|s| s.spec.name == key) {
+            return Some(s);
+        }
+        let mut prefixed = self.services.values().filter(|s| s.id.starts_with(key));
+        match (prefixed.next(), prefixed.next()) {
+            (Some(s), None) if !key.is_empty() => Some(s),
+            _ => None,
+        }
+    }
+
+    /// The service that publishes `port`, if any.
+    pub fn port_owner(&self, port: u16) -> Option<&Service> {
+        self.services
+            .values()
+            .find(|s| s.spec.ports.iter().any(|p| p.published == port))
+    }
+
+    pub fn tasks_of<'a>(&'a self, service_id: &'a str) -> impl Iterator<Item = &'a Task> + 'a {
+        self.tasks.values().filter(move |t| t.service_id == service_id)
+    }
+
+    pub(super) fn apply(&mut self, entry: &Envelope) -> Result<(), StoreError> {
+        let now = entry.at_ms;
+        match &entry.command {
+            Command::InitCluster { cluster_id, node } => {
+                if self.cluster_id.is_some() {
+                    return Err(StoreError::AlreadyInitialized);
+                }
+                self.cluster_id = Some(cluster_id.clone());
+                self.nodes.insert(node.id.clone(), node.clone());
+            }
+            Command::CreateService { service } => {
+                if let Some(other) = self.services.values().find(|s| s.spec.name == service.spec.name) {
+                    return Err(StoreError::DuplicateName(service.spec.name.clone(), other.id.clone()));
+                }
+                for p in &service.spec.ports {
+                    if let Some(other) = self.port_owner(p.published) {
+                        return Err(StoreError::PortInUse {
+                            port: p.published,
+                            service: other.spec.name.clone(),
+                        });
+                    }
+                }
+                self.services.insert(service.id.clone(), service.clone());
+            }
+            Command::ScaleService { service_id, replicas } => {
+                let s = self
+                    .services
+                    .get_mut(service_id)
+                    .ok_or_else(|| StoreError::NoSuchService(service_id.clone()))?;
+                s.spec.replicas = *replicas;
+                s.version += 1;
+                s.updated_at_ms = now;
+            }
+            Command::RemoveService { service_id } => {
+                self.services
+                    .remove(service_id)
+                    .ok_or_else(|| StoreError::NoSuchService(service_id.clone()))?;
+                for t in self.tasks.values_mut().filter(|t| &t.service_id == service_id) {
+                    if t.desired_state != DesiredState::Shutdown {
+                        t.desired_state = DesiredState::Shutdown;
+                        t.updated_at_ms = now;
+                    }
+                }
+            }
+            Command::CreateTasks { tasks } => {
+                for t in tasks {
+                    self.tasks.insert(t.id.clone(), t.clone());
+                }
+            }
+            Command::SetDesiredState { task_ids, desired } => {
+                for id in task_ids {
+                    if let Some(t) = self.tasks.get_mut(id) {
+                        t.desired_state = *desired;
+                        t.updated_at_ms = now;
+                    }
+                }
+            }
+            Command::RemoveTasks { task_ids } => {
+                for id in task_ids {
+                    self.tasks.remove(id);
+                }
+            }
+            Command::UpdateTaskStatus { task_id, state, message, error } => {
+                let t = self
+                    .tasks
+                    .get_mut(task_id)
+                    .ok_or_else(|| StoreError::NoSuchTask(task_id.clone()))?;
+                // A task only moves forward; a late report of an older state
+                // (reordered agent reports) is ignored, not an error.
+                if *state < t.state {
+                    return Ok(());
+                }
+                t.state = *state;
+                t.message = message.clone();
+                t.error = error.clone();
+                t.updated_at_ms = now;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use swarmlet_proto::{Image, PortConfig, Protocol, ServiceSpec};
+
+    fn service(id: &str, name: &str, port: u16) -> Service {
+        Service {
+            id: id.into(),
+            spec: ServiceSpec {
+                name: name.into(),
+                replicas: 1,
+                image: Image::Wasm { digest: "sha256:00".into(), name: "x.wasm".into(), size: 1 },
+                ports: vec![PortConfig { published: port, target: 80, protocol: Protocol::Tcp }],
+            },
+            version: 1,
+            created_at_ms: 0,
+            updated_at_ms: 0,
+        }
+    }
+
+    fn env(command: Command) -> Envelope {
+        Envelope { proposal_id: 0, at_ms: 7, command }
+    }
+
+    #[test]
+    fn duplicate_name_and_port_are_refused_and_change_nothing() {
+        let mut st = State::default();
+        st.apply(&env(Command::CreateService { service: service("a", "web", 8080) })).unwrap();
+        let err = st.apply(&env(Command::CreateService { service: service("b", "web", 8081) }));
+        assert_eq!(err, Err(StoreError::DuplicateName("web".into(), "a".into())));
+        let err = st.apply(&env(Command::CreateService { service: service("c", "api", 8080) }));
+        assert_eq!(err, Err(StoreError::PortInUse { port: 8080, service: "web".into() }));
+        assert_eq!(st.services.len(), 1);
+    }
+
+    #[test]
+    fn find_service_by_name_id_and_unique_prefix() {
+        let mut st = State::default();
+        st.apply(&env(Command::CreateService { service: service("abc1", "web", 1) })).unwrap();
+        st.apply(&env(Command::CreateService { service: service("abd2", "api", 2) })).unwrap();
+        assert_eq!(st.find_service("web").map(|s| s.id.as_str()), Some("abc1"));
+        assert_eq!(st.find_service("abd2").map(|s| s.id.as_str()), Some("abd2"));
+        assert_eq!(st.find_service("abc").map(|s| s.id.as_str()), Some("abc1"));
+        assert!(st.find_service("ab").is_none(), "ambiguous prefix");
+        assert!(st.find_service("").is_none());
+    }
+
+    #[test]
+    fn task_state_never_moves_backwards() {
+        let mut st = State::default();
+        let task = Task {
+            id: "t1".into(),
+            service_id: "s".into(),
+            service_name: "web".into(),
+            slot: 1,
+            service_version: 1,
+            node_id: Some("n".into()),
+            desired_state: DesiredState::Running,
+            state: TaskState::Assigned,
+            message: String::new(),
+            error: None,
+            created_at_ms: 0,
+            updated_at_ms: 0,
+        };
+        st.apply(&env(Command::CreateTasks { tasks: vec![task] })).unwrap();
+        let status = |state| Command::UpdateTaskStatus {
+            task_id: "t1".into(),
+            state,
+            message: String::new(),
+            error: None,
+        };
+        st.apply(&env(status(TaskState::Running))).unwrap();
+        st.apply(&env(status(TaskState::Starting))).unwrap();
+        assert_eq!(st.tasks["t1"].state, TaskState::Running);
+    }
+}

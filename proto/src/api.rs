@@ -1,0 +1,91 @@
+//! Request and response bodies of the HTTP/JSON API.
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{Node, Service, Task};
+
+/// Every non-2xx response carries this body.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InitRequest {
+    /// Address other nodes reach this one at; defaults to the listen address.
+    pub advertise_addr: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InitResponse {
+    pub node_id: String,
+    pub cluster_id: String,
+    pub manager_addr: String,
+}
+
+/// `GET /v1/info`: who answered, and whether it is part of a swarm.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InfoResponse {
+    pub node_id: String,
+    pub hostname: String,
+    pub swarm_active: bool,
+    pub is_leader: bool,
+    pub cluster_id: Option<String>,
+    pub api_addr: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeView {
+    pub node: Node,
+    /// `Ready` or `Down`, as `node ls` shows it.
+    pub status: String,
+    /// `Leader`, `Reachable` or empty for workers.
+    pub manager_status: String,
+    /// The node that answered the request (docker marks it with `*`).
+    pub is_self: bool,
+}
+
+/// `POST /v1/blobs` answer: the blob's content address.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BlobResponse {
+    pub digest: String,
+    pub size: u64,
+}
+
+/// `POST /v1/services`. `published = None` asks for a port from 30000–32767.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreateServiceRequest {
+    pub name: String,
+    pub replicas: u64,
+    /// `sha256:<hex>` of a blob uploaded before.
+    pub wasm_digest: String,
+    pub wasm_name: String,
+    pub ports: Vec<PortRequest>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct PortRequest {
+    pub published: Option<u16>,
+    pub target: u16,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ScaleRequest {
+    pub replicas: u64,
+}
+
+/// A service with its replica counts, as `service ls` and `inspect` show it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ServiceView {
+    pub service: Service,
+    pub running: u64,
+    pub desired: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TaskView {
+    pub task: Task,
+    /// The hostname of the task's node, for `service ps`.
+    pub node_name: String,
+    pub image: String,
+}

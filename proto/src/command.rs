@@ -1,0 +1,39 @@
+//! Raft log entries: every change of desired or reported state is one of
+//! these, proposed by a manager and applied by every manager's store.
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{DesiredState, Node, Service, Task, TaskState};
+
+/// What is written to the raft log. `at_ms` is the proposer's wall clock,
+/// so that applying an entry is deterministic on every replica.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    /// Matches a committed entry back to the waiting proposer (0 = nobody waits).
+    pub proposal_id: u64,
+    pub at_ms: u64,
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Command {
+    /// The first entry of a cluster.
+    InitCluster { cluster_id: String, node: Node },
+    CreateService { service: Service },
+    ScaleService { service_id: String, replicas: u64 },
+    RemoveService { service_id: String },
+    /// Orchestrator: new tasks for empty slots.
+    CreateTasks { tasks: Vec<Task> },
+    /// Orchestrator: tasks that should stop (scale down, service removed).
+    SetDesiredState { task_ids: Vec<String>, desired: DesiredState },
+    /// Orchestrator: forget terminal tasks beyond the history limit.
+    RemoveTasks { task_ids: Vec<String> },
+    /// Agent: what a task is doing now.
+    UpdateTaskStatus {
+        task_id: String,
+        state: TaskState,
+        message: String,
+        error: Option<String>,
+    },
+}

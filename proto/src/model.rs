@@ -1,0 +1,197 @@
+//! The cluster's objects as the store keeps them and the API shows them.
+
+use serde::{Deserialize, Serialize};
+
+/// A node of the cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Node {
+    /// Stable node ID (hex), kept in the node's data dir.
+    pub id: String,
+    /// The raft peer ID of this node (managers only vote, but every node has one).
+    pub raft_id: u64,
+    pub hostname: String,
+    pub role: NodeRole,
+    pub availability: Availability,
+    /// Address other nodes and clients reach this node's API at (IP:PORT).
+    pub addr: String,
+    pub created_at_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeRole {
+    Manager,
+    Worker,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Availability {
+    Active,
+    Pause,
+    Drain,
+}
+
+impl std::fmt::Display for Availability {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Availability::Active => "Active",
+            Availability::Pause => "Pause",
+            Availability::Drain => "Drain",
+        })
+    }
+}
+
+/// What a service runs. Only wasm components today; OCI images come with
+/// the container runtime.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Image {
+    /// A `wasi:http/proxy` component, kept content-addressed by the cluster.
+    Wasm {
+        /// `sha256:<hex>` of the component's bytes.
+        digest: String,
+        /// The file name the user deployed, for display.
+        name: String,
+        size: u64,
+    },
+}
+
+impl Image {
+    /// What `service ls` shows in the IMAGE column.
+    pub fn display_name(&self) -> &str {
+        match self {
+            Image::Wasm { name, .. } => name,
+        }
+    }
+}
+
+/// A published port: `-p PUBLISHED:TARGET`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortConfig {
+    pub published: u16,
+    pub target: u16,
+    pub protocol: Protocol,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Tcp,
+}
+
+impl std::fmt::Display for PortConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "*:{}->{}/tcp", self.published, self.target)
+    }
+}
+
+/// What the user asked for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceSpec {
+    pub name: String,
+    pub replicas: u64,
+    pub image: Image,
+    #[serde(default)]
+    pub ports: Vec<PortConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Service {
+    pub id: String,
+    pub spec: ServiceSpec,
+    /// Bumped on every change of the spec (raft-applied, so identical everywhere).
+    pub version: u64,
+    pub created_at_ms: u64,
+    pub updated_at_ms: u64,
+}
+
+/// Task states, in Docker Swarm's order. A task only moves forward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskState {
+    New,
+    Assigned,
+    Starting,
+    Running,
+    Complete,
+    Shutdown,
+    Failed,
+    Rejected,
+}
+
+impl TaskState {
+    /// A task in a terminal state never runs again; its slot gets a new task.
+    pub fn is_terminal(self) -> bool {
+        self >= TaskState::Complete
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskState::New => "new",
+            TaskState::Assigned => "assigned",
+            TaskState::Starting => "starting",
+            TaskState::Running => "running",
+            TaskState::Complete => "complete",
+            TaskState::Shutdown => "shutdown",
+            TaskState::Failed => "failed",
+            TaskState::Rejected => "rejected",
+        }
+    }
+}
+
+impl std::fmt::Display for TaskState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = self.as_str();
+        let mut c = s.chars();
+        match c.next() {
+            Some(first) => write!(f, "{}{}", first.to_ascii_uppercase(), c.as_str()),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The state a task should be in; only `Running` and `Shutdown` are used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DesiredState {
+    Running,
+    Shutdown,
+}
+
+impl std::fmt::Display for DesiredState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            DesiredState::Running => "Running",
+            DesiredState::Shutdown => "Shutdown",
+        })
+    }
+}
+
+/// One replica of a service, in one slot, on one node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Task {
+    pub id: String,
+    pub service_id: String,
+    pub service_name: String,
+    /// 1-based replica slot; `service ps` names tasks `NAME.SLOT`.
+    pub slot: u64,
+    /// The service version this task was created for.
+    pub service_version: u64,
+    pub node_id: Option<String>,
+    pub desired_state: DesiredState,
+    pub state: TaskState,
+    /// Human-readable detail of the current state.
+    pub message: String,
+    /// Why the task failed, if it did.
+    pub error: Option<String>,
+    pub created_at_ms: u64,
+    pub updated_at_ms: u64,
+}
+
+impl Task {
+    /// `hello.2`, as `service ps` shows it and as the replica sees itself.
+    pub fn display_name(&self) -> String {
+        format!("{}.{}", self.service_name, self.slot)
+    }
+}

@@ -1,0 +1,159 @@
+#!/usr/bin/env bash
+# swarmlet's benchmark: starts what it needs, measures side by side in one
+# run, prints a markdown table and (full mode) writes bench/results/latest.md.
+#
+#   scripts/bench.sh          full run: 3 rounds of 10 s, plus `wasmtime serve`
+#                             (default and best flags of shared/GUESTS.md) when
+#                             wasmtime-cli 48.0.8 is installed or installable
+#   scripts/bench.sh --quick  swarmlet's own figures, a few seconds each (CI)
+#
+# It never fails on a number, only when something it measures breaks.
+set -euo pipefail
+source "$(dirname "$0")/common.sh"
+cd "$REPO"
+
+QUICK=0
+[ "${1:-}" = "--quick" ] && QUICK=1
+if [ $QUICK = 1 ]; then DUR=3s; ROUNDS=1; else DUR=10s; ROUNDS=3; fi
+CONNS=64
+IP=127.0.0.50
+PORT=18080
+[ -x "$SWARMLET" ] && [ -f guests/out/hello.wasm ] || "$REPO/scripts/setup.sh"
+command -v wrk >/dev/null || apt_need wrk
+
+WORK=$(mktemp -d /tmp/swarmlet-bench.XXXXXX)
+PIDS=()
+cleanup() {
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+now_ms() { date +%s%3N; }
+rss_mb() { awk '/VmRSS/ {printf "%.1f", $2/1024}' "/proc/$1/status"; }
+to_ms() { # wrk latency like 812.00us / 2.84ms / 1.20s -> ms
+    awk -v v="$1" 'BEGIN { n=v+0; if (v ~ /us$/) n/=1000; else if (v ~ /ms$/) n=n; else if (v ~ /s$/) n*=1000; printf "%.2f", n }'
+}
+# wrk_median URL -> "rps p50 p99" (median round by rps)
+wrk_median() {
+    local url=$1 out rounds=()
+    for _ in $(seq $ROUNDS); do
+        out=$(wrk -t2 -c$CONNS -d$DUR --latency "$url")
+        if echo "$out" | grep -q "Non-2xx\|Socket errors"; then
+            echo "$out" >&2
+            echo "benchmark broke: errors while loading $url" >&2
+            exit 1
+        fi
+        local rps p50 p99
+        rps=$(echo "$out" | awk '/Requests\/sec/ {printf "%.0f", $2}')
+        p50=$(to_ms "$(echo "$out" | awk '$1=="50%" {print $2}')")
+        p99=$(to_ms "$(echo "$out" | awk '$1=="99%" {print $2}')")
+        rounds+=("$rps $p50 $p99")
+    done
+    printf '%s\n' "${rounds[@]}" | sort -n | sed -n "$(( (ROUNDS + 1) / 2 ))p"
+}
+wait_http() { # wait_http URL : bounded wait until it answers 200
+    for _ in $(seq 600); do
+        [ "$(curl -s -o /dev/null -w '%{http_code}' "$1" || true)" = 200 ] && return 0
+        sleep 0.05
+    done
+    echo "benchmark broke: $1 never answered" >&2; exit 1
+}
+
+# --- swarmlet node ---------------------------------------------------------
+"$SWARMLET" daemon --data-dir "$WORK/node" --listen-addr $IP:2377 --publish-addr $IP --node-name bench \
+    >"$WORK/daemon.log" 2>&1 &
+DAEMON=$!; PIDS+=($DAEMON)
+S() { "$SWARMLET" -H "unix://$WORK/node/swarmlet.sock" "$@"; }
+for _ in $(seq 200); do [ -S "$WORK/node/swarmlet.sock" ] && break; sleep 0.05; done
+S init >/dev/null
+sleep 0.5
+IDLE_RSS=$(rss_mb $DAEMON)
+
+t0=$(now_ms); S service create --name hello --replicas 1 -p $PORT:80 guests/out/hello.wasm >/dev/null; t1=$(now_ms)
+FIRST_START=$((t1 - t0))   # includes upload, compile (cached after), raft, start
+S service scale hello=0 >/dev/null
+t0=$(now_ms); S service scale hello=1 >/dev/null; t1=$(now_ms)
+ONE_START=$((t1 - t0))
+S service scale hello=4 >/dev/null
+wait_http "http://$IP:$PORT/"
+read -r SW_RPS SW_P50 SW_P99 < <(wrk_median "http://$IP:$PORT/")
+LOADED_RSS=$(rss_mb $DAEMON)
+
+t0=$(now_ms); S service scale hello=100 >/dev/null; t1=$(now_ms); CONV100=$((t1 - t0))
+t0=$(now_ms); S service scale hello=0 >/dev/null; S service scale hello=10 >/dev/null; t1=$(now_ms); S0_10=$((t1 - t0))
+t0=$(now_ms); S service scale hello=50 >/dev/null; t1=$(now_ms); S10_50=$((t1 - t0))
+t0=$(now_ms); S service scale hello=10 >/dev/null; t1=$(now_ms); S50_10=$((t1 - t0))
+
+BIN_MB=$(awk -v b="$(stat -c %s "$SWARMLET")" 'BEGIN {printf "%.1f", b/1048576}')
+strip -o "$WORK/swarmlet.stripped" "$SWARMLET"
+STRIPPED_MB=$(awk -v b="$(stat -c %s "$WORK/swarmlet.stripped")" 'BEGIN {printf "%.1f", b/1048576}')
+
+# --- wasmtime serve, same component (full run) ------------------------------
+WT_ROWS=""
+WASMTIME=$(command -v wasmtime || true)
+[ -z "$WASMTIME" ] && [ -x "$HOME/.cargo/bin/wasmtime" ] && WASMTIME=$HOME/.cargo/bin/wasmtime
+if [ $QUICK = 0 ] && [ -z "$WASMTIME" ]; then
+    echo "installing wasmtime-cli 48.0.8 (about 14 minutes on 2 cores, once)" >&2
+    cargo install --locked wasmtime-cli --version 48.0.8 >&2
+    WASMTIME=$HOME/.cargo/bin/wasmtime
+fi
+if [ $QUICK = 0 ]; then
+    BEST="pooling-allocator=y,pooling-pagemap-scan=y,pooling-memory-keep-resident=4194304,pooling-table-keep-resident=1048576,pooling-async-stack-keep-resident=1048576"
+    for variant in default best; do
+        opts=(-Scli)
+        [ $variant = best ] && opts+=(-O "$BEST")
+        "$WASMTIME" serve "${opts[@]}" --addr $IP:18090 guests/out/hello.wasm >"$WORK/wt-$variant.log" 2>&1 &
+        WT=$!; PIDS+=($WT)
+        wait_http "http://$IP:18090/"
+        read -r rps p50 p99 < <(wrk_median "http://$IP:18090/")
+        kill $WT; wait $WT 2>/dev/null || true
+        eval "WT_${variant}_RPS=$rps"
+        WT_ROWS+="| \`wasmtime serve -Scli\` ($variant flags), same component | $rps | $p50 | $p99 |"$'\n'
+    done
+fi
+
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f×", a/b; else print "n/a" }'; }
+LOAD=$(cut -d' ' -f1-3 /proc/loadavg)
+{
+    echo "# swarmlet benchmark"
+    echo
+    echo "$(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores, load average before/after: $LOAD, mode: $([ $QUICK = 1 ] && echo quick || echo full), wrk -t2 -c$CONNS -d$DUR, median of $ROUNDS."
+    echo
+    echo "## HTTP: \`hello.wasm\`, a fresh instance per request"
+    echo
+    echo "| setup | req/s | p50 ms | p99 ms |"
+    echo "| --- | ---: | ---: | ---: |"
+    echo "| swarmlet mesh, 4 local replicas, port $PORT | $SW_RPS | $SW_P50 | $SW_P99 |"
+    printf '%s' "$WT_ROWS"
+    if [ $QUICK = 0 ]; then
+        echo
+        echo "swarmlet vs \`wasmtime serve\` best flags: $(ratio "$SW_RPS" "$WT_best_RPS") (target ≥ 1.2×); vs its defaults: $(ratio "$SW_RPS" "$WT_default_RPS")."
+    fi
+    echo
+    echo "## Start and convergence (CLI command until \`verify: Service converged\`)"
+    echo
+    echo "| what | ms |"
+    echo "| --- | ---: |"
+    echo "| first create, 1 replica (upload + compile + raft + start) | $FIRST_START |"
+    echo "| one wasm replica, scale 0 → 1 (target < 10 ms for the replica itself) | $ONE_START |"
+    echo "| scale 4 → 100 (target < 1000) | $CONV100 |"
+    echo "| scale 100 → 0 → 10 | $S0_10 |"
+    echo "| scale 10 → 50 | $S10_50 |"
+    echo "| scale 50 → 10 | $S50_10 |"
+    echo
+    echo "## Footprint"
+    echo
+    echo "| what | figure |"
+    echo "| --- | ---: |"
+    echo "| idle daemon RSS after init (target < 30 MB) | $IDLE_RSS MB |"
+    echo "| daemon RSS after the HTTP load | $LOADED_RSS MB |"
+    echo "| release binary | $BIN_MB MB |"
+    echo "| release binary, stripped (target ≤ 20 MB) | $STRIPPED_MB MB |"
+} > "$WORK/result.md"
+cat "$WORK/result.md"
+if [ $QUICK = 0 ]; then
+    cp "$WORK/result.md" "$REPO/bench/results/latest.md"
+    echo "written to bench/results/latest.md" >&2
+fi

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# One command on a fresh machine: installs what is needed, builds swarmlet and
+# the guests, starts a node (daemon + init) and deploys `hello` with 3
+# replicas on port 8080. The node keeps running; the script says how to stop it.
+set -euo pipefail
+source "$(dirname "$0")/common.sh"
+cd "$REPO"
+
+DATA_DIR=${DATA_DIR:-/tmp/swarmlet-demo}
+ADDR=${ADDR:-127.0.0.1}
+PORT=${PORT:-8080}
+
+"$REPO/scripts/setup.sh"
+mkdir -p "$DATA_DIR"
+if [ -S "$DATA_DIR/swarmlet.sock" ] && "$SWARMLET" -H "unix://$DATA_DIR/swarmlet.sock" node ls >/dev/null 2>&1; then
+    echo "a demo node is already running on $DATA_DIR" >&2
+else
+    nohup "$SWARMLET" daemon --data-dir "$DATA_DIR" --listen-addr "$ADDR:2377" --publish-addr "$ADDR" \
+        >"$DATA_DIR/daemon.log" 2>&1 &
+    echo $! >"$DATA_DIR/daemon.pid"
+    for _ in $(seq 200); do [ -S "$DATA_DIR/swarmlet.sock" ] && break; sleep 0.05; done
+fi
+export SWARMLET_HOST="unix://$DATA_DIR/swarmlet.sock"
+"$SWARMLET" node ls >/dev/null 2>&1 || "$SWARMLET" init
+"$SWARMLET" node ls
+if ! "$SWARMLET" service inspect hello >/dev/null 2>&1; then
+    "$SWARMLET" service create --name hello --replicas 3 -p "$PORT:80" guests/out/hello.wasm
+fi
+"$SWARMLET" service ls
+"$SWARMLET" service ps hello
+for _ in 1 2 3; do curl -s "http://$ADDR:$PORT/demo"; done
+cat <<EOT
+
+The node is running (pid $(cat "$DATA_DIR/daemon.pid" 2>/dev/null || echo "?"), log $DATA_DIR/daemon.log).
+Try:
+    export SWARMLET_HOST=unix://$DATA_DIR/swarmlet.sock
+    $SWARMLET service scale hello=5
+    wrk -c64 -d10s http://$ADDR:$PORT/
+Stop it with:  kill \$(cat $DATA_DIR/daemon.pid)
+EOT

@@ -1,0 +1,245 @@
+//! The end-to-end test harness: real `swarmlet daemon` processes on their own
+//! loopback addresses (127.0.x.y, one per node, so ports never collide), the
+//! real CLI, and plain HTTP from the test.
+//!
+//! Waits are bounded polls that fail with a message naming what never
+//! happened; no test asserts a duration (timings belong to the benchmark).
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+/// The `swarmlet` binary under test: `$SWARMLET_BIN`, or the one cargo built
+/// next to this test executable (`scripts/test.sh` builds it first).
+pub fn swarmlet_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("SWARMLET_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe.parent().and_then(Path::parent).expect("target profile dir");
+    let bin = dir.join("swarmlet");
+    assert!(
+        bin.exists(),
+        "{} not found: build it first (cargo build --release -p swarmlet) or set SWARMLET_BIN; scripts/test.sh does both",
+        bin.display()
+    );
+    bin
+}
+
+/// A guest component built by `guests/build.sh`.
+pub fn guest(name: &str) -> PathBuf {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../guests/out").join(format!("{name}.wasm"));
+    assert!(p.exists(), "{} not found: run guests/build.sh (scripts/test.sh does)", p.display());
+    p
+}
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// A fresh loopback address for one node of one test.
+fn next_ip() -> Ipv4Addr {
+    let n = NEXT.fetch_add(1, Ordering::SeqCst);
+    // Spread test binaries (run one after another, but maybe beside a demo)
+    // over 127.<pid-derived>.x.y.
+    let b = 100 + (std::process::id() % 100) as u8;
+    Ipv4Addr::new(127, b, (n / 200) as u8, (n % 200 + 2) as u8)
+}
+
+pub struct Node {
+    pub name: String,
+    pub ip: Ipv4Addr,
+    pub data_dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl Node {
+    /// Starts a daemon on a new data dir and waits for its API.
+    pub fn start(name: &str) -> Node {
+        let ip = next_ip();
+        let data_dir = std::env::temp_dir().join(format!("swarmlet-e2e-{}-{name}-{ip}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&data_dir);
+        std::fs::create_dir_all(&data_dir).expect("create data dir");
+        let mut node = Node { name: name.to_string(), ip, data_dir, child: None };
+        node.spawn();
+        node
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.data_dir.join("swarmlet.sock")
+    }
+
+    pub fn api_addr(&self) -> String {
+        format!("{}:2377", self.ip)
+    }
+
+    /// (Re)starts the daemon process on this node's data dir.
+    pub fn spawn(&mut self) {
+        assert!(self.child.is_none(), "daemon already running");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.data_dir.join("daemon.log"))
+            .expect("daemon log");
+        let child = Command::new(swarmlet_bin())
+            .args(["daemon", "--data-dir"])
+            .arg(&self.data_dir)
+            .args(["--listen-addr", &self.api_addr(), "--publish-addr", &self.ip.to_string()])
+            .args(["--node-name", &self.name, "--wasm-timeout", "2s"])
+            .env("SWARMLET_LOG", "info,swarmlet=debug")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log fd"))
+            .stderr(log)
+            .spawn()
+            .expect("start swarmlet daemon");
+        self.child = Some(child);
+        let sock = self.socket();
+        let api = self.api_addr();
+        self.wait_until("the daemon's API to answer", || {
+            std::os::unix::net::UnixStream::connect(&sock).is_ok() && TcpStream::connect(&api).is_ok()
+        });
+    }
+
+    /// Runs `swarmlet -H unix://SOCK ARGS…`.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        let host = format!("unix://{}", self.socket().display());
+        Command::new(swarmlet_bin())
+            .arg("-H")
+            .arg(host)
+            .args(args)
+            .env_remove("SWARMLET_HOST")
+            .output()
+            .expect("run swarmlet cli")
+    }
+
+    /// Runs a CLI command that must succeed; returns its stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "swarmlet {} failed ({}):\nstdout: {}\nstderr: {}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs a CLI command that must fail; returns its stderr.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            !out.status.success(),
+            "swarmlet {} should have failed but printed:\n{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    pub fn get(&self, port: u16, path: &str) -> Result<(u16, String), String> {
+        http_get(SocketAddr::new(IpAddr::V4(self.ip), port), path)
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Sends SIGTERM and returns the exit status.
+    pub fn sigterm(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("daemon running");
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = c.try_wait().expect("wait for daemon") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                panic!("daemon did not exit within 30s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Polls `f` until it holds; panics after a generous bound, naming `what`.
+    pub fn wait_until(&self, what: &str, mut f: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !f() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what} on node {}", self.name);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.data_dir.join("daemon.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill9();
+        if std::thread::panicking() {
+            eprintln!("---- daemon log of node {} ({}) ----\n{}", self.name, self.data_dir.display(), self.log());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.data_dir);
+        }
+    }
+}
+
+/// A minimal HTTP/1.1 GET (Connection: close), enough to check what a user
+/// would see with curl. Returns the status and the body.
+pub fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String), String> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(|e| format!("connect {addr}: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(30))).map_err(|e| e.to_string())?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").map_err(|e| e.to_string())?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).map_err(|e| format!("read from {addr}: {e}"))?;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").ok_or_else(|| format!("no HTTP response from {addr}: {text:?}"))?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| format!("bad status line: {head:?}"))?;
+    let chunked = head.to_ascii_lowercase().contains("transfer-encoding: chunked");
+    Ok((status, if chunked { dechunk(body) } else { body.to_string() }))
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = s.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// The published port of `service` as `service ls` shows it (`*:P->T/tcp`).
+pub fn published_port(ls_output: &str, service: &str) -> Option<u16> {
+    let line = ls_output.lines().find(|l| l.split_whitespace().nth(1) == Some(service))?;
+    let ports = line.split_whitespace().find(|w| w.starts_with("*:"))?;
+    ports.trim_start_matches("*:").split("->").next()?.parse().ok()
+}
+
+/// Which replicas answered `n` requests to `port` (from hello's body).
+pub fn replicas_seen(node: &Node, port: u16, n: usize) -> std::collections::BTreeSet<String> {
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..n {
+        let (status, body) = node.get(port, "/probe").expect("request to the mesh");
+        assert_eq!(status, 200, "body: {body}");
+        let name = body.split_whitespace().nth(2).unwrap_or_default().to_string();
+        seen.insert(name);
+    }
+    seen
+}

@@ -1,0 +1,129 @@
+//! Bad input gets a clear error, stores nothing, and the node keeps serving.
+
+use std::io::Write;
+
+use swarmlet_e2e::{guest, Node};
+
+fn write_tmp(node: &Node, name: &str, bytes: &[u8]) -> String {
+    let p = node.data_dir.join(name);
+    std::fs::File::create(&p).and_then(|mut f| f.write_all(bytes)).expect("write test file");
+    p.to_string_lossy().into_owned()
+}
+
+fn assert_serving(node: &Node) {
+    let (status, body) = node.get(8080, "/still-there").expect("hello still reachable");
+    assert_eq!(status, 200, "{body}");
+}
+
+#[test]
+fn bad_input_is_refused_and_loses_nothing() {
+    let node = Node::start("n1");
+
+    // Before init: the commands say what to do.
+    let err = node.fails(&["service", "ls"]);
+    assert!(err.contains("swarmlet init"), "{err}");
+
+    node.ok(&["init"]);
+    let err = node.fails(&["init"]);
+    assert!(err.contains("already part of a swarm"), "{err}");
+
+    let hello = guest("hello");
+    let hello = hello.to_str().unwrap();
+    node.ok(&["service", "create", "--name", "hello", "--replicas", "2", "-p", "8080:80", hello]);
+
+    // Not wasm at all.
+    let txt = write_tmp(&node, "notes.wasm", b"this is not wasm");
+    let err = node.fails(&["service", "create", "--name", "x1", "-p", "9001:80", &txt]);
+    assert!(err.contains("not a WebAssembly file"), "{err}");
+    // A core module, not a component.
+    let module = wat::parse_str("(module)").unwrap();
+    let m = write_tmp(&node, "module.wasm", &module);
+    let err = node.fails(&["service", "create", "--name", "x2", "-p", "9002:80", &m]);
+    assert!(err.contains("not a WebAssembly component"), "{err}");
+    // A component that is not a wasi:http/proxy.
+    let component = wat::parse_str("(component)").unwrap();
+    let c = write_tmp(&node, "empty-component.wasm", &component);
+    let err = node.fails(&["service", "create", "--name", "x3", "-p", "9003:80", &c]);
+    assert!(err.contains("not a wasi:http/proxy component"), "{err}");
+    // A file that does not exist / an image reference.
+    let err = node.fails(&["service", "create", "--name", "x4", "./missing.wasm"]);
+    assert!(err.contains("no such file"), "{err}");
+    let err = node.fails(&["service", "create", "--name", "x5", "nginx:1.27"]);
+    assert!(err.contains("not a .wasm file"), "{err}");
+
+    // Duplicate name, port taken by a service, port taken by another process.
+    let err = node.fails(&["service", "create", "--name", "hello", "-p", "9004:80", hello]);
+    assert!(err.contains("already in use"), "{err}");
+    let err = node.fails(&["service", "create", "--name", "y1", "-p", "8080:80", hello]);
+    assert!(err.contains("already published by service hello"), "{err}");
+    let squatter = std::net::TcpListener::bind((node.ip, 9005)).expect("bind squatter");
+    let err = node.fails(&["service", "create", "--name", "y2", "-p", "9005:80", hello]);
+    assert!(err.contains("in use on this node by another process"), "{err}");
+    drop(squatter);
+
+    // Bad numbers.
+    let err = node.fails(&["service", "create", "--name", "y3", "--replicas", "-1", hello]);
+    assert!(err.contains("0 or more"), "{err}");
+    let err = node.fails(&["service", "create", "--name", "y4", "-p", "70000:80", hello]);
+    assert!(err.contains("1 to 65535"), "{err}");
+    let err = node.fails(&["service", "create", "--name", "bad name!", hello]);
+    assert!(err.contains("invalid service name"), "{err}");
+
+    // Unknown services.
+    for args in [&["service", "scale", "nope=2"][..], &["service", "rm", "nope"], &["service", "ps", "nope"], &["service", "inspect", "nope"]] {
+        let err = node.fails(args);
+        assert!(err.contains("service nope not found"), "{args:?}: {err}");
+    }
+    let err = node.fails(&["service", "scale", "hello"]);
+    assert!(err.contains("SERVICE=REPLICAS"), "{err}");
+
+    // Nothing of the above was stored, and the node keeps serving.
+    let ls = node.ok(&["service", "ls"]);
+    assert_eq!(ls.lines().count(), 2, "only the header and hello: {ls}");
+    assert!(ls.contains("2/2"), "{ls}");
+    assert_serving(&node);
+
+    // A malformed API request gets a clear 400, not a crash.
+    let mut s = std::net::TcpStream::connect(node.api_addr()).unwrap();
+    write!(s, "POST /v1/services HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nConnection: close\r\n\r\n{{bad").unwrap();
+    let mut resp = String::new();
+    std::io::Read::read_to_string(&mut s, &mut resp).unwrap();
+    assert!(resp.starts_with("HTTP/1.1 400") && resp.contains("malformed request body"), "{resp}");
+    assert_serving(&node);
+}
+
+#[test]
+fn unreachable_daemon_says_where_it_looked() {
+    let out = std::process::Command::new(swarmlet_e2e::swarmlet_bin())
+        .args(["-H", "unix:///nonexistent/swarmlet.sock", "service", "ls"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot connect to the swarmlet daemon at unix:///nonexistent/swarmlet.sock"), "{err}");
+    assert!(err.contains("-H IP:PORT"), "{err}");
+}
+
+#[test]
+fn guest_faults_fail_only_their_own_request() {
+    let node = Node::start("n1");
+    node.ok(&["init"]);
+    let faulty = guest("faulty");
+    let hello = guest("hello");
+    node.ok(&["service", "create", "--name", "faulty", "-p", "8081:80", faulty.to_str().unwrap()]);
+    node.ok(&["service", "create", "--name", "hello", "-p", "8080:80", hello.to_str().unwrap()]);
+
+    let (status, body) = node.get(8081, "/trap").unwrap();
+    assert_eq!(status, 500, "{body}");
+    assert!(body.contains("wasm trap"), "{body}");
+    // The daemon runs with --wasm-timeout 2s.
+    let (status, body) = node.get(8081, "/spin").unwrap();
+    assert_eq!(status, 504, "{body}");
+    assert!(body.contains("timed out"), "{body}");
+    let (status, body) = node.get(8081, "/sleep").unwrap();
+    assert_eq!(status, 504, "{body}");
+
+    assert_eq!(node.get(8081, "/ok").unwrap().0, 200);
+    assert_serving(&node);
+    assert!(node.ok(&["service", "ls"]).contains("1/1"));
+}

@@ -13,7 +13,10 @@ pub enum BlobError {
     #[error("{0:?} is not a digest of the form sha256:<64 hex digits>")]
     BadDigest(String),
     #[error("blob store {path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 pub struct Blobs {
@@ -28,7 +31,10 @@ pub fn digest_of(bytes: &[u8]) -> String {
 impl Blobs {
     pub fn open(data_dir: &Path) -> Result<Self, BlobError> {
         let dir = data_dir.join("blobs").join("sha256");
-        std::fs::create_dir_all(&dir).map_err(|source| BlobError::Io { path: dir.display().to_string(), source })?;
+        std::fs::create_dir_all(&dir).map_err(|source| BlobError::Io {
+            path: dir.display().to_string(),
+            source,
+        })?;
         Ok(Blobs { dir })
     }
 
@@ -38,7 +44,10 @@ impl Blobs {
         let path = self.path(&digest)?;
         if !path.exists() {
             let tmp = path.with_extension(format!("tmp{}", rand::random::<u32>()));
-            let io = |source| BlobError::Io { path: path.display().to_string(), source };
+            let io = |source| BlobError::Io {
+                path: path.display().to_string(),
+                source,
+            };
             std::fs::write(&tmp, bytes).map_err(io)?;
             std::fs::rename(&tmp, &path).map_err(io)?;
         }
@@ -67,6 +76,9 @@ impl Blobs {
 
     pub fn get(&self, digest: &str) -> Result<Vec<u8>, BlobError> {
         let p = self.existing(digest)?;
-        std::fs::read(&p).map_err(|source| BlobError::Io { path: p.display().to_string(), source })
+        std::fs::read(&p).map_err(|source| BlobError::Io {
+            path: p.display().to_string(),
+            source,
+        })
     }
 }

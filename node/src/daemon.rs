@@ -54,7 +54,9 @@ pub fn start_cluster(st: &ApiState, bootstrap: bool) -> anyhow::Result<Cluster> 
     }
     let store = Arc::new(Store::new());
     let (handle, raft_task) = raft::start(
-        RaftConfig { id: st.identity.raft_id },
+        RaftConfig {
+            id: st.identity.raft_id,
+        },
         storage,
         store.clone(),
         bootstrap,
@@ -71,7 +73,11 @@ pub fn start_cluster(st: &ApiState, bootstrap: bool) -> anyhow::Result<Cluster> 
             Err(e) => tracing::error!("raft task panicked: {e}"),
         }
     });
-    tokio::spawn(crate::orchestrator::run(store.clone(), handle.clone(), st.shutdown.clone()));
+    tokio::spawn(crate::orchestrator::run(
+        store.clone(),
+        handle.clone(),
+        st.shutdown.clone(),
+    ));
     let agent = Agent {
         node_id: st.identity.node_id.clone(),
         store: store.clone(),
@@ -81,8 +87,15 @@ pub fn start_cluster(st: &ApiState, bootstrap: bool) -> anyhow::Result<Cluster> 
         mesh: st.mesh.clone(),
     };
     tokio::spawn(agent.run(st.shutdown.clone()));
-    tokio::spawn(sync_mesh(store.clone(), st.mesh.clone(), st.shutdown.clone()));
-    Ok(Cluster { raft: handle, store })
+    tokio::spawn(sync_mesh(
+        store.clone(),
+        st.mesh.clone(),
+        st.shutdown.clone(),
+    ));
+    Ok(Cluster {
+        raft: handle,
+        store,
+    })
 }
 
 /// Keeps the mesh's listeners in line with the services' published ports.
@@ -153,7 +166,8 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     let api_addr = tcp.local_addr()?;
     let sock = cfg.data_dir.join("swarmlet.sock");
     let _ = std::fs::remove_file(&sock); // stale from a killed daemon; we hold the lock
-    let unix = tokio::net::UnixListener::bind(&sock).with_context(|| format!("binding {}", sock.display()))?;
+    let unix = tokio::net::UnixListener::bind(&sock)
+        .with_context(|| format!("binding {}", sock.display()))?;
 
     let (shutdown_tx, shutdown) = watch::channel(false);
     let state = Arc::new(ApiState {
@@ -194,7 +208,10 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
 
 async fn wait_for_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
         (Ok(mut term), Ok(mut int)) => {
             tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
         }

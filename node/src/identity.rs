@@ -30,8 +30,12 @@ impl Identity {
         use anyhow::Context as _;
         let path = data_dir.join("node.json");
         let mut id = match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice::<Identity>(&bytes)
-                .with_context(|| format!("{} is not a swarmlet node identity; move it away to start as a new node", path.display()))?,
+            Ok(bytes) => serde_json::from_slice::<Identity>(&bytes).with_context(|| {
+                format!(
+                    "{} is not a swarmlet node identity; move it away to start as a new node",
+                    path.display()
+                )
+            })?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Identity {
                 node_id: random_id(25),
                 raft_id: rand::random::<u64>() >> 1 | 1,
@@ -45,7 +49,8 @@ impl Identity {
             None => id.hostname,
         };
         let tmp = path.with_extension("json.tmp");
-        std::fs::write(&tmp, serde_json::to_vec_pretty(&id)?).with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::write(&tmp, serde_json::to_vec_pretty(&id)?)
+            .with_context(|| format!("writing {}", tmp.display()))?;
         std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
         Ok(id)
     }

@@ -19,16 +19,33 @@ pub struct Envelope {
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Command {
     /// The first entry of a cluster.
-    InitCluster { cluster_id: String, node: Node },
-    CreateService { service: Service },
-    ScaleService { service_id: String, replicas: u64 },
-    RemoveService { service_id: String },
+    InitCluster {
+        cluster_id: String,
+        node: Node,
+    },
+    CreateService {
+        service: Service,
+    },
+    ScaleService {
+        service_id: String,
+        replicas: u64,
+    },
+    RemoveService {
+        service_id: String,
+    },
     /// Orchestrator: new tasks for empty slots.
-    CreateTasks { tasks: Vec<Task> },
+    CreateTasks {
+        tasks: Vec<Task>,
+    },
     /// Orchestrator: tasks that should stop (scale down, service removed).
-    SetDesiredState { task_ids: Vec<String>, desired: DesiredState },
+    SetDesiredState {
+        task_ids: Vec<String>,
+        desired: DesiredState,
+    },
     /// Orchestrator: forget terminal tasks beyond the history limit.
-    RemoveTasks { task_ids: Vec<String> },
+    RemoveTasks {
+        task_ids: Vec<String>,
+    },
     /// Agent: what a task is doing now.
     UpdateTaskStatus {
         task_id: String,

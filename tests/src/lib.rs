@@ -19,7 +19,10 @@ pub fn swarmlet_bin() -> PathBuf {
         return PathBuf::from(p);
     }
     let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe.parent().and_then(Path::parent).expect("target profile dir");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target profile dir");
     let bin = dir.join("swarmlet");
     assert!(
         bin.exists(),
@@ -31,8 +34,14 @@ pub fn swarmlet_bin() -> PathBuf {
 
 /// A guest component built by `guests/build.sh`.
 pub fn guest(name: &str) -> PathBuf {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../guests/out").join(format!("{name}.wasm"));
-    assert!(p.exists(), "{} not found: run guests/build.sh (scripts/test.sh does)", p.display());
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../guests/out")
+        .join(format!("{name}.wasm"));
+    assert!(
+        p.exists(),
+        "{} not found: run guests/build.sh (scripts/test.sh does)",
+        p.display()
+    );
     p
 }
 
@@ -58,10 +67,16 @@ impl Node {
     /// Starts a daemon on a new data dir and waits for its API.
     pub fn start(name: &str) -> Node {
         let ip = next_ip();
-        let data_dir = std::env::temp_dir().join(format!("swarmlet-e2e-{}-{name}-{ip}", std::process::id()));
+        let data_dir =
+            std::env::temp_dir().join(format!("swarmlet-e2e-{}-{name}-{ip}", std::process::id()));
         let _ = std::fs::remove_dir_all(&data_dir);
         std::fs::create_dir_all(&data_dir).expect("create data dir");
-        let mut node = Node { name: name.to_string(), ip, data_dir, child: None };
+        let mut node = Node {
+            name: name.to_string(),
+            ip,
+            data_dir,
+            child: None,
+        };
         node.spawn();
         node
     }
@@ -85,7 +100,12 @@ impl Node {
         let child = Command::new(swarmlet_bin())
             .args(["daemon", "--data-dir"])
             .arg(&self.data_dir)
-            .args(["--listen-addr", &self.api_addr(), "--publish-addr", &self.ip.to_string()])
+            .args([
+                "--listen-addr",
+                &self.api_addr(),
+                "--publish-addr",
+                &self.ip.to_string(),
+            ])
             .args(["--node-name", &self.name, "--wasm-timeout", "2s"])
             .env("SWARMLET_LOG", "info,swarmlet=debug")
             .stdin(Stdio::null())
@@ -97,7 +117,8 @@ impl Node {
         let sock = self.socket();
         let api = self.api_addr();
         self.wait_until("the daemon's API to answer", || {
-            std::os::unix::net::UnixStream::connect(&sock).is_ok() && TcpStream::connect(&api).is_ok()
+            std::os::unix::net::UnixStream::connect(&sock).is_ok()
+                && TcpStream::connect(&api).is_ok()
         });
     }
 
@@ -172,7 +193,11 @@ impl Node {
     pub fn wait_until(&self, what: &str, mut f: impl FnMut() -> bool) {
         let deadline = Instant::now() + Duration::from_secs(60);
         while !f() {
-            assert!(Instant::now() < deadline, "timed out waiting for {what} on node {}", self.name);
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what} on node {}",
+                self.name
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -186,7 +211,12 @@ impl Drop for Node {
     fn drop(&mut self) {
         self.kill9();
         if std::thread::panicking() {
-            eprintln!("---- daemon log of node {} ({}) ----\n{}", self.name, self.data_dir.display(), self.log());
+            eprintln!(
+                "---- daemon log of node {} ({}) ----\n{}",
+                self.name,
+                self.data_dir.display(),
+                self.log()
+            );
         } else {
             let _ = std::fs::remove_dir_all(&self.data_dir);
         }
@@ -196,20 +226,38 @@ impl Drop for Node {
 /// A minimal HTTP/1.1 GET (Connection: close), enough to check what a user
 /// would see with curl. Returns the status and the body.
 pub fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String), String> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(|e| format!("connect {addr}: {e}"))?;
-    s.set_read_timeout(Some(Duration::from_secs(30))).map_err(|e| e.to_string())?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").map_err(|e| e.to_string())?;
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        .map_err(|e| format!("connect {addr}: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))
+        .map_err(|e| e.to_string())?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|e| e.to_string())?;
     let mut buf = Vec::new();
-    s.read_to_end(&mut buf).map_err(|e| format!("read from {addr}: {e}"))?;
+    s.read_to_end(&mut buf)
+        .map_err(|e| format!("read from {addr}: {e}"))?;
     let text = String::from_utf8_lossy(&buf).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").ok_or_else(|| format!("no HTTP response from {addr}: {text:?}"))?;
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| format!("no HTTP response from {addr}: {text:?}"))?;
     let status = head
         .split_whitespace()
         .nth(1)
         .and_then(|c| c.parse().ok())
         .ok_or_else(|| format!("bad status line: {head:?}"))?;
-    let chunked = head.to_ascii_lowercase().contains("transfer-encoding: chunked");
-    Ok((status, if chunked { dechunk(body) } else { body.to_string() }))
+    let chunked = head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked");
+    Ok((
+        status,
+        if chunked {
+            dechunk(body)
+        } else {
+            body.to_string()
+        },
+    ))
 }
 
 fn dechunk(mut s: &str) -> String {
@@ -227,9 +275,16 @@ fn dechunk(mut s: &str) -> String {
 
 /// The published port of `service` as `service ls` shows it (`*:P->T/tcp`).
 pub fn published_port(ls_output: &str, service: &str) -> Option<u16> {
-    let line = ls_output.lines().find(|l| l.split_whitespace().nth(1) == Some(service))?;
+    let line = ls_output
+        .lines()
+        .find(|l| l.split_whitespace().nth(1) == Some(service))?;
     let ports = line.split_whitespace().find(|w| w.starts_with("*:"))?;
-    ports.trim_start_matches("*:").split("->").next()?.parse().ok()
+    ports
+        .trim_start_matches("*:")
+        .split("->")
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// Which replicas answered `n` requests to `port` (from hello's body).
@@ -238,7 +293,11 @@ pub fn replicas_seen(node: &Node, port: u16, n: usize) -> std::collections::BTre
     for _ in 0..n {
         let (status, body) = node.get(port, "/probe").expect("request to the mesh");
         assert_eq!(status, 200, "body: {body}");
-        let name = body.split_whitespace().nth(2).unwrap_or_default().to_string();
+        let name = body
+            .split_whitespace()
+            .nth(2)
+            .unwrap_or_default()
+            .to_string();
         seen.insert(name);
     }
     seen

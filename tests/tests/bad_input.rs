@@ -6,12 +6,16 @@ use swarmlet_e2e::{guest, Node};
 
 fn write_tmp(node: &Node, name: &str, bytes: &[u8]) -> String {
     let p = node.data_dir.join(name);
-    std::fs::File::create(&p).and_then(|mut f| f.write_all(bytes)).expect("write test file");
+    std::fs::File::create(&p)
+        .and_then(|mut f| f.write_all(bytes))
+        .expect("write test file");
     p.to_string_lossy().into_owned()
 }
 
 fn assert_serving(node: &Node) {
-    let (status, body) = node.get(8080, "/still-there").expect("hello still reachable");
+    let (status, body) = node
+        .get(8080, "/still-there")
+        .expect("hello still reachable");
     assert_eq!(status, 200, "{body}");
 }
 
@@ -29,7 +33,17 @@ fn bad_input_is_refused_and_loses_nothing() {
 
     let hello = guest("hello");
     let hello = hello.to_str().unwrap();
-    node.ok(&["service", "create", "--name", "hello", "--replicas", "2", "-p", "8080:80", hello]);
+    node.ok(&[
+        "service",
+        "create",
+        "--name",
+        "hello",
+        "--replicas",
+        "2",
+        "-p",
+        "8080:80",
+        hello,
+    ]);
 
     // Not wasm at all.
     let txt = write_tmp(&node, "notes.wasm", b"this is not wasm");
@@ -52,17 +66,30 @@ fn bad_input_is_refused_and_loses_nothing() {
     assert!(err.contains("not a .wasm file"), "{err}");
 
     // Duplicate name, port taken by a service, port taken by another process.
-    let err = node.fails(&["service", "create", "--name", "hello", "-p", "9004:80", hello]);
+    let err = node.fails(&[
+        "service", "create", "--name", "hello", "-p", "9004:80", hello,
+    ]);
     assert!(err.contains("already in use"), "{err}");
     let err = node.fails(&["service", "create", "--name", "y1", "-p", "8080:80", hello]);
     assert!(err.contains("already published by service hello"), "{err}");
     let squatter = std::net::TcpListener::bind((node.ip, 9005)).expect("bind squatter");
     let err = node.fails(&["service", "create", "--name", "y2", "-p", "9005:80", hello]);
-    assert!(err.contains("in use on this node by another process"), "{err}");
+    assert!(
+        err.contains("in use on this node by another process"),
+        "{err}"
+    );
     drop(squatter);
 
     // Bad numbers.
-    let err = node.fails(&["service", "create", "--name", "y3", "--replicas", "-1", hello]);
+    let err = node.fails(&[
+        "service",
+        "create",
+        "--name",
+        "y3",
+        "--replicas",
+        "-1",
+        hello,
+    ]);
     assert!(err.contains("0 or more"), "{err}");
     let err = node.fails(&["service", "create", "--name", "y4", "-p", "70000:80", hello]);
     assert!(err.contains("1 to 65535"), "{err}");
@@ -70,7 +97,12 @@ fn bad_input_is_refused_and_loses_nothing() {
     assert!(err.contains("invalid service name"), "{err}");
 
     // Unknown services.
-    for args in [&["service", "scale", "nope=2"][..], &["service", "rm", "nope"], &["service", "ps", "nope"], &["service", "inspect", "nope"]] {
+    for args in [
+        &["service", "scale", "nope=2"][..],
+        &["service", "rm", "nope"],
+        &["service", "ps", "nope"],
+        &["service", "inspect", "nope"],
+    ] {
         let err = node.fails(args);
         assert!(err.contains("service nope not found"), "{args:?}: {err}");
     }
@@ -85,10 +117,13 @@ fn bad_input_is_refused_and_loses_nothing() {
 
     // A malformed API request gets a clear 400, not a crash.
     let mut s = std::net::TcpStream::connect(node.api_addr()).unwrap();
-    write!(s, "POST /v1/services HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nConnection: close\r\n\r\n{{bad").unwrap();
+    write!(s, "POST /v1/services HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nConnection: close\r\n\r\n{{bad").unwrap();
     let mut resp = String::new();
     std::io::Read::read_to_string(&mut s, &mut resp).unwrap();
-    assert!(resp.starts_with("HTTP/1.1 400") && resp.contains("malformed request body"), "{resp}");
+    assert!(
+        resp.starts_with("HTTP/1.1 400") && resp.contains("malformed request body"),
+        "{resp}"
+    );
     assert_serving(&node);
 }
 
@@ -100,7 +135,10 @@ fn unreachable_daemon_says_where_it_looked() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("cannot connect to the swarmlet daemon at unix:///nonexistent/swarmlet.sock"), "{err}");
+    assert!(
+        err.contains("cannot connect to the swarmlet daemon at unix:///nonexistent/swarmlet.sock"),
+        "{err}"
+    );
     assert!(err.contains("-H IP:PORT"), "{err}");
 }
 
@@ -110,8 +148,24 @@ fn guest_faults_fail_only_their_own_request() {
     node.ok(&["init"]);
     let faulty = guest("faulty");
     let hello = guest("hello");
-    node.ok(&["service", "create", "--name", "faulty", "-p", "8081:80", faulty.to_str().unwrap()]);
-    node.ok(&["service", "create", "--name", "hello", "-p", "8080:80", hello.to_str().unwrap()]);
+    node.ok(&[
+        "service",
+        "create",
+        "--name",
+        "faulty",
+        "-p",
+        "8081:80",
+        faulty.to_str().unwrap(),
+    ]);
+    node.ok(&[
+        "service",
+        "create",
+        "--name",
+        "hello",
+        "-p",
+        "8080:80",
+        hello.to_str().unwrap(),
+    ]);
 
     let (status, body) = node.get(8081, "/trap").unwrap();
     assert_eq!(status, 500, "{body}");

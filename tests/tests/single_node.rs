@@ -13,7 +13,10 @@ fn init(node: &Node) {
     let out = node.ok(&["init"]);
     assert!(out.contains("Swarm initialized: current node ("), "{out}");
     let ls = node.ok(&["node", "ls"]);
-    assert!(ls.contains("Leader") && ls.contains(" * ") && ls.contains(&node.name), "{ls}");
+    assert!(
+        ls.contains("Leader") && ls.contains(" * ") && ls.contains(&node.name),
+        "{ls}"
+    );
 }
 
 #[test]
@@ -21,17 +24,42 @@ fn hello_serves_scales_and_is_removed() {
     let node = Node::start("n1");
     init(&node);
     let hello = guest("hello");
-    let out = node.ok(&["service", "create", "--name", "hello", "--replicas", "3", "-p", "8080:80", hello.to_str().unwrap()]);
+    let out = node.ok(&[
+        "service",
+        "create",
+        "--name",
+        "hello",
+        "--replicas",
+        "3",
+        "-p",
+        "8080:80",
+        hello.to_str().unwrap(),
+    ]);
     assert!(out.contains("overall progress: 3 out of 3 tasks"), "{out}");
     assert!(out.contains("verify: Service converged"), "{out}");
 
     let ls = node.ok(&["service", "ls"]);
-    assert!(ls.contains("hello") && ls.contains("3/3") && ls.contains("*:8080->80/tcp") && ls.contains("hello.wasm"), "{ls}");
+    assert!(
+        ls.contains("hello")
+            && ls.contains("3/3")
+            && ls.contains("*:8080->80/tcp")
+            && ls.contains("hello.wasm"),
+        "{ls}"
+    );
     let ps = node.ok(&["service", "ps", "hello"]);
-    assert_eq!(ps.lines().filter(|l| l.contains("Running") && l.contains("n1")).count(), 3, "{ps}");
+    assert_eq!(
+        ps.lines()
+            .filter(|l| l.contains("Running") && l.contains("n1"))
+            .count(),
+        3,
+        "{ps}"
+    );
 
     // Every replica serves, and the body echoes the path.
-    assert_eq!(replicas_seen(&node, 8080, 30), set(&["hello.1", "hello.2", "hello.3"]));
+    assert_eq!(
+        replicas_seen(&node, 8080, 30),
+        set(&["hello.1", "hello.2", "hello.3"])
+    );
     let (status, body) = node.get(8080, "/some/path?x=1").unwrap();
     assert_eq!(status, 200);
     assert!(body.contains("path=/some/path?x=1"), "{body}");
@@ -48,13 +76,20 @@ fn hello_serves_scales_and_is_removed() {
     // inspect names the component by digest.
     let inspect = node.ok(&["service", "inspect", "hello"]);
     let v: serde_json::Value = serde_json::from_str(&inspect).expect("inspect prints JSON");
-    let digest = v[0]["service"]["spec"]["image"]["digest"].as_str().unwrap_or_default();
-    assert!(digest.starts_with("sha256:") && digest.len() == 71, "{inspect}");
+    let digest = v[0]["service"]["spec"]["image"]["digest"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        digest.starts_with("sha256:") && digest.len() == 71,
+        "{inspect}"
+    );
 
     node.ok(&["service", "rm", "hello"]);
     assert!(!node.ok(&["service", "ls"]).contains("hello"));
     // The port is free again for anyone.
-    node.wait_until("port 8080 to be released", || std::net::TcpListener::bind((node.ip, 8080)).is_ok());
+    node.wait_until("port 8080 to be released", || {
+        std::net::TcpListener::bind((node.ip, 8080)).is_ok()
+    });
 }
 
 #[test]
@@ -62,7 +97,15 @@ fn port_is_assigned_when_none_is_given() {
     let node = Node::start("n1");
     init(&node);
     let hello = guest("hello");
-    node.ok(&["service", "create", "--name", "auto", "-p", "80", hello.to_str().unwrap()]);
+    node.ok(&[
+        "service",
+        "create",
+        "--name",
+        "auto",
+        "-p",
+        "80",
+        hello.to_str().unwrap(),
+    ]);
     let ls = node.ok(&["service", "ls"]);
     let port = published_port(&ls, "auto").unwrap_or_else(|| panic!("no published port in {ls}"));
     assert!((30000..=32767).contains(&port), "{ls}");
@@ -74,24 +117,58 @@ fn kill9_and_restart_brings_services_back() {
     let mut node = Node::start("n1");
     init(&node);
     let hello = guest("hello");
-    node.ok(&["service", "create", "--name", "hello", "--replicas", "2", "-p", "8080:80", hello.to_str().unwrap()]);
-    node.ok(&["service", "create", "--name", "other", "--replicas", "1", "-p", "8081:80", hello.to_str().unwrap()]);
+    node.ok(&[
+        "service",
+        "create",
+        "--name",
+        "hello",
+        "--replicas",
+        "2",
+        "-p",
+        "8080:80",
+        hello.to_str().unwrap(),
+    ]);
+    node.ok(&[
+        "service",
+        "create",
+        "--name",
+        "other",
+        "--replicas",
+        "1",
+        "-p",
+        "8081:80",
+        hello.to_str().unwrap(),
+    ]);
     // A few more raft entries than services, so replay has something to do.
     node.ok(&["service", "scale", "other=3"]);
     let id_before = node.ok(&["service", "ls", "-q"]);
 
     node.kill9();
-    assert!(node.get(8080, "/").is_err(), "nothing serves while the node is down");
+    assert!(
+        node.get(8080, "/").is_err(),
+        "nothing serves while the node is down"
+    );
     node.spawn();
 
-    node.wait_until("hello to serve again", || matches!(node.get(8080, "/"), Ok((200, _))));
-    node.wait_until("other to serve again", || matches!(node.get(8081, "/"), Ok((200, _))));
-    assert_eq!(node.ok(&["service", "ls", "-q"]), id_before, "same services, same IDs");
+    node.wait_until("hello to serve again", || {
+        matches!(node.get(8080, "/"), Ok((200, _)))
+    });
+    node.wait_until("other to serve again", || {
+        matches!(node.get(8081, "/"), Ok((200, _)))
+    });
+    assert_eq!(
+        node.ok(&["service", "ls", "-q"]),
+        id_before,
+        "same services, same IDs"
+    );
     node.wait_until("all replicas running", || {
         let ls = node.ok(&["service", "ls"]);
         ls.contains("2/2") && ls.contains("3/3")
     });
-    assert_eq!(replicas_seen(&node, 8081, 30), set(&["other.1", "other.2", "other.3"]));
+    assert_eq!(
+        replicas_seen(&node, 8081, 30),
+        set(&["other.1", "other.2", "other.3"])
+    );
     let ls = node.ok(&["node", "ls"]);
     assert!(ls.contains("Leader"), "{ls}");
 }
@@ -101,11 +178,27 @@ fn sigterm_stops_cleanly_and_restart_resumes() {
     let mut node = Node::start("n1");
     init(&node);
     let hello = guest("hello");
-    node.ok(&["service", "create", "--name", "hello", "-p", "8080:80", hello.to_str().unwrap()]);
+    node.ok(&[
+        "service",
+        "create",
+        "--name",
+        "hello",
+        "-p",
+        "8080:80",
+        hello.to_str().unwrap(),
+    ]);
     let status = node.sigterm();
     assert!(status.success(), "daemon exit status on SIGTERM: {status}");
-    assert!(!node.socket().exists(), "the control socket is removed on a clean stop");
-    assert!(std::net::TcpListener::bind((node.ip, 8080)).is_ok(), "published port released");
+    assert!(
+        !node.socket().exists(),
+        "the control socket is removed on a clean stop"
+    );
+    assert!(
+        std::net::TcpListener::bind((node.ip, 8080)).is_ok(),
+        "published port released"
+    );
     node.spawn();
-    node.wait_until("hello to serve after restart", || matches!(node.get(8080, "/"), Ok((200, _))));
+    node.wait_until("hello to serve after restart", || {
+        matches!(node.get(8080, "/"), Ok((200, _)))
+    });
 }

@@ -67,11 +67,21 @@ impl Agent {
                                         app,
                                     },
                                 );
-                                reports.push((task.id.clone(), TaskState::Running, "running".to_string(), None));
+                                reports.push((
+                                    task.id.clone(),
+                                    TaskState::Running,
+                                    "running".to_string(),
+                                    None,
+                                ));
                             }
                             Err(e) => {
                                 tracing::warn!(task = %task.display_name(), "task failed to start: {e}");
-                                reports.push((task.id.clone(), TaskState::Failed, "starting failed".into(), Some(e)));
+                                reports.push((
+                                    task.id.clone(),
+                                    TaskState::Failed,
+                                    "starting failed".into(),
+                                    Some(e),
+                                ));
                             }
                         }
                     }
@@ -93,7 +103,12 @@ impl Agent {
             }
             // Proposed together, so raft commits them in one batch.
             let proposals = reports.into_iter().map(|(task_id, state, message, error)| {
-                self.raft.propose(Command::UpdateTaskStatus { task_id, state, message, error })
+                self.raft.propose(Command::UpdateTaskStatus {
+                    task_id,
+                    state,
+                    message,
+                    error,
+                })
             });
             for r in futures::future::join_all(proposals).await {
                 if let Err(e) = r {
@@ -112,17 +127,28 @@ impl Agent {
     fn plan(&self, local: &HashMap<String, Local>) -> Vec<Action> {
         let state = self.store.read();
         let mut actions = Vec::new();
-        for t in state.tasks.values().filter(|t| t.node_id.as_deref() == Some(self.node_id.as_str())) {
+        for t in state
+            .tasks
+            .values()
+            .filter(|t| t.node_id.as_deref() == Some(self.node_id.as_str()))
+        {
             let here = local.contains_key(&t.id);
             match t.desired_state {
                 DesiredState::Running if !t.state.is_terminal() && !here => {
-                    let Some(service) = state.services.get(&t.service_id) else { continue };
+                    let Some(service) = state.services.get(&t.service_id) else {
+                        continue;
+                    };
                     let Image::Wasm { digest, .. } = &service.spec.image;
                     actions.push(Action::Start(t.clone(), digest.clone()));
                 }
                 DesiredState::Running if here && t.state < TaskState::Running => {
                     // Started before a restart of the report path; say so again.
-                    actions.push(Action::Report(t.id.clone(), TaskState::Running, "running".into(), None));
+                    actions.push(Action::Report(
+                        t.id.clone(),
+                        TaskState::Running,
+                        "running".into(),
+                        None,
+                    ));
                 }
                 DesiredState::Shutdown if here || !t.state.is_terminal() => {
                     actions.push(Action::Stop(t.id.clone()));
@@ -170,11 +196,16 @@ impl Agent {
                 .entry(l.service_id.clone())
                 .or_insert_with(|| (l.service_name.clone(), Vec::new()))
                 .1
-                .push(Backend::LocalWasm { replica: l.name.clone(), app: l.app.clone() });
+                .push(Backend::LocalWasm {
+                    replica: l.name.clone(),
+                    app: l.app.clone(),
+                });
         }
         for (_, list) in by_service.values_mut() {
             list.sort_by(|a, b| match (a, b) {
-                (Backend::LocalWasm { replica: x, .. }, Backend::LocalWasm { replica: y, .. }) => x.cmp(y),
+                (Backend::LocalWasm { replica: x, .. }, Backend::LocalWasm { replica: y, .. }) => {
+                    x.cmp(y)
+                }
             });
         }
         self.mesh.set_backends(by_service);

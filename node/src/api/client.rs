@@ -59,26 +59,49 @@ impl Client {
         Ok(Client { target, display })
     }
 
-    async fn send(&self, method: http::Method, path: &str, body: Bytes, content_type: &str) -> Result<(u16, Bytes), ClientError> {
-        let unreachable = |e: std::io::Error| ClientError::Unreachable { host: self.display.clone(), reason: e.to_string() };
-        let proto = |e: hyper::Error| ClientError::Protocol { host: self.display.clone(), reason: e.to_string() };
+    async fn send(
+        &self,
+        method: http::Method,
+        path: &str,
+        body: Bytes,
+        content_type: &str,
+    ) -> Result<(u16, Bytes), ClientError> {
+        let unreachable = |e: std::io::Error| ClientError::Unreachable {
+            host: self.display.clone(),
+            reason: e.to_string(),
+        };
+        let proto = |e: hyper::Error| ClientError::Protocol {
+            host: self.display.clone(),
+            reason: e.to_string(),
+        };
         let req = hyper::Request::builder()
             .method(method)
             .uri(path)
             .header(http::header::HOST, "swarmlet")
             .header(http::header::CONTENT_TYPE, content_type)
             .body(Full::new(body))
-            .map_err(|e| ClientError::Protocol { host: self.display.clone(), reason: e.to_string() })?;
+            .map_err(|e| ClientError::Protocol {
+                host: self.display.clone(),
+                reason: e.to_string(),
+            })?;
         let resp = match &self.target {
             Target::Unix(p) => {
-                let s = tokio::net::UnixStream::connect(p).await.map_err(unreachable)?;
-                let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s)).await.map_err(proto)?;
+                let s = tokio::net::UnixStream::connect(p)
+                    .await
+                    .map_err(unreachable)?;
+                let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s))
+                    .await
+                    .map_err(proto)?;
                 tokio::spawn(conn);
                 send.send_request(req).await.map_err(proto)?
             }
             Target::Tcp(a) => {
-                let s = tokio::net::TcpStream::connect(a).await.map_err(unreachable)?;
-                let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s)).await.map_err(proto)?;
+                let s = tokio::net::TcpStream::connect(a)
+                    .await
+                    .map_err(unreachable)?;
+                let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s))
+                    .await
+                    .map_err(proto)?;
                 tokio::spawn(conn);
                 send.send_request(req).await.map_err(proto)?
             }
@@ -88,7 +111,13 @@ impl Client {
         Ok((status, bytes))
     }
 
-    async fn call<T: DeserializeOwned>(&self, method: http::Method, path: &str, body: Bytes, ct: &str) -> Result<T, ClientError> {
+    async fn call<T: DeserializeOwned>(
+        &self,
+        method: http::Method,
+        path: &str,
+        body: Bytes,
+        ct: &str,
+    ) -> Result<T, ClientError> {
         let (status, bytes) = self.send(method, path, body, ct).await?;
         if !(200..300).contains(&status) {
             let message = serde_json::from_slice::<ErrorBody>(&bytes)
@@ -103,19 +132,36 @@ impl Client {
     }
 
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
-        self.call(http::Method::GET, path, Bytes::new(), "application/json").await
+        self.call(http::Method::GET, path, Bytes::new(), "application/json")
+            .await
     }
 
-    pub async fn post<B: serde::Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T, ClientError> {
+    pub async fn post<B: serde::Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, ClientError> {
         let body = serde_json::to_vec(body).unwrap_or_default();
-        self.call(http::Method::POST, path, body.into(), "application/json").await
+        self.call(http::Method::POST, path, body.into(), "application/json")
+            .await
     }
 
-    pub async fn post_bytes<T: DeserializeOwned>(&self, path: &str, body: Vec<u8>) -> Result<T, ClientError> {
-        self.call(http::Method::POST, path, body.into(), "application/octet-stream").await
+    pub async fn post_bytes<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: Vec<u8>,
+    ) -> Result<T, ClientError> {
+        self.call(
+            http::Method::POST,
+            path,
+            body.into(),
+            "application/octet-stream",
+        )
+        .await
     }
 
     pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
-        self.call(http::Method::DELETE, path, Bytes::new(), "application/json").await
+        self.call(http::Method::DELETE, path, Bytes::new(), "application/json")
+            .await
     }
 }

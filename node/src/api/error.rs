@@ -12,7 +12,10 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: u16, message: impl Into<String>) -> Self {
-        ApiError { status, message: message.into() }
+        ApiError {
+            status,
+            message: message.into(),
+        }
     }
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(400, message)
@@ -34,9 +37,14 @@ impl ApiError {
 impl From<ProposeError> for ApiError {
     fn from(e: ProposeError) -> Self {
         match &e {
-            ProposeError::Refused(StoreError::NoSuchService(_) | StoreError::NoSuchTask(_)) => Self::not_found(e.to_string()),
+            ProposeError::Refused(StoreError::NoSuchService(_) | StoreError::NoSuchTask(_)) => {
+                Self::not_found(e.to_string())
+            }
             ProposeError::Refused(_) => Self::conflict(e.to_string()),
-            ProposeError::NotLeader => Self::new(503, "this manager is not the raft leader right now; retry in a moment"),
+            ProposeError::NotLeader => Self::new(
+                503,
+                "this manager is not the raft leader right now; retry in a moment",
+            ),
             ProposeError::Stopped => Self::new(503, "the node is shutting down"),
             ProposeError::Raft(_) => Self::new(500, e.to_string()),
         }
@@ -46,7 +54,9 @@ impl From<ProposeError> for ApiError {
 impl From<BlobError> for ApiError {
     fn from(e: BlobError) -> Self {
         match e {
-            BlobError::NotFound(_) => Self::not_found(format!("{e}; upload it first (POST /v1/blobs)")),
+            BlobError::NotFound(_) => {
+                Self::not_found(format!("{e}; upload it first (POST /v1/blobs)"))
+            }
             BlobError::BadDigest(_) => Self::bad_request(e.to_string()),
             BlobError::Io { .. } => Self::new(500, e.to_string()),
         }

@@ -8,8 +8,8 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use swarmlet_proto::api::*;
 use swarmlet_proto::{
-    Command, DesiredState, Image, Node, NodeRole, PortConfig, Protocol, Service, ServiceSpec, TaskState,
-    DYNAMIC_PORT_RANGE,
+    Command, DesiredState, Image, Node, NodeRole, PortConfig, Protocol, Service, ServiceSpec,
+    TaskState, DYNAMIC_PORT_RANGE,
 };
 
 use super::server::{body_bytes, body_json, json, ApiState, Response};
@@ -64,11 +64,21 @@ pub async fn init(st: &ApiState, body: Incoming) -> Result<Response, ApiError> {
         created_at_ms: now_ms(),
     };
     let cluster_id = random_id(25);
-    cluster.raft.propose(Command::InitCluster { cluster_id: cluster_id.clone(), node }).await?;
+    cluster
+        .raft
+        .propose(Command::InitCluster {
+            cluster_id: cluster_id.clone(),
+            node,
+        })
+        .await?;
     tracing::info!(%cluster_id, "swarm initialized");
     Ok(json(
         200,
-        &InitResponse { node_id: st.identity.node_id.clone(), cluster_id, manager_addr: advertise.to_string() },
+        &InitResponse {
+            node_id: st.identity.node_id.clone(),
+            cluster_id,
+            manager_addr: advertise.to_string(),
+        },
     ))
 }
 
@@ -78,7 +88,11 @@ fn parse_advertise(a: &str, default_port: u16) -> Result<SocketAddr, ApiError> {
     }
     a.parse::<std::net::IpAddr>()
         .map(|ip| SocketAddr::new(ip, default_port))
-        .map_err(|_| ApiError::bad_request(format!("--advertise-addr {a:?} is not an IP address or IP:PORT")))
+        .map_err(|_| {
+            ApiError::bad_request(format!(
+                "--advertise-addr {a:?} is not an IP address or IP:PORT"
+            ))
+        })
 }
 
 pub fn nodes(st: &ApiState) -> Result<Response, ApiError> {
@@ -121,8 +135,10 @@ pub async fn put_blob(st: &ApiState, body: Incoming) -> Result<Response, ApiErro
 pub fn get_blob(st: &ApiState, digest: &str) -> Result<Response, ApiError> {
     let bytes = st.blobs.get(digest)?;
     let mut r = hyper::Response::new(Full::new(Bytes::from(bytes)));
-    r.headers_mut()
-        .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/octet-stream"));
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/octet-stream"),
+    );
     Ok(r)
 }
 
@@ -131,18 +147,28 @@ fn service_view(state: &State, s: &Service) -> ServiceView {
         .tasks_of(&s.id)
         .filter(|t| t.desired_state == DesiredState::Running && t.state == TaskState::Running)
         .count() as u64;
-    ServiceView { service: s.clone(), running, desired: s.spec.replicas }
+    ServiceView {
+        service: s.clone(),
+        running,
+        desired: s.spec.replicas,
+    }
 }
 
 pub fn services(st: &ApiState) -> Result<Response, ApiError> {
     let cluster = st.cluster()?;
     let state = cluster.store.read();
-    let views: Vec<ServiceView> = state.services.values().map(|s| service_view(&state, s)).collect();
+    let views: Vec<ServiceView> = state
+        .services
+        .values()
+        .map(|s| service_view(&state, s))
+        .collect();
     Ok(json(200, &views))
 }
 
 fn not_found(key: &str) -> ApiError {
-    ApiError::not_found(format!("service {key} not found; \"swarmlet service ls\" lists the services"))
+    ApiError::not_found(format!(
+        "service {key} not found; \"swarmlet service ls\" lists the services"
+    ))
 }
 
 pub fn service(st: &ApiState, key: &str) -> Result<Response, ApiError> {
@@ -174,16 +200,30 @@ pub async fn create_service(st: &ApiState, body: Incoming) -> Result<Response, A
             req.name
         )));
     }
-    if let Some(other) = cluster.store.read().find_service(&req.name).filter(|s| s.spec.name == req.name) {
-        return Err(ApiError::conflict(format!("service name {:?} is already in use by service {}", req.name, other.id)));
+    if let Some(other) = cluster
+        .store
+        .read()
+        .find_service(&req.name)
+        .filter(|s| s.spec.name == req.name)
+    {
+        return Err(ApiError::conflict(format!(
+            "service name {:?} is already in use by service {}",
+            req.name, other.id
+        )));
     }
     // The component must be one this node can serve: checked before anything is stored.
     let blob = st.blobs.existing(&req.wasm_digest)?;
     let size = std::fs::metadata(&blob).map(|m| m.len()).unwrap_or(0);
-    let (runtime, blobs, digest) = (st.runtime.clone(), st.blobs.clone(), req.wasm_digest.clone());
+    let (runtime, blobs, digest) = (
+        st.runtime.clone(),
+        st.blobs.clone(),
+        req.wasm_digest.clone(),
+    );
     tokio::task::spawn_blocking(move || {
         let bytes = blobs.get(&digest)?;
-        runtime.validate(&digest, &bytes).map_err(|e| ApiError::bad_request(format!("{e}")))
+        runtime
+            .validate(&digest, &bytes)
+            .map_err(|e| ApiError::bad_request(format!("{e}")))
     })
     .await
     .map_err(|e| ApiError::new(500, e.to_string()))??;
@@ -195,29 +235,50 @@ pub async fn create_service(st: &ApiState, body: Incoming) -> Result<Response, A
         spec: ServiceSpec {
             name: req.name.clone(),
             replicas: req.replicas,
-            image: Image::Wasm { digest: req.wasm_digest.clone(), name: req.wasm_name.clone(), size },
+            image: Image::Wasm {
+                digest: req.wasm_digest.clone(),
+                name: req.wasm_name.clone(),
+                size,
+            },
             ports,
         },
         version: 1,
         created_at_ms: now,
         updated_at_ms: now,
     };
-    cluster.raft.propose(Command::CreateService { service: service.clone() }).await?;
+    cluster
+        .raft
+        .propose(Command::CreateService {
+            service: service.clone(),
+        })
+        .await?;
     let state = cluster.store.read();
     Ok(json(201, &service_view(&state, &service)))
 }
 
-fn allocate_ports(st: &ApiState, state: &State, wanted: &[PortRequest]) -> Result<Vec<PortConfig>, ApiError> {
+fn allocate_ports(
+    st: &ApiState,
+    state: &State,
+    wanted: &[PortRequest],
+) -> Result<Vec<PortConfig>, ApiError> {
     let mut out: Vec<PortConfig> = Vec::new();
     for p in wanted {
         if p.target == 0 {
-            return Err(ApiError::bad_request("target port 0 is not a valid port (1-65535)"));
+            return Err(ApiError::bad_request(
+                "target port 0 is not a valid port (1-65535)",
+            ));
         }
         let published = match p.published {
-            Some(0) => return Err(ApiError::bad_request("published port 0 is not a valid port (1-65535)")),
+            Some(0) => {
+                return Err(ApiError::bad_request(
+                    "published port 0 is not a valid port (1-65535)",
+                ))
+            }
             Some(port) => {
                 if out.iter().any(|o| o.published == port) {
-                    return Err(ApiError::bad_request(format!("port {port} is published twice")));
+                    return Err(ApiError::bad_request(format!(
+                        "port {port} is published twice"
+                    )));
                 }
                 if let Some(owner) = state.port_owner(port) {
                     return Err(ApiError::conflict(format!(
@@ -235,27 +296,56 @@ fn allocate_ports(st: &ApiState, state: &State, wanted: &[PortRequest]) -> Resul
             None => DYNAMIC_PORT_RANGE
                 .clone()
                 .find(|&port| {
-                    state.port_owner(port).is_none() && !out.iter().any(|o| o.published == port) && port_taken(st, port).is_none()
+                    state.port_owner(port).is_none()
+                        && !out.iter().any(|o| o.published == port)
+                        && port_taken(st, port).is_none()
                 })
-                .ok_or_else(|| ApiError::conflict("no free port left in 30000-32767 to publish on"))?,
+                .ok_or_else(|| {
+                    ApiError::conflict("no free port left in 30000-32767 to publish on")
+                })?,
         };
-        out.push(PortConfig { published, target: p.target, protocol: Protocol::Tcp });
+        out.push(PortConfig {
+            published,
+            target: p.target,
+            protocol: Protocol::Tcp,
+        });
     }
     Ok(out)
 }
 
 pub async fn remove_service(st: &ApiState, key: &str) -> Result<Response, ApiError> {
     let cluster = st.cluster()?;
-    let id = cluster.store.read().find_service(key).map(|s| s.id.clone()).ok_or_else(|| not_found(key))?;
-    cluster.raft.propose(Command::RemoveService { service_id: id.clone() }).await?;
+    let id = cluster
+        .store
+        .read()
+        .find_service(key)
+        .map(|s| s.id.clone())
+        .ok_or_else(|| not_found(key))?;
+    cluster
+        .raft
+        .propose(Command::RemoveService {
+            service_id: id.clone(),
+        })
+        .await?;
     Ok(json(200, &serde_json::json!({ "id": id })))
 }
 
 pub async fn scale_service(st: &ApiState, key: &str, body: Incoming) -> Result<Response, ApiError> {
     let cluster = st.cluster()?;
     let req: ScaleRequest = body_json(body).await?;
-    let id = cluster.store.read().find_service(key).map(|s| s.id.clone()).ok_or_else(|| not_found(key))?;
-    cluster.raft.propose(Command::ScaleService { service_id: id.clone(), replicas: req.replicas }).await?;
+    let id = cluster
+        .store
+        .read()
+        .find_service(key)
+        .map(|s| s.id.clone())
+        .ok_or_else(|| not_found(key))?;
+    cluster
+        .raft
+        .propose(Command::ScaleService {
+            service_id: id.clone(),
+            replicas: req.replicas,
+        })
+        .await?;
     let state = cluster.store.read();
     let s = state.services.get(&id).ok_or_else(|| not_found(key))?;
     Ok(json(200, &service_view(&state, s)))
@@ -281,6 +371,11 @@ pub fn service_tasks(st: &ApiState, key: &str, query: &str) -> Result<Response, 
         })
         .collect();
     // As docker: by slot, newest first within a slot.
-    views.sort_by(|a, b| a.task.slot.cmp(&b.task.slot).then(b.task.created_at_ms.cmp(&a.task.created_at_ms)));
+    views.sort_by(|a, b| {
+        a.task
+            .slot
+            .cmp(&b.task.slot)
+            .then(b.task.created_at_ms.cmp(&a.task.created_at_ms))
+    });
     Ok(json(200, &views))
 }

@@ -53,8 +53,10 @@ pub fn json<T: serde::Serialize>(status: u16, value: &T) -> Response {
     let body = serde_json::to_vec(value).unwrap_or_default();
     let mut r = hyper::Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
-    r.headers_mut()
-        .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
     r
 }
 
@@ -73,7 +75,8 @@ pub async fn body_bytes(body: Incoming) -> Result<Bytes, ApiError> {
 
 pub async fn body_json<T: serde::de::DeserializeOwned>(body: Incoming) -> Result<T, ApiError> {
     let bytes = body_bytes(body).await?;
-    serde_json::from_slice(&bytes).map_err(|e| ApiError::bad_request(format!("malformed request body: {e}")))
+    serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::bad_request(format!("malformed request body: {e}")))
 }
 
 async fn route(state: Arc<ApiState>, req: hyper::Request<Incoming>) -> Response {
@@ -92,9 +95,15 @@ async fn route(state: Arc<ApiState>, req: hyper::Request<Incoming>) -> Response 
         (&Method::POST, ["v1", "services"]) => handlers::create_service(&state, body).await,
         (&Method::GET, ["v1", "services", key]) => handlers::service(&state, key),
         (&Method::DELETE, ["v1", "services", key]) => handlers::remove_service(&state, key).await,
-        (&Method::POST, ["v1", "services", key, "scale"]) => handlers::scale_service(&state, key, body).await,
-        (&Method::GET, ["v1", "services", key, "tasks"]) => handlers::service_tasks(&state, key, &query),
-        _ => Err(ApiError::not_found(format!("no such API endpoint: {method} {path}"))),
+        (&Method::POST, ["v1", "services", key, "scale"]) => {
+            handlers::scale_service(&state, key, body).await
+        }
+        (&Method::GET, ["v1", "services", key, "tasks"]) => {
+            handlers::service_tasks(&state, key, &query)
+        }
+        _ => Err(ApiError::not_found(format!(
+            "no such API endpoint: {method} {path}"
+        ))),
     };
     match result {
         Ok(r) => r,
@@ -113,7 +122,10 @@ where
         let state = state.clone();
         async move { Ok::<_, std::convert::Infallible>(route(state, req).await) }
     });
-    if let Err(e) = http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await {
+    if let Err(e) = http1::Builder::new()
+        .serve_connection(TokioIo::new(stream), svc)
+        .await
+    {
         tracing::debug!("api connection ended: {e}");
     }
 }

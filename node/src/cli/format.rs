@@ -78,7 +78,13 @@ mod tests {
 
     #[test]
     fn table_columns_are_aligned_three_spaces_apart() {
-        let t = render_table(&["ID", "NAME"], &[vec!["abc".into(), "web".into()], vec!["a".into(), "x".into()]]);
+        let t = render_table(
+            &["ID", "NAME"],
+            &[
+                vec!["abc".into(), "web".into()],
+                vec!["a".into(), "x".into()],
+            ],
+        );
         assert_eq!(t, "ID    NAME\nabc   web\na     x\n");
     }
 

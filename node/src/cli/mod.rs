@@ -15,7 +15,11 @@ use swarmlet_proto::api::{InitRequest, InitResponse, NodeView};
 use crate::api::client::Client;
 
 #[derive(Parser)]
-#[command(name = "swarmlet", version, about = "Docker Swarm mode as one small binary for edge hardware")]
+#[command(
+    name = "swarmlet",
+    version,
+    about = "Docker Swarm mode as one small binary for edge hardware"
+)]
 pub struct Cli {
     /// Daemon to talk to: unix:///path/to/swarmlet.sock, IP:PORT or IP
     /// (default: the local daemon's socket in the default data dir).
@@ -98,7 +102,12 @@ pub fn default_data_dir() -> PathBuf {
 }
 
 fn client(host: Option<String>) -> anyhow::Result<Client> {
-    let host = host.unwrap_or_else(|| format!("unix://{}", default_data_dir().join("swarmlet.sock").display()));
+    let host = host.unwrap_or_else(|| {
+        format!(
+            "unix://{}",
+            default_data_dir().join("swarmlet.sock").display()
+        )
+    });
     Ok(Client::new(&host)?)
 }
 
@@ -117,7 +126,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             })
             .await
         }
-        Command::Init(a) | Command::Swarm(SwarmCommand::Init(a)) => init(client(cli.host)?, a).await,
+        Command::Init(a) | Command::Swarm(SwarmCommand::Init(a)) => {
+            init(client(cli.host)?, a).await
+        }
         Command::Node(NodeCommand::Ls(a)) => node_ls(client(cli.host)?, a).await,
         Command::Service(c) => service::run(client(cli.host)?, c).await,
     }
@@ -125,12 +136,23 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 
 async fn init(c: Client, a: InitArgs) -> anyhow::Result<()> {
     let r: InitResponse = c
-        .post("/v1/swarm/init", &InitRequest { advertise_addr: a.advertise_addr })
+        .post(
+            "/v1/swarm/init",
+            &InitRequest {
+                advertise_addr: a.advertise_addr,
+            },
+        )
         .await
         .context("swarm init failed")?;
-    println!("Swarm initialized: current node ({}) is now a manager.", r.node_id);
+    println!(
+        "Swarm initialized: current node ({}) is now a manager.",
+        r.node_id
+    );
     println!();
-    println!("Its API answers at {}. Deploy a service with:", r.manager_addr);
+    println!(
+        "Its API answers at {}. Deploy a service with:",
+        r.manager_addr
+    );
     println!();
     println!("    swarmlet service create --name hello --replicas 3 -p 8080:80 ./hello.wasm");
     println!();
@@ -159,6 +181,16 @@ async fn node_ls(c: Client, a: format::ListArgs) -> anyhow::Result<()> {
             ]
         })
         .collect();
-    format::print_table(&["ID", "HOSTNAME", "STATUS", "AVAILABILITY", "MANAGER STATUS", "ENGINE VERSION"], rows);
+    format::print_table(
+        &[
+            "ID",
+            "HOSTNAME",
+            "STATUS",
+            "AVAILABILITY",
+            "MANAGER STATUS",
+            "ENGINE VERSION",
+        ],
+        rows,
+    );
     Ok(())
 }

@@ -50,7 +50,7 @@ pub struct CreateArgs {
     #[arg(long)]
     name: String,
     /// Number of tasks
-    #[arg(long, default_value = "1", value_parser = parse_replicas)]
+    #[arg(long, default_value = "1", allow_negative_numbers = true, value_parser = parse_replicas)]
     replicas: u64,
     /// Publish a port: [PUBLISHED:]TARGET[/tcp] or published=P,target=T
     #[arg(short, long = "publish", value_parser = parse_publish)]
@@ -70,7 +70,9 @@ fn parse_replicas(s: &str) -> Result<u64, String> {
 fn parse_port(what: &str, s: &str) -> Result<u16, String> {
     match s.parse::<u16>() {
         Ok(p) if p > 0 => Ok(p),
-        _ => Err(format!("invalid {what} port {s:?}: a port is a number from 1 to 65535")),
+        _ => Err(format!(
+            "invalid {what} port {s:?}: a port is a number from 1 to 65535"
+        )),
     }
 }
 
@@ -82,7 +84,11 @@ pub fn parse_publish(s: &str) -> Result<PortRequest, String> {
                 Some(("published", v)) => published = Some(parse_port("published", v)?),
                 Some(("target", v)) => target = Some(parse_port("target", v)?),
                 Some(("protocol", "tcp")) | Some(("mode", "ingress")) => {}
-                _ => return Err(format!("invalid publish option {kv:?}: use published=P,target=T")),
+                _ => {
+                    return Err(format!(
+                        "invalid publish option {kv:?}: use published=P,target=T"
+                    ))
+                }
             }
         }
         let target = target.ok_or("publish needs a target port: published=P,target=T")?;
@@ -93,8 +99,14 @@ pub fn parse_publish(s: &str) -> Result<PortRequest, String> {
         return Err("UDP ports are not supported yet; publish TCP ports".into());
     }
     match s.split_once(':') {
-        Some((p, t)) => Ok(PortRequest { published: Some(parse_port("published", p)?), target: parse_port("target", t)? }),
-        None => Ok(PortRequest { published: None, target: parse_port("target", s)? }),
+        Some((p, t)) => Ok(PortRequest {
+            published: Some(parse_port("published", p)?),
+            target: parse_port("target", t)?,
+        }),
+        None => Ok(PortRequest {
+            published: None,
+            target: parse_port("target", s)?,
+        }),
     }
 }
 
@@ -103,7 +115,9 @@ fn parse_scale(s: &str) -> Result<(String, u64), String> {
         .split_once('=')
         .ok_or_else(|| format!("invalid scale specifier {s:?}: expected SERVICE=REPLICAS"))?;
     if name.is_empty() {
-        return Err(format!("invalid scale specifier {s:?}: expected SERVICE=REPLICAS"));
+        return Err(format!(
+            "invalid scale specifier {s:?}: expected SERVICE=REPLICAS"
+        ));
     }
     Ok((name.to_string(), parse_replicas(n)?))
 }
@@ -123,7 +137,12 @@ pub async fn run(c: Client, cmd: ServiceCommand) -> anyhow::Result<()> {
         }
         ServiceCommand::Scale { scales, detach } => {
             for (name, replicas) in scales {
-                let v: ServiceView = c.post(&format!("/v1/services/{name}/scale"), &ScaleRequest { replicas }).await?;
+                let v: ServiceView = c
+                    .post(
+                        &format!("/v1/services/{name}/scale"),
+                        &ScaleRequest { replicas },
+                    )
+                    .await?;
                 println!("{name} scaled to {replicas}");
                 if !detach {
                     converge(&c, &v.service.id).await?;
@@ -134,7 +153,10 @@ pub async fn run(c: Client, cmd: ServiceCommand) -> anyhow::Result<()> {
         ServiceCommand::Rm { services } => {
             let mut failed = false;
             for s in services {
-                match c.delete::<serde_json::Value>(&format!("/v1/services/{s}")).await {
+                match c
+                    .delete::<serde_json::Value>(&format!("/v1/services/{s}"))
+                    .await
+                {
                     Ok(_) => println!("{s}"),
                     Err(e) => {
                         eprintln!("Error: {e}");
@@ -158,8 +180,12 @@ async fn create(c: &Client, a: CreateArgs) -> anyhow::Result<()> {
         }
         bail!("cannot read {shown}: no such file");
     }
-    let bytes = std::fs::read(&a.image).with_context(|| format!("cannot read {}", a.image.display()))?;
-    let blob: BlobResponse = c.post_bytes("/v1/blobs", bytes).await.context("uploading the component")?;
+    let bytes =
+        std::fs::read(&a.image).with_context(|| format!("cannot read {}", a.image.display()))?;
+    let blob: BlobResponse = c
+        .post_bytes("/v1/blobs", bytes)
+        .await
+        .context("uploading the component")?;
     let wasm_name = a
         .image
         .file_name()
@@ -193,7 +219,11 @@ fn bar(state: TaskState) -> String {
         return String::new();
     }
     let filled: usize = 50 * step / 9;
-    format!("[{}>{}]", "=".repeat(filled.saturating_sub(1)), " ".repeat(50 - filled))
+    format!(
+        "[{}>{}]",
+        "=".repeat(filled.saturating_sub(1)),
+        " ".repeat(50 - filled)
+    )
 }
 
 /// Waits until the service runs exactly its replica count, drawing docker's
@@ -210,10 +240,15 @@ async fn converge(c: &Client, id: &str) -> anyhow::Result<()> {
         let mut lines = Vec::new();
         let mut running = 0;
         for slot in 1..=desired {
-            let latest = tasks.iter().find(|t| t.task.slot == slot && t.task.desired_state == DesiredState::Running);
+            let latest = tasks
+                .iter()
+                .find(|t| t.task.slot == slot && t.task.desired_state == DesiredState::Running);
             let latest = latest.or_else(|| tasks.iter().find(|t| t.task.slot == slot));
             let line = match latest {
-                Some(t) if t.task.state == TaskState::Running && t.task.desired_state == DesiredState::Running => {
+                Some(t)
+                    if t.task.state == TaskState::Running
+                        && t.task.desired_state == DesiredState::Running =>
+                {
                     running += 1;
                     format!("{slot}/{desired}: running   {}", bar(TaskState::Running))
                 }
@@ -222,14 +257,20 @@ async fn converge(c: &Client, id: &str) -> anyhow::Result<()> {
                     t.task.state.as_str(),
                     t.task.error.clone().unwrap_or_default()
                 ),
-                Some(t) => format!("{slot}/{desired}: {:<9} {}", t.task.state.as_str(), bar(t.task.state)),
+                Some(t) => format!(
+                    "{slot}/{desired}: {:<9} {}",
+                    t.task.state.as_str(),
+                    bar(t.task.state)
+                ),
                 None => format!("{slot}/{desired}:"),
             };
             lines.push(line);
         }
         let stopping = tasks
             .iter()
-            .filter(|t| t.task.desired_state == DesiredState::Shutdown && !t.task.state.is_terminal())
+            .filter(|t| {
+                t.task.desired_state == DesiredState::Shutdown && !t.task.state.is_terminal()
+            })
             .count();
         let done = running == desired && stopping == 0;
         let mut out = std::io::stdout().lock();
@@ -237,7 +278,10 @@ async fn converge(c: &Client, id: &str) -> anyhow::Result<()> {
             if drawn > 0 {
                 write!(out, "\x1b[{drawn}A")?;
             }
-            writeln!(out, "\x1b[2Koverall progress: {running} out of {desired} tasks")?;
+            writeln!(
+                out,
+                "\x1b[2Koverall progress: {running} out of {desired} tasks"
+            )?;
             for l in &lines {
                 writeln!(out, "\x1b[2K{l}")?;
             }
@@ -283,7 +327,12 @@ async fn ls(c: &Client, a: ListArgs) -> anyhow::Result<()> {
                 "replicated".into(),
                 format!("{}/{}", v.running, v.desired),
                 s.spec.image.display_name().to_string(),
-                s.spec.ports.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(", "),
+                s.spec
+                    .ports
+                    .iter()
+                    .map(|p| p.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
             ]
         })
         .collect();
@@ -307,7 +356,11 @@ async fn ps(c: &Client, service: &str, a: ListArgs) -> anyhow::Result<()> {
         .map(|v| {
             let t = &v.task;
             // Older tasks of a slot are shown as docker does: " \_ name.N".
-            let name = if last_slot == Some(t.slot) { format!(" \\_ {}", t.display_name()) } else { t.display_name() };
+            let name = if last_slot == Some(t.slot) {
+                format!(" \\_ {}", t.display_name())
+            } else {
+                t.display_name()
+            };
             last_slot = Some(t.slot);
             vec![
                 t.id.chars().take(12).collect(),
@@ -316,12 +369,27 @@ async fn ps(c: &Client, service: &str, a: ListArgs) -> anyhow::Result<()> {
                 v.node_name.clone(),
                 t.desired_state.to_string(),
                 format!("{} {}", t.state, ago(t.updated_at_ms, now)),
-                t.error.clone().map(|e| format!("\"{e}\"")).unwrap_or_default(),
+                t.error
+                    .clone()
+                    .map(|e| format!("\"{e}\""))
+                    .unwrap_or_default(),
                 String::new(),
             ]
         })
         .collect();
-    print_table(&["ID", "NAME", "IMAGE", "NODE", "DESIRED STATE", "CURRENT STATE", "ERROR", "PORTS"], rows);
+    print_table(
+        &[
+            "ID",
+            "NAME",
+            "IMAGE",
+            "NODE",
+            "DESIRED STATE",
+            "CURRENT STATE",
+            "ERROR",
+            "PORTS",
+        ],
+        rows,
+    );
     Ok(())
 }
 
@@ -337,7 +405,9 @@ mod tests {
         assert_eq!((p.published, p.target), (None, 80));
         let p = parse_publish("published=81,target=8080").unwrap();
         assert_eq!((p.published, p.target), (Some(81), 8080));
-        assert!(parse_publish("70000:80").unwrap_err().contains("1 to 65535"));
+        assert!(parse_publish("70000:80")
+            .unwrap_err()
+            .contains("1 to 65535"));
         assert!(parse_publish("0:80").is_err());
         assert!(parse_publish("x").is_err());
     }

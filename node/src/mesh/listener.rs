@@ -50,9 +50,15 @@ impl Listener {
                         let mesh = mesh.clone();
                         let sid = sid.clone();
                         let name = name.clone();
-                        async move { Ok::<_, std::convert::Infallible>(mesh.route(&sid, &name, req).await) }
+                        async move {
+                            Ok::<_, std::convert::Infallible>(mesh.route(&sid, &name, req).await)
+                        }
                     });
-                    if let Err(e) = http1::Builder::new().keep_alive(true).serve_connection(TokioIo::new(stream), svc).await {
+                    if let Err(e) = http1::Builder::new()
+                        .keep_alive(true)
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await
+                    {
                         tracing::debug!("mesh connection ended: {e}");
                     }
                 });

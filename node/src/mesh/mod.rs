@@ -77,7 +77,16 @@ impl Mesh {
     pub fn set_backends(&self, by_service: HashMap<String, (String, Vec<Backend>)>) {
         let table = by_service
             .into_iter()
-            .map(|(id, (service, list))| (id, Arc::new(Backends { service, list, next: AtomicUsize::new(0) })))
+            .map(|(id, (service, list))| {
+                (
+                    id,
+                    Arc::new(Backends {
+                        service,
+                        list,
+                        next: AtomicUsize::new(0),
+                    }),
+                )
+            })
             .collect();
         self.backends.store(Arc::new(table));
     }
@@ -90,7 +99,9 @@ impl Mesh {
             return failed;
         };
         listeners.retain(|port, l| {
-            let keep = desired.iter().any(|p| p.port == *port && p.service_id == l.service_id);
+            let keep = desired
+                .iter()
+                .any(|p| p.port == *port && p.service_id == l.service_id);
             if !keep {
                 tracing::info!(port, "closing published port");
             }
@@ -118,10 +129,18 @@ impl Mesh {
         }
     }
 
-    async fn route(&self, service_id: &str, service_name: &str, req: hyper::Request<Incoming>) -> hyper::Response<Body> {
+    async fn route(
+        &self,
+        service_id: &str,
+        service_name: &str,
+        req: hyper::Request<Incoming>,
+    ) -> hyper::Response<Body> {
         let table = self.backends.load();
         let Some(backend) = table.get(service_id).and_then(|b| b.pick()) else {
-            let name = table.get(service_id).map(|b| b.service.as_str()).unwrap_or(service_name);
+            let name = table
+                .get(service_id)
+                .map(|b| b.service.as_str())
+                .unwrap_or(service_name);
             return text_response(503, format!("service {name} has no running replica\n"));
         };
         match backend {

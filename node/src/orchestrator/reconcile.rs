@@ -34,7 +34,9 @@ pub fn reconcile(state: &State, now_ms: u64) -> Vec<Command> {
         }
         for slot in 1..=service.spec.replicas {
             let tasks = slots.get(&slot).map(Vec::as_slice).unwrap_or(&[]);
-            let live = tasks.iter().find(|t| t.desired_state == DesiredState::Running);
+            let live = tasks
+                .iter()
+                .find(|t| t.desired_state == DesiredState::Running);
             match live {
                 Some(t) if !t.state.is_terminal() => {}
                 Some(t) => {
@@ -57,7 +59,12 @@ pub fn reconcile(state: &State, now_ms: u64) -> Vec<Command> {
         // Scale down: slots above the replica count stop.
         for (slot, tasks) in &slots {
             if *slot > service.spec.replicas {
-                stop.extend(tasks.iter().filter(|t| t.desired_state == DesiredState::Running).map(|t| t.id.clone()));
+                stop.extend(
+                    tasks
+                        .iter()
+                        .filter(|t| t.desired_state == DesiredState::Running)
+                        .map(|t| t.id.clone()),
+                );
             }
         }
         // Keep the newest TASK_HISTORY ended tasks per slot.
@@ -84,7 +91,10 @@ pub fn reconcile(state: &State, now_ms: u64) -> Vec<Command> {
 
     let mut out = Vec::new();
     if !stop.is_empty() {
-        out.push(Command::SetDesiredState { task_ids: stop, desired: DesiredState::Shutdown });
+        out.push(Command::SetDesiredState {
+            task_ids: stop,
+            desired: DesiredState::Shutdown,
+        });
     }
     if !create.is_empty() {
         out.push(Command::CreateTasks { tasks: create });
@@ -95,7 +105,13 @@ pub fn reconcile(state: &State, now_ms: u64) -> Vec<Command> {
     out
 }
 
-fn new_task(state: &State, service: &Service, slot: u64, now_ms: u64, load: &mut HashMap<String, usize>) -> Option<Task> {
+fn new_task(
+    state: &State,
+    service: &Service,
+    slot: u64,
+    now_ms: u64,
+    load: &mut HashMap<String, usize>,
+) -> Option<Task> {
     let node = scheduler::place(state.nodes.values(), load)?;
     *load.entry(node.id.clone()).or_default() += 1;
     Some(Task {
@@ -140,7 +156,11 @@ mod tests {
                 spec: ServiceSpec {
                     name: "web".into(),
                     replicas,
-                    image: Image::Wasm { digest: "sha256:0".into(), name: "w.wasm".into(), size: 1 },
+                    image: Image::Wasm {
+                        digest: "sha256:0".into(),
+                        name: "w.wasm".into(),
+                        size: 1,
+                    },
                     ports: vec![],
                 },
                 version: 1,
@@ -155,7 +175,13 @@ mod tests {
         let store = crate::store::Store::new();
         store.restore(st.clone());
         for command in cmds {
-            store.apply(&Envelope { proposal_id: 0, at_ms: 1, command }).unwrap();
+            store
+                .apply(&Envelope {
+                    proposal_id: 0,
+                    at_ms: 1,
+                    command,
+                })
+                .unwrap();
         }
         *st = store.read().clone();
     }
@@ -177,7 +203,10 @@ mod tests {
         let cmds = reconcile(&st, 1);
         apply_all(&mut st, cmds);
         assert_eq!(running_slots(&st), vec![1, 2, 3]);
-        assert!(reconcile(&st, 2).is_empty(), "converged state needs no change");
+        assert!(
+            reconcile(&st, 2).is_empty(),
+            "converged state needs no change"
+        );
     }
 
     #[test]

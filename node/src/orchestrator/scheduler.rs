@@ -8,7 +8,10 @@ use swarmlet_proto::{Availability, Node};
 /// Picks the node for one new task: among active nodes, the one running the
 /// fewest tasks (spread), ties broken by node ID so every run agrees.
 /// `load` counts live tasks per node and is updated by the caller.
-pub fn place<'a>(nodes: impl Iterator<Item = &'a Node>, load: &HashMap<String, usize>) -> Option<&'a Node> {
+pub fn place<'a>(
+    nodes: impl Iterator<Item = &'a Node>,
+    load: &HashMap<String, usize>,
+) -> Option<&'a Node> {
     nodes
         .filter(|n| n.availability == Availability::Active)
         .min_by_key(|n| (load.get(&n.id).copied().unwrap_or(0), n.id.clone()))
@@ -33,7 +36,11 @@ mod tests {
 
     #[test]
     fn spreads_and_skips_drained_nodes() {
-        let nodes = [node("a", Availability::Active), node("b", Availability::Active), node("c", Availability::Drain)];
+        let nodes = [
+            node("a", Availability::Active),
+            node("b", Availability::Active),
+            node("c", Availability::Drain),
+        ];
         let mut load = HashMap::new();
         load.insert("a".to_string(), 2);
         assert_eq!(place(nodes.iter(), &load).map(|n| n.id.as_str()), Some("b"));

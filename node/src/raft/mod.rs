@@ -43,7 +43,10 @@ pub enum ProposeError {
 }
 
 enum Request {
-    Propose { command: Command, reply: oneshot::Sender<Result<(), ProposeError>> },
+    Propose {
+        command: Command,
+        reply: oneshot::Sender<Result<(), ProposeError>>,
+    },
 }
 
 /// Cheap to clone; how the rest of the node talks to raft.
@@ -87,7 +90,13 @@ pub fn start(
     store: Arc<Store>,
     bootstrap: bool,
     shutdown: watch::Receiver<bool>,
-) -> Result<(RaftHandle, tokio::task::JoinHandle<Result<(), StorageError>>), StorageError> {
+) -> Result<
+    (
+        RaftHandle,
+        tokio::task::JoinHandle<Result<(), StorageError>>,
+    ),
+    StorageError,
+> {
     if bootstrap {
         let mut snap = Snapshot::default();
         let meta = snap.mut_metadata();
@@ -125,7 +134,12 @@ pub fn start(
     }
     let (tx, rx) = mpsc::channel(1024);
     let (leader_tx, leader) = watch::channel(false);
-    let driver = Driver { node, store, pending: HashMap::new(), leader: leader_tx };
+    let driver = Driver {
+        node,
+        store,
+        pending: HashMap::new(),
+        leader: leader_tx,
+    };
     let task = tokio::spawn(driver.run(rx, shutdown));
     Ok((RaftHandle { tx, leader }, task))
 }
@@ -181,7 +195,11 @@ impl Driver {
                     return;
                 }
                 let proposal_id = rand::random::<u64>() | 1;
-                let env = Envelope { proposal_id, at_ms: now_ms(), command };
+                let env = Envelope {
+                    proposal_id,
+                    at_ms: now_ms(),
+                    command,
+                };
                 let data = match serde_json::to_vec(&env) {
                     Ok(d) => d,
                     Err(e) => {
@@ -244,7 +262,10 @@ impl Driver {
                     let env: Envelope = match serde_json::from_slice(entry.get_data()) {
                         Ok(env) => env,
                         Err(e) => {
-                            tracing::error!(index = entry.index, "skipping unreadable raft entry: {e}");
+                            tracing::error!(
+                                index = entry.index,
+                                "skipping unreadable raft entry: {e}"
+                            );
                             continue;
                         }
                     };
@@ -277,7 +298,8 @@ impl Driver {
 
     fn update_leadership(&mut self) {
         let is_leader = self.node.raft.state == StateRole::Leader;
-        self.leader.send_if_modified(|l| std::mem::replace(l, is_leader) != is_leader);
+        self.leader
+            .send_if_modified(|l| std::mem::replace(l, is_leader) != is_leader);
         if !is_leader && !self.pending.is_empty() {
             for (_, reply) in self.pending.drain() {
                 let _ = reply.send(Err(ProposeError::NotLeader));

@@ -25,23 +25,40 @@ const SNAPSHOT: &str = "snapshot";
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
     #[error("raft storage {path}: {source}")]
-    Open { path: String, source: redb::DatabaseError },
+    Open {
+        path: String,
+        source: Box<redb::DatabaseError>,
+    },
     #[error("raft storage: {0}")]
-    Db(#[from] redb::Error),
+    Db(Box<redb::Error>),
     #[error("raft storage holds a corrupt record {key}: {source}")]
-    Corrupt { key: String, source: protobuf::ProtobufError },
+    Corrupt {
+        key: String,
+        source: Box<protobuf::ProtobufError>,
+    },
     #[error("raft storage: {0}")]
-    Raft(#[from] raft::Error),
+    Raft(Box<raft::Error>),
+}
+
+impl From<raft::Error> for StorageError {
+    fn from(e: raft::Error) -> Self {
+        StorageError::Raft(Box::new(e))
+    }
 }
 
 macro_rules! db_err {
     ($($t:ty),*) => {$(
         impl From<$t> for StorageError {
-            fn from(e: $t) -> Self { StorageError::Db(e.into()) }
+            fn from(e: $t) -> Self { StorageError::Db(Box::new(e.into())) }
         }
     )*};
 }
-db_err!(redb::TransactionError, redb::TableError, redb::StorageError, redb::CommitError);
+db_err!(
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
 
 pub struct DiskStorage {
     db: Database,
@@ -52,7 +69,10 @@ pub struct DiskStorage {
 }
 
 fn decode<M: protobuf::Message>(key: &str, bytes: &[u8]) -> Result<M, StorageError> {
-    M::parse_from_bytes(bytes).map_err(|source| StorageError::Corrupt { key: key.to_string(), source })
+    M::parse_from_bytes(bytes).map_err(|source| StorageError::Corrupt {
+        key: key.to_string(),
+        source: Box::new(source),
+    })
 }
 
 fn encode<M: protobuf::Message>(m: &M) -> Vec<u8> {
@@ -63,8 +83,10 @@ fn encode<M: protobuf::Message>(m: &M) -> Vec<u8> {
 impl DiskStorage {
     /// Opens (or creates) the raft file and loads it into memory.
     pub fn open(path: &Path) -> Result<Self, StorageError> {
-        let db = Database::create(path)
-            .map_err(|source| StorageError::Open { path: path.display().to_string(), source })?;
+        let db = Database::create(path).map_err(|source| StorageError::Open {
+            path: path.display().to_string(),
+            source: Box::new(source),
+        })?;
         let tx = db.begin_write()?;
         {
             tx.open_table(ENTRIES)?;
@@ -96,26 +118,40 @@ impl DiskStorage {
                 core.set_hardstate(decode(HARD_STATE, v.value())?);
             }
         }
-        Ok(DiskStorage { db, mem, snapshot: RwLock::new(snapshot) })
+        Ok(DiskStorage {
+            db,
+            mem,
+            snapshot: RwLock::new(snapshot),
+        })
     }
 
     /// True once a conf state was written: the node belongs to a cluster.
     pub fn is_initialized(&self) -> bool {
-        self.mem.initial_state().map(|s| !s.conf_state.voters.is_empty()).unwrap_or(false)
+        self.mem
+            .initial_state()
+            .map(|s| !s.conf_state.voters.is_empty())
+            .unwrap_or(false)
     }
 
     pub fn conf_state(&self) -> ConfState {
-        self.mem.initial_state().map(|s| s.conf_state).unwrap_or_default()
+        self.mem
+            .initial_state()
+            .map(|s| s.conf_state)
+            .unwrap_or_default()
     }
 
     /// The index of the latest snapshot (entries up to it are compacted away).
     pub fn snapshot_index(&self) -> u64 {
-        self.snapshot.read().map(|s| s.get_metadata().index).unwrap_or(0)
+        self.snapshot
+            .read()
+            .map(|s| s.get_metadata().index)
+            .unwrap_or(0)
     }
 
     pub fn set_conf_state(&self, cs: ConfState) -> Result<(), StorageError> {
         let tx = self.db.begin_write()?;
-        tx.open_table(META)?.insert(CONF_STATE, encode(&cs).as_slice())?;
+        tx.open_table(META)?
+            .insert(CONF_STATE, encode(&cs).as_slice())?;
         tx.commit()?;
         self.mem.wl().set_conf_state(cs);
         Ok(())
@@ -143,7 +179,8 @@ impl DiskStorage {
                 }
             }
             if let Some(hs) = hs {
-                tx.open_table(META)?.insert(HARD_STATE, encode(hs).as_slice())?;
+                tx.open_table(META)?
+                    .insert(HARD_STATE, encode(hs).as_slice())?;
             }
         }
         tx.commit()?;
@@ -177,7 +214,10 @@ impl DiskStorage {
             }
             let mut meta = tx.open_table(META)?;
             meta.insert(SNAPSHOT, encode(snap).as_slice())?;
-            meta.insert(CONF_STATE, encode(snap.get_metadata().get_conf_state()).as_slice())?;
+            meta.insert(
+                CONF_STATE,
+                encode(snap.get_metadata().get_conf_state()).as_slice(),
+            )?;
             let mut hs = self.mem.rl().hard_state().clone();
             hs.term = hs.term.max(snap.get_metadata().term);
             hs.commit = hs.commit.max(index);
@@ -211,7 +251,8 @@ impl DiskStorage {
             for k in old {
                 table.remove(k)?;
             }
-            tx.open_table(META)?.insert(SNAPSHOT, encode(&snap).as_slice())?;
+            tx.open_table(META)?
+                .insert(SNAPSHOT, encode(&snap).as_slice())?;
         }
         tx.commit()?;
         self.mem.wl().compact(index + 1)?;
@@ -273,9 +314,11 @@ mod tests {
     use super::*;
 
     fn entry(index: u64, term: u64, data: &[u8]) -> Entry {
-        let mut e = Entry::default();
-        e.index = index;
-        e.term = term;
+        let mut e = Entry {
+            index,
+            term,
+            ..Default::default()
+        };
         e.set_data(data.to_vec().into());
         e
     }
@@ -289,20 +332,30 @@ mod tests {
         {
             let s = DiskStorage::open(&path).unwrap();
             assert!(!s.is_initialized());
-            s.set_conf_state(ConfState::from((vec![7], vec![]))).unwrap();
-            let mut hs = HardState::default();
-            hs.term = 2;
-            hs.commit = 3;
-            s.append(&[entry(1, 1, b"a"), entry(2, 2, b"b"), entry(3, 2, b"c")], Some(&hs)).unwrap();
+            s.set_conf_state(ConfState::from((vec![7], vec![])))
+                .unwrap();
+            let hs = HardState {
+                term: 2,
+                commit: 3,
+                ..Default::default()
+            };
+            s.append(
+                &[entry(1, 1, b"a"), entry(2, 2, b"b"), entry(3, 2, b"c")],
+                Some(&hs),
+            )
+            .unwrap();
             // A conflicting suffix replaces what was there.
-            s.append(&[entry(3, 2, b"C"), entry(4, 2, b"d")], None).unwrap();
+            s.append(&[entry(3, 2, b"C"), entry(4, 2, b"d")], None)
+                .unwrap();
             s.compact(2, b"state@2".to_vec()).unwrap();
         }
         let s = DiskStorage::open(&path).unwrap();
         assert!(s.is_initialized());
         assert_eq!(s.first_index().unwrap(), 3);
         assert_eq!(s.last_index().unwrap(), 4);
-        let ents = s.entries(3, 5, None, GetEntriesContext::empty(false)).unwrap();
+        let ents = s
+            .entries(3, 5, None, GetEntriesContext::empty(false))
+            .unwrap();
         assert_eq!(ents[0].get_data(), b"C");
         assert_eq!(s.snapshot_data().as_deref(), Some(&b"state@2"[..]));
         assert_eq!(s.initial_state().unwrap().hard_state.commit, 3);

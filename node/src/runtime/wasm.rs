@@ -20,7 +20,10 @@ use bytes::Bytes;
 use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full};
 use hyper::body::Incoming;
 use wasmtime::component::{Component, Linker, ResourceTable};
-use wasmtime::{Config, Engine, Enabled, InstanceAllocationStrategy, PoolingAllocationConfig, Store, UpdateDeadline};
+use wasmtime::{
+    Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store,
+    UpdateDeadline,
+};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
@@ -49,7 +52,10 @@ pub enum WasmError {
     #[error("wasm engine: {0}")]
     Engine(String),
     #[error("reading {path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 /// Per-request host state.
@@ -61,13 +67,20 @@ struct Host {
 
 impl WasiView for Host {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
     }
 }
 
 impl WasiHttpView for Host {
     fn http(&mut self) -> WasiHttpCtxView<'_> {
-        WasiHttpCtxView { ctx: &mut self.http, table: &mut self.table, hooks: Default::default() }
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: Default::default(),
+        }
     }
 }
 
@@ -121,9 +134,17 @@ impl WasmRuntime {
                 }
             })
             .map_err(|e| WasmError::Engine(format!("starting the epoch thread: {e}")))?;
-        std::fs::create_dir_all(&cache_dir)
-            .map_err(|source| WasmError::Io { path: cache_dir.display().to_string(), source })?;
-        Ok(Arc::new(WasmRuntime { engine, linker, cache_dir, loaded: Mutex::new(HashMap::new()), timeout }))
+        std::fs::create_dir_all(&cache_dir).map_err(|source| WasmError::Io {
+            path: cache_dir.display().to_string(),
+            source,
+        })?;
+        Ok(Arc::new(WasmRuntime {
+            engine,
+            linker,
+            cache_dir,
+            loaded: Mutex::new(HashMap::new()),
+            timeout,
+        }))
     }
 
     /// Checks that `bytes` is a `wasi:http/proxy` component this node can
@@ -135,7 +156,10 @@ impl WasmRuntime {
     /// The loaded component for `digest`, compiling `blob` on first use.
     pub fn load(&self, digest: &str, blob: &Path) -> Result<Arc<WasmApp>, WasmError> {
         self.prepare(digest, || {
-            std::fs::read(blob).map_err(|source| WasmError::Io { path: blob.display().to_string(), source })
+            std::fs::read(blob).map_err(|source| WasmError::Io {
+                path: blob.display().to_string(),
+                source,
+            })
         })
     }
 
@@ -160,7 +184,10 @@ impl WasmRuntime {
             .instantiate_pre(&component)
             .map_err(|e| WasmError::Link(format!("{e:#}")))?;
         let pre = ProxyPre::new(instance_pre).map_err(|e| WasmError::NotProxy(format!("{e:#}")))?;
-        let app = Arc::new(WasmApp { pre, timeout: self.timeout });
+        let app = Arc::new(WasmApp {
+            pre,
+            timeout: self.timeout,
+        });
         if let Ok(mut loaded) = self.loaded.lock() {
             loaded.insert(digest.to_string(), app.clone());
         }
@@ -180,7 +207,9 @@ impl WasmRuntime {
             // the same version and configuration and refuses it otherwise.
             match unsafe { Component::deserialize_file(&self.engine, &cached) } {
                 Ok(c) => return Ok(c),
-                Err(e) => tracing::info!(%digest, "recompiling component, cached artifact unusable: {e}"),
+                Err(e) => {
+                    tracing::info!(%digest, "recompiling component, cached artifact unusable: {e}")
+                }
             }
         }
         let bytes = bytes()?;
@@ -192,7 +221,9 @@ impl WasmRuntime {
         match component.serialize() {
             Ok(art) => {
                 let tmp = cached.with_extension("tmp");
-                if let Err(e) = std::fs::write(&tmp, art).and_then(|_| std::fs::rename(&tmp, &cached)) {
+                if let Err(e) =
+                    std::fs::write(&tmp, art).and_then(|_| std::fs::rename(&tmp, &cached))
+                {
                     tracing::warn!(%digest, "could not cache the compiled component: {e}");
                 }
             }
@@ -204,21 +235,38 @@ impl WasmRuntime {
 
 /// A plain-text response the host itself produces (errors).
 pub fn text_response(status: u16, text: impl Into<String>) -> hyper::Response<Body> {
-    let body = Full::new(Bytes::from(text.into())).map_err(|never| match never {}).boxed_unsync();
+    let body = Full::new(Bytes::from(text.into()))
+        .map_err(|never| match never {})
+        .boxed_unsync();
     let mut resp = hyper::Response::new(body);
-    *resp.status_mut() = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
-    resp.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain"));
+    *resp.status_mut() =
+        http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain"),
+    );
     resp
 }
 
 impl WasmApp {
     /// Serves one request in a fresh instance. `replica` names the replica
     /// (the guest sees it as `SWARMLET_TASK_NAME`).
-    pub async fn handle(&self, replica: &str, req: hyper::Request<Incoming>) -> hyper::Response<Body> {
-        let wasi = WasiCtx::builder().env("SWARMLET_TASK_NAME", replica).inherit_stderr().build();
+    pub async fn handle(
+        &self,
+        replica: &str,
+        req: hyper::Request<Incoming>,
+    ) -> hyper::Response<Body> {
+        let wasi = WasiCtx::builder()
+            .env("SWARMLET_TASK_NAME", replica)
+            .inherit_stderr()
+            .build();
         let mut store = Store::new(
             self.pre.engine(),
-            Host { wasi, http: WasiHttpCtx::new(), table: ResourceTable::new() },
+            Host {
+                wasi,
+                http: WasiHttpCtx::new(),
+                table: ResourceTable::new(),
+            },
         );
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(|_| Ok(UpdateDeadline::Yield(1)));
@@ -226,7 +274,10 @@ impl WasmApp {
         let (sender, receiver) = tokio::sync::oneshot::channel();
         let (req_res, out_res) = {
             let mut http = store.data_mut().http();
-            (http.new_incoming_request(Scheme::Http, req), http.new_response_outparam(sender))
+            (
+                http.new_incoming_request(Scheme::Http, req),
+                http.new_response_outparam(sender),
+            )
         };
         let (req, out) = match (req_res, out_res) {
             (Ok(r), Ok(o)) => (r, o),
@@ -239,7 +290,10 @@ impl WasmApp {
         let task = tokio::spawn(async move {
             let run = async {
                 let proxy = pre.instantiate_async(&mut store).await?;
-                proxy.wasi_http_incoming_handler().call_handle(&mut store, req, out).await
+                proxy
+                    .wasi_http_incoming_handler()
+                    .call_handle(&mut store, req, out)
+                    .await
             };
             match tokio::time::timeout(timeout, run).await {
                 Ok(r) => r.map_err(|e| GuestFailure::Failed(describe(&e))),
@@ -248,10 +302,14 @@ impl WasmApp {
         });
         match receiver.await {
             Ok(Ok(resp)) => resp.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed_unsync()),
-            Ok(Err(code)) => text_response(502, format!("guest answered with an error: {code:?}\n")),
+            Ok(Err(code)) => {
+                text_response(502, format!("guest answered with an error: {code:?}\n"))
+            }
             Err(_) => {
                 let failure = match task.await {
-                    Ok(Ok(())) => GuestFailure::Failed("guest returned without setting a response".into()),
+                    Ok(Ok(())) => {
+                        GuestFailure::Failed("guest returned without setting a response".into())
+                    }
                     Ok(Err(f)) => f,
                     Err(e) => GuestFailure::Failed(format!("guest task aborted: {e}")),
                 };

@@ -52,7 +52,9 @@ impl State {
     }
 
     pub fn tasks_of<'a>(&'a self, service_id: &'a str) -> impl Iterator<Item = &'a Task> + 'a {
-        self.tasks.values().filter(move |t| t.service_id == service_id)
+        self.tasks
+            .values()
+            .filter(move |t| t.service_id == service_id)
     }
 
     pub(super) fn apply(&mut self, entry: &Envelope) -> Result<(), StoreError> {
@@ -66,8 +68,15 @@ impl State {
                 self.nodes.insert(node.id.clone(), node.clone());
             }
             Command::CreateService { service } => {
-                if let Some(other) = self.services.values().find(|s| s.spec.name == service.spec.name) {
-                    return Err(StoreError::DuplicateName(service.spec.name.clone(), other.id.clone()));
+                if let Some(other) = self
+                    .services
+                    .values()
+                    .find(|s| s.spec.name == service.spec.name)
+                {
+                    return Err(StoreError::DuplicateName(
+                        service.spec.name.clone(),
+                        other.id.clone(),
+                    ));
                 }
                 for p in &service.spec.ports {
                     if let Some(other) = self.port_owner(p.published) {
@@ -79,7 +88,10 @@ impl State {
                 }
                 self.services.insert(service.id.clone(), service.clone());
             }
-            Command::ScaleService { service_id, replicas } => {
+            Command::ScaleService {
+                service_id,
+                replicas,
+            } => {
                 let s = self
                     .services
                     .get_mut(service_id)
@@ -92,7 +104,11 @@ impl State {
                 self.services
                     .remove(service_id)
                     .ok_or_else(|| StoreError::NoSuchService(service_id.clone()))?;
-                for t in self.tasks.values_mut().filter(|t| &t.service_id == service_id) {
+                for t in self
+                    .tasks
+                    .values_mut()
+                    .filter(|t| &t.service_id == service_id)
+                {
                     if t.desired_state != DesiredState::Shutdown {
                         t.desired_state = DesiredState::Shutdown;
                         t.updated_at_ms = now;
@@ -117,7 +133,12 @@ impl State {
                     self.tasks.remove(id);
                 }
             }
-            Command::UpdateTaskStatus { task_id, state, message, error } => {
+            Command::UpdateTaskStatus {
+                task_id,
+                state,
+                message,
+                error,
+            } => {
                 let t = self
                     .tasks
                     .get_mut(task_id)
@@ -140,7 +161,7 @@ impl State {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use swarmlet_proto::{Image, PortConfig, Protocol, ServiceSpec};
+    use swarmlet_proto::{Image, PortConfig, Protocol, ServiceSpec, TaskState};
 
     fn service(id: &str, name: &str, port: u16) -> Service {
         Service {
@@ -148,8 +169,16 @@ mod tests {
             spec: ServiceSpec {
                 name: name.into(),
                 replicas: 1,
-                image: Image::Wasm { digest: "sha256:00".into(), name: "x.wasm".into(), size: 1 },
-                ports: vec![PortConfig { published: port, target: 80, protocol: Protocol::Tcp }],
+                image: Image::Wasm {
+                    digest: "sha256:00".into(),
+                    name: "x.wasm".into(),
+                    size: 1,
+                },
+                ports: vec![PortConfig {
+                    published: port,
+                    target: 80,
+                    protocol: Protocol::Tcp,
+                }],
             },
             version: 1,
             created_at_ms: 0,
@@ -158,25 +187,51 @@ mod tests {
     }
 
     fn env(command: Command) -> Envelope {
-        Envelope { proposal_id: 0, at_ms: 7, command }
+        Envelope {
+            proposal_id: 0,
+            at_ms: 7,
+            command,
+        }
     }
 
     #[test]
     fn duplicate_name_and_port_are_refused_and_change_nothing() {
         let mut st = State::default();
-        st.apply(&env(Command::CreateService { service: service("a", "web", 8080) })).unwrap();
-        let err = st.apply(&env(Command::CreateService { service: service("b", "web", 8081) }));
-        assert_eq!(err, Err(StoreError::DuplicateName("web".into(), "a".into())));
-        let err = st.apply(&env(Command::CreateService { service: service("c", "api", 8080) }));
-        assert_eq!(err, Err(StoreError::PortInUse { port: 8080, service: "web".into() }));
+        st.apply(&env(Command::CreateService {
+            service: service("a", "web", 8080),
+        }))
+        .unwrap();
+        let err = st.apply(&env(Command::CreateService {
+            service: service("b", "web", 8081),
+        }));
+        assert_eq!(
+            err,
+            Err(StoreError::DuplicateName("web".into(), "a".into()))
+        );
+        let err = st.apply(&env(Command::CreateService {
+            service: service("c", "api", 8080),
+        }));
+        assert_eq!(
+            err,
+            Err(StoreError::PortInUse {
+                port: 8080,
+                service: "web".into()
+            })
+        );
         assert_eq!(st.services.len(), 1);
     }
 
     #[test]
     fn find_service_by_name_id_and_unique_prefix() {
         let mut st = State::default();
-        st.apply(&env(Command::CreateService { service: service("abc1", "web", 1) })).unwrap();
-        st.apply(&env(Command::CreateService { service: service("abd2", "api", 2) })).unwrap();
+        st.apply(&env(Command::CreateService {
+            service: service("abc1", "web", 1),
+        }))
+        .unwrap();
+        st.apply(&env(Command::CreateService {
+            service: service("abd2", "api", 2),
+        }))
+        .unwrap();
         assert_eq!(st.find_service("web").map(|s| s.id.as_str()), Some("abc1"));
         assert_eq!(st.find_service("abd2").map(|s| s.id.as_str()), Some("abd2"));
         assert_eq!(st.find_service("abc").map(|s| s.id.as_str()), Some("abc1"));
@@ -201,7 +256,8 @@ mod tests {
             created_at_ms: 0,
             updated_at_ms: 0,
         };
-        st.apply(&env(Command::CreateTasks { tasks: vec![task] })).unwrap();
+        st.apply(&env(Command::CreateTasks { tasks: vec![task] }))
+            .unwrap();
         let status = |state| Command::UpdateTaskStatus {
             task_id: "t1".into(),
             state,

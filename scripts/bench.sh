@@ -119,7 +119,7 @@ LOAD=$(cut -d' ' -f1-3 /proc/loadavg)
 {
     echo "# swarmlet benchmark"
     echo
-    echo "$(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores, load average before/after: $LOAD, mode: $([ $QUICK = 1 ] && echo quick || echo full), wrk -t2 -c$CONNS -d$DUR, median of $ROUNDS."
+    echo "$(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores, load average (1/5/15 min) at the end: $LOAD, mode: $([ $QUICK = 1 ] && echo quick || echo full), wrk -t2 -c$CONNS -d$DUR, median of $ROUNDS."
     echo
     echo "## HTTP: \`hello.wasm\`, a fresh instance per request"
     echo

@@ -23,6 +23,7 @@ use crate::store::Store;
 pub struct DaemonConfig {
     pub data_dir: PathBuf,
     pub listen_addr: SocketAddr,
+    pub advertise_addr: Option<String>,
     pub publish_addr: IpAddr,
     pub node_name: Option<String>,
     pub wasm_timeout: Duration,
@@ -174,6 +175,7 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         identity,
         data_dir: cfg.data_dir.clone(),
         api_addr,
+        advertise_addr: cfg.advertise_addr.clone(),
         blobs,
         runtime,
         mesh: mesh.clone(),

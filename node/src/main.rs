@@ -7,6 +7,7 @@ mod cli;
 mod daemon;
 mod identity;
 mod mesh;
+mod netutil;
 mod orchestrator;
 mod raft;
 mod runtime;

@@ -41,12 +41,12 @@ pub async fn init(st: &ApiState, body: Incoming) -> Result<Response, ApiError> {
             "this node is already part of a swarm; its services are listed by \"swarmlet service ls\"",
         ));
     }
-    let advertise = match req.advertise_addr.as_deref().filter(|a| !a.is_empty()) {
+    let given = req.advertise_addr.or_else(|| st.advertise_addr.clone());
+    let advertise = match given.as_deref().filter(|a| !a.is_empty()) {
         Some(a) => parse_advertise(a, st.api_addr.port())?,
         None if st.api_addr.ip().is_unspecified() => {
-            return Err(ApiError::bad_request(
-                "the daemon listens on all addresses; say which one other nodes should use with --advertise-addr IP",
-            ))
+            let ip = crate::netutil::default_advertise_ip().map_err(ApiError::bad_request)?;
+            SocketAddr::new(ip, st.api_addr.port())
         }
         None => st.api_addr,
     };

@@ -30,6 +30,8 @@ pub struct ApiState {
     pub identity: Identity,
     pub data_dir: PathBuf,
     pub api_addr: SocketAddr,
+    /// `--advertise-addr` of the daemon, the default for `init`.
+    pub advertise_addr: Option<String>,
     pub blobs: Arc<Blobs>,
     pub runtime: Arc<WasmRuntime>,
     pub mesh: Arc<Mesh>,

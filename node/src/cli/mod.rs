@@ -74,7 +74,8 @@ pub struct DaemonArgs {
     /// Cluster API and raft address
     #[arg(long, default_value = "0.0.0.0:2377")]
     listen_addr: SocketAddr,
-    /// Address other nodes reach this one at (given again to `init`)
+    /// Address other nodes reach this one at (IP or IP:PORT); the default
+    /// for `init` (default: the listen address, or the machine's one IPv4 address)
     #[arg(long)]
     advertise_addr: Option<String>,
     /// Address published ports bind on
@@ -114,12 +115,10 @@ fn client(host: Option<String>) -> anyhow::Result<Client> {
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Daemon(a) => {
-            if let Some(adv) = &a.advertise_addr {
-                tracing::info!(advertise_addr = %adv, "advertise address is given to `swarmlet init`");
-            }
             crate::daemon::run(crate::daemon::DaemonConfig {
                 data_dir: a.data_dir.unwrap_or_else(default_data_dir),
                 listen_addr: a.listen_addr,
+                advertise_addr: a.advertise_addr,
                 publish_addr: a.publish_addr,
                 node_name: a.node_name,
                 wasm_timeout: a.wasm_timeout,

@@ -255,7 +255,11 @@ impl DiskStorage {
                 .insert(SNAPSHOT, encode(&snap).as_slice())?;
         }
         tx.commit()?;
-        self.mem.wl().compact(index + 1)?;
+        // Keep the entry at `index` in memory: MemStorage has no way to move
+        // its snapshot metadata without dropping every entry, and with an
+        // empty entry list it would report the *old* snapshot's index as
+        // the last index. On disk the snapshot carries it instead.
+        self.mem.wl().compact(index)?;
         if let Ok(mut s) = self.snapshot.write() {
             *s = snap;
         }
@@ -359,6 +363,13 @@ mod tests {
         assert_eq!(ents[0].get_data(), b"C");
         assert_eq!(s.snapshot_data().as_deref(), Some(&b"state@2"[..]));
         assert_eq!(s.initial_state().unwrap().hard_state.commit, 3);
+        // Compacting everything keeps last_index where the log ends.
+        s.compact(4, b"state@4".to_vec()).unwrap();
+        assert_eq!(s.last_index().unwrap(), 4);
+        drop(s);
+        let s = DiskStorage::open(&path).unwrap();
+        assert_eq!((s.first_index().unwrap(), s.last_index().unwrap()), (5, 4));
+        assert_eq!(s.snapshot_data().as_deref(), Some(&b"state@4"[..]));
         assert_eq!(s.conf_state().voters, vec![7]);
         let _ = std::fs::remove_dir_all(&dir);
     }

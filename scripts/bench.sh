@@ -114,6 +114,9 @@ if [ $QUICK = 0 ]; then
     done
 fi
 
+# --- control plane, in process ---------------------------------------------
+CP=$(cargo run --release -q -p swarmlet --example control_plane -- $([ $QUICK = 1 ] && echo --quick))
+
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f×", a/b; else print "n/a" }'; }
 LOAD=$(cut -d' ' -f1-3 /proc/loadavg)
 {
@@ -142,6 +145,10 @@ LOAD=$(cut -d' ' -f1-3 /proc/loadavg)
     echo "| scale 100 → 0 → 10 | $S0_10 |"
     echo "| scale 10 → 50 | $S10_50 |"
     echo "| scale 50 → 10 | $S50_10 |"
+    echo
+    echo "## Control plane (in process: real raft log on disk, simulated nodes)"
+    echo
+    echo "$CP"
     echo
     echo "## Footprint"
     echo

@@ -1,19 +1,7 @@
 //! `swarmlet`: one binary, the node daemon and its command-line client.
 
-mod agent;
-mod api;
-mod blobs;
-mod cli;
-mod daemon;
-mod identity;
-mod mesh;
-mod netutil;
-mod orchestrator;
-mod raft;
-mod runtime;
-mod store;
-
 use clap::Parser;
+use swarmlet::cli;
 
 fn main() -> std::process::ExitCode {
     let cli = cli::Cli::parse();

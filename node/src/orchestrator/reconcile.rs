@@ -26,6 +26,7 @@ pub fn reconcile(state: &State, now_ms: u64) -> Vec<Command> {
             *load.entry(n.clone()).or_default() += 1;
         }
     }
+    let mut placer = scheduler::Placer::new(state.nodes.values(), &load);
 
     for service in state.services.values() {
         let mut slots: BTreeMap<u64, Vec<&Task>> = BTreeMap::new();
@@ -44,13 +45,13 @@ pub fn reconcile(state: &State, now_ms: u64) -> Vec<Command> {
                     // task after the restart delay, as Swarm does.
                     if now_ms.saturating_sub(t.updated_at_ms) >= RESTART_DELAY_MS {
                         stop.push(t.id.clone());
-                        if let Some(new) = new_task(state, service, slot, now_ms, &mut load) {
+                        if let Some(new) = new_task(service, slot, now_ms, &mut placer) {
                             create.push(new);
                         }
                     }
                 }
                 None => {
-                    if let Some(new) = new_task(state, service, slot, now_ms, &mut load) {
+                    if let Some(new) = new_task(service, slot, now_ms, &mut placer) {
                         create.push(new);
                     }
                 }
@@ -106,21 +107,19 @@ pub fn reconcile(state: &State, now_ms: u64) -> Vec<Command> {
 }
 
 fn new_task(
-    state: &State,
     service: &Service,
     slot: u64,
     now_ms: u64,
-    load: &mut HashMap<String, usize>,
+    placer: &mut scheduler::Placer,
 ) -> Option<Task> {
-    let node = scheduler::place(state.nodes.values(), load)?;
-    *load.entry(node.id.clone()).or_default() += 1;
+    let node_id = placer.place()?;
     Some(Task {
         id: random_id(25),
         service_id: service.id.clone(),
         service_name: service.spec.name.clone(),
         slot,
         service_version: service.version,
-        node_id: Some(node.id.clone()),
+        node_id: Some(node_id),
         desired_state: DesiredState::Running,
         state: TaskState::Assigned,
         message: "assigned".into(),

@@ -1,20 +1,34 @@
 //! Placement. Architecture invariant: a pure function from a state snapshot
-//! to an assignment; it does no IO and reads no clock.
+//! to assignments; it does no IO and reads no clock.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 use swarmlet_proto::{Availability, Node};
 
-/// Picks the node for one new task: among active nodes, the one running the
-/// fewest tasks (spread), ties broken by node ID so every run agrees.
-/// `load` counts live tasks per node and is updated by the caller.
-pub fn place<'a>(
-    nodes: impl Iterator<Item = &'a Node>,
-    load: &HashMap<String, usize>,
-) -> Option<&'a Node> {
-    nodes
-        .filter(|n| n.availability == Availability::Active)
-        .min_by_key(|n| (load.get(&n.id).copied().unwrap_or(0), n.id.clone()))
+/// Places tasks one after another on the active node running the fewest
+/// tasks (spread), ties broken by node ID so every run agrees. Each placement
+/// is O(log nodes), so placing many tasks on many nodes stays cheap.
+pub struct Placer {
+    by_load: BTreeSet<(usize, String)>,
+}
+
+impl Placer {
+    /// `load` counts the live tasks per node ID.
+    pub fn new<'a>(nodes: impl Iterator<Item = &'a Node>, load: &HashMap<String, usize>) -> Self {
+        let by_load = nodes
+            .filter(|n| n.availability == Availability::Active)
+            .map(|n| (load.get(&n.id).copied().unwrap_or(0), n.id.clone()))
+            .collect();
+        Placer { by_load }
+    }
+
+    /// The node for the next task, counted as one more task on it; `None`
+    /// when no node is available.
+    pub fn place(&mut self) -> Option<String> {
+        let (load, id) = self.by_load.pop_first()?;
+        self.by_load.insert((load + 1, id.clone()));
+        Some(id)
+    }
 }
 
 #[cfg(test)]
@@ -43,9 +57,13 @@ mod tests {
         ];
         let mut load = HashMap::new();
         load.insert("a".to_string(), 2);
-        assert_eq!(place(nodes.iter(), &load).map(|n| n.id.as_str()), Some("b"));
-        load.insert("b".to_string(), 3);
-        assert_eq!(place(nodes.iter(), &load).map(|n| n.id.as_str()), Some("a"));
-        assert!(place(nodes[2..].iter(), &load).is_none());
+        let mut p = Placer::new(nodes.iter(), &load);
+        let placed: Vec<String> = (0..4).map(|_| p.place().unwrap()).collect();
+        assert_eq!(
+            placed,
+            ["b", "b", "a", "b"],
+            "b catches up with a, then they alternate"
+        );
+        assert!(Placer::new(nodes[2..].iter(), &load).place().is_none());
     }
 }

@@ -1,0 +1,17 @@
+//! swarmlet: Docker Swarm mode as one small binary. The `swarmlet` binary
+//! (`main.rs`) is a thin wrapper around `cli::run`; the library exists so
+//! benchmarks and tests can drive the parts directly. ARCHITECTURE.md at the
+//! repository root is the map.
+
+pub mod agent;
+pub mod api;
+pub mod blobs;
+pub mod cli;
+pub mod daemon;
+pub mod identity;
+pub mod mesh;
+pub mod netutil;
+pub mod orchestrator;
+pub mod raft;
+pub mod runtime;
+pub mod store;

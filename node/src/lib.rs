@@ -6,6 +6,7 @@
 pub mod agent;
 pub mod api;
 pub mod blobs;
+pub mod body;
 pub mod cli;
 pub mod daemon;
 pub mod identity;

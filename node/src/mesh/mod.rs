@@ -20,7 +20,8 @@ use std::sync::{Arc, Mutex};
 use arc_swap::ArcSwap;
 use hyper::body::Incoming;
 
-use crate::runtime::wasm::{text_response, Body, WasmApp};
+use crate::body::{text_response, Body};
+use crate::runtime::wasm::WasmApp;
 
 /// Where a request can be sent.
 #[derive(Clone)]

@@ -25,8 +25,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full};
+use crate::body::{text_response, Body, BoxError};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{
@@ -37,10 +37,6 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
-
-/// The body type every response of the mesh carries.
-pub type Body = UnsyncBoxBody<Bytes, BoxError>;
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// How often the epoch advances: guests yield to the scheduler this often,
 /// so a spinning guest neither blocks a worker thread nor outlives its timeout.
@@ -243,21 +239,6 @@ impl WasmRuntime {
         }
         Ok(component)
     }
-}
-
-/// A plain-text response the host itself produces (errors).
-pub fn text_response(status: u16, text: impl Into<String>) -> hyper::Response<Body> {
-    let body = Full::new(Bytes::from(text.into()))
-        .map_err(|never| match never {})
-        .boxed_unsync();
-    let mut resp = hyper::Response::new(body);
-    *resp.status_mut() =
-        http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
-    resp.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("text/plain"),
-    );
-    resp
 }
 
 impl WasmApp {

@@ -10,6 +10,7 @@
 # It never fails on a number, only when something it measures breaks.
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
+source "$(dirname "$0")/bench-lib.sh"
 cd "$REPO"
 
 QUICK=0
@@ -30,29 +31,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-now_ms() { date +%s%3N; }
-rss_mb() { awk '/VmRSS/ {printf "%.1f", $2/1024}' "/proc/$1/status"; }
-to_ms() { # wrk latency like 812.00us / 2.84ms / 1.20s -> ms
-    awk -v v="$1" 'BEGIN { n=v+0; if (v ~ /us$/) n/=1000; else if (v ~ /ms$/) n=n; else if (v ~ /s$/) n*=1000; printf "%.2f", n }'
-}
-# wrk_median URL -> "rps p50 p99" (median round by rps)
-wrk_median() {
-    local url=$1 out rounds=()
-    for _ in $(seq $ROUNDS); do
-        out=$(wrk -t2 -c$CONNS -d$DUR --latency "$url")
-        if echo "$out" | grep -q "Non-2xx\|Socket errors"; then
-            echo "$out" >&2
-            echo "benchmark broke: errors while loading $url" >&2
-            exit 1
-        fi
-        local rps p50 p99
-        rps=$(echo "$out" | awk '/Requests\/sec/ {printf "%.0f", $2}')
-        p50=$(to_ms "$(echo "$out" | awk '$1=="50%" {print $2}')")
-        p99=$(to_ms "$(echo "$out" | awk '$1=="99%" {print $2}')")
-        rounds+=("$rps $p50 $p99")
-    done
-    printf '%s\n' "${rounds[@]}" | sort -n | sed -n "$(( (ROUNDS + 1) / 2 ))p"
-}
 wait_http() { # wait_http URL : bounded wait until it answers 200
     for _ in $(seq 600); do
         [ "$(curl -s -o /dev/null -w '%{http_code}' "$1" || true)" = 200 ] && return 0
@@ -117,6 +95,61 @@ fi
 # --- control plane, in process ---------------------------------------------
 CP=$(cargo run --release -q -p swarmlet --example control_plane -- $([ $QUICK = 1 ] && echo --quick))
 
+# --- reference proxies and the Docker Swarm peer (full run) -----------------
+REF_ROWS=""
+PEER=""
+if [ $QUICK = 0 ]; then
+    apt_need nginx haproxy docker.io
+    cat >"$WORK/nginx.conf" <<CONF
+worker_processes 1;
+error_log $WORK/nginx.err;
+pid $WORK/nginx.pid;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    keepalive_requests 1000000;
+    server { listen $IP:18082; location / { return 200 "hello from nginx\n"; } }
+}
+CONF
+    nginx -c "$WORK/nginx.conf" -g 'daemon off;' &
+    PIDS+=($!)
+    cat >"$WORK/haproxy.cfg" <<CONF
+global
+    nbthread 2
+defaults
+    timeout connect 5s
+    timeout client 30s
+    timeout server 30s
+frontend http_in
+    mode http
+    bind $IP:18083
+    default_backend nginx_http
+backend nginx_http
+    mode http
+    http-reuse always
+    server n1 $IP:18082
+frontend tcp_in
+    mode tcp
+    bind $IP:18084
+    default_backend nginx_tcp
+backend nginx_tcp
+    mode tcp
+    server n1 $IP:18082
+CONF
+    haproxy -f "$WORK/haproxy.cfg" &
+    PIDS+=($!)
+    wait_http "http://$IP:18082/"; wait_http "http://$IP:18083/"; wait_http "http://$IP:18084/"
+    read -r rps p50 p99 < <(wrk_median "http://$IP:18082/")
+    REF_ROWS+="| nginx directly (1 worker, \`return 200\`): the limit | $rps | $p50 | $p99 |"$'\n'
+    read -r rps p50 p99 < <(wrk_median "http://$IP:18083/")
+    REF_ROWS+="| HAProxy 2 threads, http mode, in front of that nginx | $rps | $p50 | $p99 |"$'\n'
+    read -r rps p50 p99 < <(wrk_median "http://$IP:18084/")
+    REF_ROWS+="| HAProxy 2 threads, tcp mode, in front of that nginx | $rps | $p50 | $p99 |"$'\n'
+    PEER=$(DUR=$DUR ROUNDS=$ROUNDS CONNS=$CONNS "$REPO/scripts/peers/docker-swarm.sh" "$WORK/docker")
+    eval "$PEER"
+    REF_ROWS+="| Docker Swarm nginx, host-mode publish through docker-proxy | $DOCKER_RPS | $DOCKER_P50 | $DOCKER_P99 |"$'\n'
+fi
+
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f×", a/b; else print "n/a" }'; }
 LOAD=$(cut -d' ' -f1-3 /proc/loadavg)
 {
@@ -130,6 +163,7 @@ LOAD=$(cut -d' ' -f1-3 /proc/loadavg)
     echo "| --- | ---: | ---: | ---: |"
     echo "| swarmlet mesh, 4 local replicas, port $PORT | $SW_RPS | $SW_P50 | $SW_P99 |"
     printf '%s' "$WT_ROWS"
+    printf '%s' "$REF_ROWS"
     if [ $QUICK = 0 ]; then
         echo
         echo "swarmlet vs \`wasmtime serve\` best flags: $(ratio "$SW_RPS" "$WT_best_RPS") (target ≥ 1.2×); vs its defaults: $(ratio "$SW_RPS" "$WT_default_RPS")."
@@ -145,6 +179,19 @@ LOAD=$(cut -d' ' -f1-3 /proc/loadavg)
     echo "| scale 100 → 0 → 10 | $S0_10 |"
     echo "| scale 10 → 50 | $S10_50 |"
     echo "| scale 50 → 10 | $S50_10 |"
+    if [ -n "$PEER" ]; then
+        echo
+        echo "Docker Swarm on the same machine, nginx containers from a local image (\`--restart-delay 0s\`):"
+        echo
+        echo "| what | ms |"
+        echo "| --- | ---: |"
+        echo "| blocking \`service create --replicas 10\` | $DOCKER_CREATE10 |"
+        echo "| scale 10 → 0 | $DOCKER_S10_0 |"
+        echo "| scale 0 → 10 | $DOCKER_S0_10 |"
+        echo "| scale 10 → 50 | $DOCKER_S10_50 |"
+        echo "| scale 50 → 10 | $DOCKER_S50_10 |"
+        echo "| a killed replica replaced | $DOCKER_REPLACE |"
+    fi
     echo
     echo "## Control plane (in process: real raft log on disk, simulated nodes)"
     echo
@@ -156,6 +203,10 @@ LOAD=$(cut -d' ' -f1-3 /proc/loadavg)
     echo "| --- | ---: |"
     echo "| idle daemon RSS after init (target < 30 MB) | $IDLE_RSS MB |"
     echo "| daemon RSS after the HTTP load | $LOADED_RSS MB |"
+    if [ -n "$PEER" ]; then
+        echo "| Docker: dockerd / containerd RSS after the runs | $DOCKER_DOCKERD_MB MB / $DOCKER_CONTAINERD_MB MB |"
+        echo "| Docker: one container's shim RSS | $DOCKER_SHIM_MB MB |"
+    fi
     echo "| release binary | $BIN_MB MB |"
     echo "| release binary, stripped (target ≤ 20 MB) | $STRIPPED_MB MB |"
 } > "$WORK/result.md"

@@ -155,6 +155,8 @@ LOAD=$(cut -d' ' -f1-3 /proc/loadavg)
 {
     echo "# swarmlet benchmark"
     echo
+    echo "![requests/s per setup](latest.svg)"
+    echo
     echo "$(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores, load average (1/5/15 min) at the end: $LOAD, mode: $([ $QUICK = 1 ] && echo quick || echo full), wrk -t2 -c$CONNS -d$DUR, median of $ROUNDS."
     echo
     echo "## HTTP: \`hello.wasm\`, a fresh instance per request"
@@ -211,7 +213,9 @@ LOAD=$(cut -d' ' -f1-3 /proc/loadavg)
     echo "| release binary, stripped (target ≤ 20 MB) | $STRIPPED_MB MB |"
 } > "$WORK/result.md"
 cat "$WORK/result.md"
+python3 "$REPO/scripts/chart.py" "$WORK/result.md" "$WORK/result.svg"
 if [ $QUICK = 0 ]; then
     cp "$WORK/result.md" "$REPO/bench/results/latest.md"
-    echo "written to bench/results/latest.md" >&2
+    cp "$WORK/result.svg" "$REPO/bench/results/latest.svg"
+    echo "written to bench/results/latest.md and latest.svg" >&2
 fi

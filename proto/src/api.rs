@@ -89,3 +89,12 @@ pub struct TaskView {
     pub node_name: String,
     pub image: String,
 }
+
+/// `GET /v1/services/{id}/status[?wait=VERSION]`: a service and its tasks at
+/// one store version (what `service create` follows until convergence).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ServiceStatus {
+    pub version: u64,
+    pub service: ServiceView,
+    pub tasks: Vec<TaskView>,
+}

@@ -356,6 +356,12 @@ pub fn service_tasks(st: &ApiState, key: &str, query: &str) -> Result<Response, 
     let state = cluster.store.read();
     let s = state.find_service(key).ok_or_else(|| not_found(key))?;
     let only_running = query.split('&').any(|kv| kv == "desired-state=running");
+    Ok(json(200, &task_views(&state, s, only_running)))
+}
+
+/// The tasks of `s` as `service ps` shows them: by slot, newest first
+/// within a slot (as docker).
+fn task_views(state: &State, s: &Service, only_running: bool) -> Vec<TaskView> {
     let mut views: Vec<TaskView> = state
         .tasks_of(&s.id)
         .filter(|t| !only_running || t.desired_state == DesiredState::Running)
@@ -370,12 +376,45 @@ pub fn service_tasks(st: &ApiState, key: &str, query: &str) -> Result<Response, 
             image: s.spec.image.display_name().to_string(),
         })
         .collect();
-    // As docker: by slot, newest first within a slot.
     views.sort_by(|a, b| {
         a.task
             .slot
             .cmp(&b.task.slot)
             .then(b.task.created_at_ms.cmp(&a.task.created_at_ms))
     });
-    Ok(json(200, &views))
+    views
+}
+
+/// How long `status?wait=V` holds a request when nothing changes.
+const LONG_POLL: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// A service and its tasks at one store version. With `wait=V` the answer
+/// waits (up to `LONG_POLL`) until the store has moved past version V, so a
+/// client following convergence learns of each change at once without
+/// polling in a loop.
+pub async fn service_status(st: &ApiState, key: &str, query: &str) -> Result<Response, ApiError> {
+    let cluster = st.cluster()?;
+    let wait = query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("wait="))
+        .map(|v| {
+            v.parse::<u64>()
+                .map_err(|_| ApiError::bad_request(format!("wait={v:?} is not a store version")))
+        })
+        .transpose()?;
+    if let Some(v) = wait {
+        let mut changes = cluster.store.changes();
+        let _ = tokio::time::timeout(LONG_POLL, changes.wait_for(|now| *now != v)).await;
+    }
+    let version = cluster.store.version();
+    let state = cluster.store.read();
+    let s = state.find_service(key).ok_or_else(|| not_found(key))?;
+    Ok(json(
+        200,
+        &ServiceStatus {
+            version,
+            service: service_view(&state, s),
+            tasks: task_views(&state, s, false),
+        },
+    ))
 }

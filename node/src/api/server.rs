@@ -100,6 +100,9 @@ async fn route(state: Arc<ApiState>, req: hyper::Request<Incoming>) -> Response 
         (&Method::POST, ["v1", "services", key, "scale"]) => {
             handlers::scale_service(&state, key, body).await
         }
+        (&Method::GET, ["v1", "services", key, "status"]) => {
+            handlers::service_status(&state, key, &query).await
+        }
         (&Method::GET, ["v1", "services", key, "tasks"]) => {
             handlers::service_tasks(&state, key, &query)
         }

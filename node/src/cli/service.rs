@@ -233,9 +233,16 @@ async fn converge(c: &Client, id: &str) -> anyhow::Result<()> {
     let started = Instant::now();
     let tty = std::io::stdout().is_terminal();
     let mut drawn = 0usize;
+    let mut version: Option<u64> = None;
     loop {
-        let svc: ServiceView = c.get(&format!("/v1/services/{id}")).await?;
-        let tasks: Vec<TaskView> = c.get(&format!("/v1/services/{id}/tasks")).await?;
+        // Long poll: returns as soon as anything changed since `version`.
+        let path = match version {
+            Some(v) => format!("/v1/services/{id}/status?wait={v}"),
+            None => format!("/v1/services/{id}/status"),
+        };
+        let status: ServiceStatus = c.get(&path).await?;
+        version = Some(status.version);
+        let (svc, tasks) = (status.service, status.tasks);
         let desired = svc.service.spec.replicas;
         let mut lines = Vec::new();
         let mut running = 0;
@@ -304,7 +311,6 @@ async fn converge(c: &Client, id: &str) -> anyhow::Result<()> {
                 svc.service.spec.name
             );
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

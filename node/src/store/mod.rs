@@ -62,6 +62,11 @@ impl Store {
         self.state.write().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Counts applied changes; `changes()` wakes when it moves.
+    pub fn version(&self) -> u64 {
+        *self.changes.borrow()
+    }
+
     /// A receiver that wakes whenever an entry or snapshot was applied.
     pub fn changes(&self) -> watch::Receiver<u64> {
         self.changes.subscribe()

@@ -64,9 +64,28 @@ t0=$(now_ms); S service scale hello=0 >/dev/null; S service scale hello=10 >/dev
 t0=$(now_ms); S service scale hello=50 >/dev/null; t1=$(now_ms); S10_50=$((t1 - t0))
 t0=$(now_ms); S service scale hello=10 >/dev/null; t1=$(now_ms); S50_10=$((t1 - t0))
 
+RSS_100=$(S service scale hello=100 >/dev/null && rss_mb $DAEMON)
+RSS_1=$(S service scale hello=1 >/dev/null && sleep 0.2 && rss_mb $DAEMON)
+
+# A node killed with -9 and started again on its data dir: until it serves.
+kill -9 $DAEMON; wait $DAEMON 2>/dev/null || true
+t0=$(now_ms)
+"$SWARMLET" daemon --data-dir "$WORK/node" --listen-addr $IP:2377 --publish-addr $IP --node-name bench \
+    >>"$WORK/daemon.log" 2>&1 &
+DAEMON=$!; PIDS+=($DAEMON)
+wait_http "http://$IP:$PORT/"
+RECOVER=$(( $(now_ms) - t0 ))
+
 BIN_MB=$(awk -v b="$(stat -c %s "$SWARMLET")" 'BEGIN {printf "%.1f", b/1048576}')
 strip -o "$WORK/swarmlet.stripped" "$SWARMLET"
 STRIPPED_MB=$(awk -v b="$(stat -c %s "$WORK/swarmlet.stripped")" 'BEGIN {printf "%.1f", b/1048576}')
+DIST_MB=""
+if [ $QUICK = 0 ]; then
+    # The shipping profile (thin LTO, one codegen unit, stripped); a second
+    # wasmtime build, so only in the full run.
+    cargo build -q --profile dist -p swarmlet
+    DIST_MB=$(awk -v b="$(stat -c %s "$CARGO_TARGET_DIR/dist/swarmlet")" 'BEGIN {printf "%.1f", b/1048576}')
+fi
 
 # --- wasmtime serve, same component (full run) ------------------------------
 WT_ROWS=""
@@ -181,6 +200,7 @@ LOAD=$(cut -d' ' -f1-3 /proc/loadavg)
     echo "| scale 100 → 0 → 10 | $S0_10 |"
     echo "| scale 10 → 50 | $S10_50 |"
     echo "| scale 50 → 10 | $S50_10 |"
+    echo "| node kill -9, restarted on its data dir → serving again | $RECOVER |"
     if [ -n "$PEER" ]; then
         echo
         echo "Docker Swarm on the same machine, nginx containers from a local image (\`--restart-delay 0s\`):"
@@ -205,12 +225,16 @@ LOAD=$(cut -d' ' -f1-3 /proc/loadavg)
     echo "| --- | ---: |"
     echo "| idle daemon RSS after init (target < 30 MB) | $IDLE_RSS MB |"
     echo "| daemon RSS after the HTTP load | $LOADED_RSS MB |"
+    echo "| daemon RSS with 100 / 1 wasm replicas (replicas share one compiled component) | $RSS_100 MB / $RSS_1 MB |"
     if [ -n "$PEER" ]; then
         echo "| Docker: dockerd / containerd RSS after the runs | $DOCKER_DOCKERD_MB MB / $DOCKER_CONTAINERD_MB MB |"
         echo "| Docker: one container's shim RSS | $DOCKER_SHIM_MB MB |"
     fi
     echo "| release binary | $BIN_MB MB |"
-    echo "| release binary, stripped (target ≤ 20 MB) | $STRIPPED_MB MB |"
+    echo "| release binary, stripped | $STRIPPED_MB MB |"
+    if [ -n "$DIST_MB" ]; then
+        echo "| \`dist\` profile binary: thin LTO, 1 codegen unit, stripped (target ≤ 20 MB) | $DIST_MB MB |"
+    fi
 } > "$WORK/result.md"
 cat "$WORK/result.md"
 python3 "$REPO/scripts/chart.py" "$WORK/result.md" "$WORK/result.svg"

@@ -148,6 +148,16 @@ impl Node {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// `service create --name NAME [EXTRA…] GUEST.wasm`, which must succeed.
+    pub fn create(&self, name: &str, guest_name: &str, extra: &[&str]) -> String {
+        let wasm = guest(guest_name);
+        let mut args = vec!["service", "create", "--name", name];
+        args.extend_from_slice(extra);
+        let path = wasm.to_string_lossy().into_owned();
+        args.push(&path);
+        self.ok(&args)
+    }
+
     /// Runs a CLI command that must fail; returns its stderr.
     pub fn fails(&self, args: &[&str]) -> String {
         let out = self.cli(args);

@@ -146,26 +146,8 @@ fn unreachable_daemon_says_where_it_looked() {
 fn guest_faults_fail_only_their_own_request() {
     let node = Node::start("n1");
     node.ok(&["init"]);
-    let faulty = guest("faulty");
-    let hello = guest("hello");
-    node.ok(&[
-        "service",
-        "create",
-        "--name",
-        "faulty",
-        "-p",
-        "8081:80",
-        faulty.to_str().unwrap(),
-    ]);
-    node.ok(&[
-        "service",
-        "create",
-        "--name",
-        "hello",
-        "-p",
-        "8080:80",
-        hello.to_str().unwrap(),
-    ]);
+    node.create("faulty", "faulty", &["-p", "8081:80"]);
+    node.create("hello", "hello", &["-p", "8080:80"]);
 
     let (status, body) = node.get(8081, "/trap").unwrap();
     assert_eq!(status, 500, "{body}");

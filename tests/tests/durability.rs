@@ -1,41 +1,20 @@
 //! What survives: a compacted raft log across a restart, and a broken data
 //! dir showing up as failed tasks with their error instead of a dead node.
 
-use swarmlet_e2e::{guest, Node};
+use swarmlet_e2e::Node;
 
 #[test]
 fn restart_after_log_compaction_keeps_every_change() {
     let mut node = Node::start("n1");
     node.ok(&["init"]);
-    let hello = guest("hello");
-    node.ok(&[
-        "service",
-        "create",
-        "--name",
-        "hello",
-        "--replicas",
-        "1",
-        "-p",
-        "8080:80",
-        hello.to_str().unwrap(),
-    ]);
+    node.create("hello", "hello", &["--replicas", "1", "-p", "8080:80"]);
     // Each cycle commits a few hundred entries (scale, tasks, status reports);
     // the log is compacted into a snapshot every 1000.
     for _ in 0..4 {
         node.ok(&["service", "scale", "hello=100"]);
         node.ok(&["service", "scale", "hello=1"]);
     }
-    node.ok(&[
-        "service",
-        "create",
-        "--name",
-        "after",
-        "--replicas",
-        "2",
-        "-p",
-        "8081:80",
-        hello.to_str().unwrap(),
-    ]);
+    node.create("after", "hello", &["--replicas", "2", "-p", "8081:80"]);
     assert!(
         node.log().contains("raft log compacted"),
         "the test should have compacted the log"
@@ -56,16 +35,7 @@ fn restart_after_log_compaction_keeps_every_change() {
 fn a_lost_component_shows_as_failed_tasks_with_the_reason() {
     let mut node = Node::start("n1");
     node.ok(&["init"]);
-    let hello = guest("hello");
-    node.ok(&[
-        "service",
-        "create",
-        "--name",
-        "hello",
-        "-p",
-        "8080:80",
-        hello.to_str().unwrap(),
-    ]);
+    node.create("hello", "hello", &["-p", "8080:80"]);
     node.kill9();
     // Someone wiped the blobs and the compile cache while the node was down.
     std::fs::remove_dir_all(node.data_dir.join("blobs")).unwrap();

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 
-use swarmlet_e2e::{guest, published_port, replicas_seen, Node};
+use swarmlet_e2e::{published_port, replicas_seen, Node};
 
 fn set(names: &[&str]) -> BTreeSet<String> {
     names.iter().map(|s| s.to_string()).collect()
@@ -23,18 +23,7 @@ fn init(node: &Node) {
 fn hello_serves_scales_and_is_removed() {
     let node = Node::start("n1");
     init(&node);
-    let hello = guest("hello");
-    let out = node.ok(&[
-        "service",
-        "create",
-        "--name",
-        "hello",
-        "--replicas",
-        "3",
-        "-p",
-        "8080:80",
-        hello.to_str().unwrap(),
-    ]);
+    let out = node.create("hello", "hello", &["--replicas", "3", "-p", "8080:80"]);
     assert!(out.contains("overall progress: 3 out of 3 tasks"), "{out}");
     assert!(out.contains("verify: Service converged"), "{out}");
 
@@ -46,6 +35,9 @@ fn hello_serves_scales_and_is_removed() {
             && ls.contains("hello.wasm"),
         "{ls}"
     );
+    let json: serde_json::Value =
+        serde_json::from_str(&node.ok(&["service", "ls", "--format", "json"])).unwrap();
+    assert_eq!(json[0]["running"], 3, "{json}");
     let ps = node.ok(&["service", "ps", "hello"]);
     assert_eq!(
         ps.lines()
@@ -96,16 +88,7 @@ fn hello_serves_scales_and_is_removed() {
 fn port_is_assigned_when_none_is_given() {
     let node = Node::start("n1");
     init(&node);
-    let hello = guest("hello");
-    node.ok(&[
-        "service",
-        "create",
-        "--name",
-        "auto",
-        "-p",
-        "80",
-        hello.to_str().unwrap(),
-    ]);
+    node.create("auto", "hello", &["-p", "80"]);
     let ls = node.ok(&["service", "ls"]);
     let port = published_port(&ls, "auto").unwrap_or_else(|| panic!("no published port in {ls}"));
     assert!((30000..=32767).contains(&port), "{ls}");
@@ -116,29 +99,8 @@ fn port_is_assigned_when_none_is_given() {
 fn kill9_and_restart_brings_services_back() {
     let mut node = Node::start("n1");
     init(&node);
-    let hello = guest("hello");
-    node.ok(&[
-        "service",
-        "create",
-        "--name",
-        "hello",
-        "--replicas",
-        "2",
-        "-p",
-        "8080:80",
-        hello.to_str().unwrap(),
-    ]);
-    node.ok(&[
-        "service",
-        "create",
-        "--name",
-        "other",
-        "--replicas",
-        "1",
-        "-p",
-        "8081:80",
-        hello.to_str().unwrap(),
-    ]);
+    node.create("hello", "hello", &["--replicas", "2", "-p", "8080:80"]);
+    node.create("other", "hello", &["--replicas", "1", "-p", "8081:80"]);
     // A few more raft entries than services, so replay has something to do.
     node.ok(&["service", "scale", "other=3"]);
     let id_before = node.ok(&["service", "ls", "-q"]);
@@ -177,16 +139,7 @@ fn kill9_and_restart_brings_services_back() {
 fn sigterm_stops_cleanly_and_restart_resumes() {
     let mut node = Node::start("n1");
     init(&node);
-    let hello = guest("hello");
-    node.ok(&[
-        "service",
-        "create",
-        "--name",
-        "hello",
-        "-p",
-        "8080:80",
-        hello.to_str().unwrap(),
-    ]);
+    node.create("hello", "hello", &["-p", "8080:80"]);
     let status = node.sigterm();
     assert!(status.success(), "daemon exit status on SIGTERM: {status}");
     assert!(

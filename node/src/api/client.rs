@@ -24,6 +24,19 @@ pub enum ClientError {
     BadHost(String),
 }
 
+/// One request on a fresh connection (the CLI makes a handful per command).
+async fn send_on<S>(
+    stream: S,
+    req: hyper::Request<Full<Bytes>>,
+) -> Result<hyper::Response<hyper::body::Incoming>, hyper::Error>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    send.send_request(req).await
+}
+
 #[derive(Debug, Clone)]
 enum Target {
     Unix(PathBuf),
@@ -89,21 +102,13 @@ impl Client {
                 let s = tokio::net::UnixStream::connect(p)
                     .await
                     .map_err(unreachable)?;
-                let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s))
-                    .await
-                    .map_err(proto)?;
-                tokio::spawn(conn);
-                send.send_request(req).await.map_err(proto)?
+                send_on(s, req).await.map_err(proto)?
             }
             Target::Tcp(a) => {
                 let s = tokio::net::TcpStream::connect(a)
                     .await
                     .map_err(unreachable)?;
-                let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s))
-                    .await
-                    .map_err(proto)?;
-                tokio::spawn(conn);
-                send.send_request(req).await.map_err(proto)?
+                send_on(s, req).await.map_err(proto)?
             }
         };
         let status = resp.status().as_u16();

@@ -313,14 +313,18 @@ fn allocate_ports(
     Ok(out)
 }
 
-pub async fn remove_service(st: &ApiState, key: &str) -> Result<Response, ApiError> {
-    let cluster = st.cluster()?;
-    let id = cluster
-        .store
-        .read()
+/// The ID of the service `key` names (name, ID or unique ID prefix).
+fn service_id(cluster: &crate::daemon::Cluster, key: &str) -> Result<String, ApiError> {
+    let state = cluster.store.read();
+    state
         .find_service(key)
         .map(|s| s.id.clone())
-        .ok_or_else(|| not_found(key))?;
+        .ok_or_else(|| not_found(key))
+}
+
+pub async fn remove_service(st: &ApiState, key: &str) -> Result<Response, ApiError> {
+    let cluster = st.cluster()?;
+    let id = service_id(cluster, key)?;
     cluster
         .raft
         .propose(Command::RemoveService {
@@ -333,12 +337,7 @@ pub async fn remove_service(st: &ApiState, key: &str) -> Result<Response, ApiErr
 pub async fn scale_service(st: &ApiState, key: &str, body: Incoming) -> Result<Response, ApiError> {
     let cluster = st.cluster()?;
     let req: ScaleRequest = body_json(body).await?;
-    let id = cluster
-        .store
-        .read()
-        .find_service(key)
-        .map(|s| s.id.clone())
-        .ok_or_else(|| not_found(key))?;
+    let id = service_id(cluster, key)?;
     cluster
         .raft
         .propose(Command::ScaleService {

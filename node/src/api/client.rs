@@ -8,6 +8,8 @@ use hyper_util::rt::TokioIo;
 use serde::de::DeserializeOwned;
 use swarmlet_proto::api::ErrorBody;
 
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error(
@@ -105,8 +107,17 @@ impl Client {
                 send_on(s, req).await.map_err(proto)?
             }
             Target::Tcp(a) => {
-                let s = tokio::net::TcpStream::connect(a)
+                // A host that drops packets would otherwise hang the CLI for minutes.
+                let connect =
+                    tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(a));
+                let s = connect
                     .await
+                    .map_err(|_| {
+                        unreachable(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            "no answer within 5s",
+                        ))
+                    })?
                     .map_err(unreachable)?;
                 send_on(s, req).await.map_err(proto)?
             }

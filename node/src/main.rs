@@ -2,16 +2,32 @@
 
 use clap::Parser;
 use swarmlet::cli;
+use tracing::Level;
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::prelude::*;
+
+/// `SWARMLET_LOG` as `level` or `level,target=level,…` (e.g.
+/// `info,swarmlet=debug`). `Targets` parses it without pulling in regex.
+fn log_filter() -> Targets {
+    let default = || Targets::new().with_default(Level::INFO);
+    match std::env::var("SWARMLET_LOG") {
+        Ok(spec) => spec.parse().unwrap_or_else(|e| {
+            eprintln!("SWARMLET_LOG={spec:?} is not a log filter ({e}); logging at info");
+            default()
+        }),
+        Err(_) => default(),
+    }
+}
 
 fn main() -> std::process::ExitCode {
     let cli = cli::Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SWARMLET_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
         )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with(log_filter())
         .init();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

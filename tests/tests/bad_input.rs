@@ -91,6 +91,8 @@ fn bad_input_is_refused_and_loses_nothing() {
         hello,
     ]);
     assert!(err.contains("0 or more"), "{err}");
+    let err = node.fails(&["service", "scale", "hello=10000000"]);
+    assert!(err.contains("at most 10000"), "{err}");
     let err = node.fails(&["service", "create", "--name", "y4", "-p", "70000:80", hello]);
     assert!(err.contains("1 to 65535"), "{err}");
     let err = node.fails(&["service", "create", "--name", "bad name!", hello]);

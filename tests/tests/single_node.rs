@@ -155,3 +155,56 @@ fn sigterm_stops_cleanly_and_restart_resumes() {
         matches!(node.get(8080, "/"), Ok((200, _)))
     });
 }
+
+/// DESIGN.md: no request fails during a scale-down (or up). Clients keep
+/// sending while the service is scaled 5 → 1 → 5 → 2 → 5 → 1 → 5.
+#[test]
+fn no_request_fails_while_scaling() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    let node = Node::start("n1");
+    init(&node);
+    node.create("hello", "hello", &["--replicas", "5", "-p", "8080:80"]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicUsize::new(0));
+    let addr = std::net::SocketAddr::new(std::net::IpAddr::V4(node.ip), 8080);
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (stop, sent) = (stop.clone(), sent.clone());
+            std::thread::spawn(move || {
+                let mut results = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    results.push(swarmlet_e2e::http_get(addr, "/during-scale").map(|(s, _)| s));
+                    sent.fetch_add(1, Ordering::Relaxed);
+                }
+                results
+            })
+        })
+        .collect();
+    // Requests are in flight before, during and after every change.
+    let some_more = |sent: &AtomicUsize| {
+        let before = sent.load(Ordering::Relaxed);
+        node.wait_until("clients to send requests", || {
+            sent.load(Ordering::Relaxed) >= before + 20
+        });
+    };
+    for n in ["1", "5", "2", "5", "1", "5"] {
+        some_more(&sent);
+        node.ok(&["service", "scale", &format!("hello={n}")]);
+    }
+    some_more(&sent);
+    stop.store(true, Ordering::Relaxed);
+    let results: Vec<_> = clients
+        .into_iter()
+        .flat_map(|c| c.join().unwrap())
+        .collect();
+    let failed: Vec<_> = results.iter().filter(|r| !matches!(r, Ok(200))).collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed: {:?}",
+        failed.len(),
+        results.len(),
+        &failed[..failed.len().min(5)]
+    );
+}

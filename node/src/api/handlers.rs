@@ -178,6 +178,20 @@ pub fn service(st: &ApiState, key: &str) -> Result<Response, ApiError> {
     Ok(json(200, &service_view(&state, s)))
 }
 
+/// The most replicas one service may ask for: every task is a record in the
+/// raft log and the store, so an absurd count (a typo, `--replicas 10000000`)
+/// is refused instead of exhausting the managers' memory.
+pub const MAX_REPLICAS: u64 = 10_000;
+
+fn check_replicas(replicas: u64) -> Result<(), ApiError> {
+    if replicas > MAX_REPLICAS {
+        return Err(ApiError::bad_request(format!(
+            "{replicas} replicas is more than a service may have (at most {MAX_REPLICAS})"
+        )));
+    }
+    Ok(())
+}
+
 /// Docker's rule for service names.
 fn valid_name(name: &str) -> bool {
     let mut chars = name.chars();
@@ -194,6 +208,7 @@ fn port_taken(st: &ApiState, port: u16) -> Option<std::io::Error> {
 pub async fn create_service(st: &ApiState, body: Incoming) -> Result<Response, ApiError> {
     let cluster = st.cluster()?;
     let req: CreateServiceRequest = body_json(body).await?;
+    check_replicas(req.replicas)?;
     if !valid_name(&req.name) {
         return Err(ApiError::bad_request(format!(
             "invalid service name {:?}: use letters, digits, '-', '_' and '.', starting with a letter or digit, at most 63 characters",
@@ -337,6 +352,7 @@ pub async fn remove_service(st: &ApiState, key: &str) -> Result<Response, ApiErr
 pub async fn scale_service(st: &ApiState, key: &str, body: Incoming) -> Result<Response, ApiError> {
     let cluster = st.cluster()?;
     let req: ScaleRequest = body_json(body).await?;
+    check_replicas(req.replicas)?;
     let id = service_id(cluster, key)?;
     cluster
         .raft

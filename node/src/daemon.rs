@@ -93,6 +93,12 @@ pub fn start_cluster(st: &ApiState, bootstrap: bool) -> anyhow::Result<Cluster> 
         st.mesh.clone(),
         st.shutdown.clone(),
     ));
+    tokio::spawn(collect_blobs(
+        store.clone(),
+        st.blobs.clone(),
+        st.runtime.clone(),
+        st.shutdown.clone(),
+    ));
     Ok(Cluster {
         raft: handle,
         store,
@@ -128,6 +134,38 @@ async fn sync_mesh(store: Arc<Store>, mesh: Arc<Mesh>, mut shutdown: watch::Rece
             _ = changes.changed() => {}
             _ = tokio::time::sleep(Duration::from_secs(2)) => {}
             _ = shutdown.changed() => { mesh.close_all(); return; }
+        }
+    }
+}
+
+/// How old an unreferenced blob must be before it is deleted: an upload
+/// becomes referenced only when its `service create` commits.
+const BLOB_GRACE: Duration = Duration::from_secs(600);
+
+/// Deletes components (and their compiled artifacts) that no service uses,
+/// so a small SD card does not fill up with old versions and failed creates.
+async fn collect_blobs(
+    store: Arc<Store>,
+    blobs: Arc<Blobs>,
+    runtime: Arc<WasmRuntime>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(BLOB_GRACE / 2) => {}
+            _ = shutdown.changed() => return,
+        }
+        let referenced = store
+            .read()
+            .services
+            .values()
+            .map(|s| match &s.spec.image {
+                swarmlet_proto::Image::Wasm { digest, .. } => digest.clone(),
+            })
+            .collect();
+        for digest in blobs.gc(&referenced, BLOB_GRACE) {
+            runtime.forget_artifact(&digest);
+            tracing::info!(%digest, "deleted a component no service uses");
         }
     }
 }

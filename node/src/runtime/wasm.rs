@@ -171,6 +171,12 @@ impl WasmRuntime {
         })
     }
 
+    /// Deletes the compiled artifact of a component that is gone.
+    pub fn forget_artifact(&self, digest: &str) {
+        let hex = digest.trim_start_matches("sha256:");
+        let _ = std::fs::remove_file(self.cache_dir.join(format!("{hex}.cwasm")));
+    }
+
     /// Forgets a component no local replica uses any more.
     pub fn unload(&self, digest: &str) {
         if let Ok(mut loaded) = self.loaded.lock() {

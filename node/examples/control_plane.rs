@@ -28,6 +28,7 @@ fn service(i: usize, replicas: u64) -> Service {
                 size: 1,
             },
             ports: vec![],
+            limits: Default::default(),
         },
         version: 1,
         created_at_ms: 0,

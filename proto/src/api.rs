@@ -61,6 +61,9 @@ pub struct CreateServiceRequest {
     pub wasm_digest: String,
     pub wasm_name: String,
     pub ports: Vec<PortRequest>,
+    /// `--limit-memory`, in bytes.
+    #[serde(default)]
+    pub limit_memory: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]

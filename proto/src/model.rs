@@ -94,6 +94,15 @@ pub struct ServiceSpec {
     pub image: Image,
     #[serde(default)]
     pub ports: Vec<PortConfig>,
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+/// Resource limits of every replica (`--limit-memory`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    /// Most linear memory one wasm instance may grow to, in bytes.
+    pub memory_bytes: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

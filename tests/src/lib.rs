@@ -34,7 +34,13 @@ pub fn swarmlet_bin() -> PathBuf {
 
 /// A guest component built by `guests/build.sh`.
 pub fn guest(name: &str) -> PathBuf {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+    // The directory of *this* checkout, read when the test runs: the target
+    // dir is shared between checkouts (.cargo/config.toml), so a path baked
+    // in at compile time could name another clone's guests.
+    let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    let p = manifest_dir
         .join("../guests/out")
         .join(format!("{name}.wasm"));
     assert!(

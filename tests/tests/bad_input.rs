@@ -165,3 +165,58 @@ fn guest_faults_fail_only_their_own_request() {
     assert_serving(&node);
     assert!(node.ok(&["service", "ls"]).contains("1/1"));
 }
+
+#[test]
+fn memory_limit_fails_only_the_greedy_request() {
+    let node = Node::start("n1");
+    node.ok(&["init"]);
+    node.create(
+        "greedy",
+        "faulty",
+        &["--limit-memory", "16m", "-p", "8082:80"],
+    );
+    node.create("roomy", "faulty", &["-p", "8083:80"]);
+
+    assert_eq!(node.get(8082, "/alloc?mb=1").unwrap().0, 200);
+    let (status, body) = node.get(8082, "/alloc?mb=64").unwrap();
+    assert_eq!(
+        status, 500,
+        "64 MiB must not fit under a 16 MiB limit: {body}"
+    );
+    assert_eq!(
+        node.get(8082, "/ok").unwrap().0,
+        200,
+        "the next request is fine"
+    );
+    assert_eq!(
+        node.get(8083, "/alloc?mb=64").unwrap().0,
+        200,
+        "without a limit it fits"
+    );
+
+    let inspect: serde_json::Value =
+        serde_json::from_str(&node.ok(&["service", "inspect", "greedy"])).unwrap();
+    assert_eq!(
+        inspect[0]["service"]["spec"]["limits"]["memory_bytes"],
+        16 << 20,
+        "{inspect}"
+    );
+
+    for (limit, says) in [
+        ("1k", "too small"),
+        ("1g", "more than a wasm instance may have"),
+        ("lots", "invalid size"),
+    ] {
+        let wasm = swarmlet_e2e::guest("faulty");
+        let err = node.fails(&[
+            "service",
+            "create",
+            "--name",
+            "x",
+            "--limit-memory",
+            limit,
+            wasm.to_str().unwrap(),
+        ]);
+        assert!(err.contains(says), "--limit-memory {limit}: {err}");
+    }
+}

@@ -1,6 +1,7 @@
 //! `faulty`: a guest that misbehaves on demand, for tests of the host's
 //! isolation. `/trap` traps (a panic is an abort in wasm), `/spin` loops
-//! forever, `/sleep` sleeps for a minute; anything else answers 200 "ok".
+//! forever, `/sleep` sleeps for a minute, `/alloc?mb=N` fills N MiB of
+//! memory; anything else answers 200 "ok".
 
 use wasi::exports::http::incoming_handler::Guest;
 use wasi::http::types::{Fields, IncomingRequest, OutgoingBody, OutgoingResponse, ResponseOutparam};
@@ -19,6 +20,11 @@ impl Guest for Faulty {
                 }
             }
             "/sleep" => std::thread::sleep(std::time::Duration::from_secs(60)),
+            p if p.starts_with("/alloc?mb=") => {
+                let mb: usize = p["/alloc?mb=".len()..].parse().unwrap_or(0);
+                let block = vec![1u8; mb << 20];
+                std::hint::black_box(&block);
+            }
             _ => {}
         }
         let response = OutgoingResponse::new(Fields::new());

@@ -26,6 +26,7 @@ struct Local {
     name: String,
     digest: String,
     app: Arc<WasmApp>,
+    memory_limit: Option<usize>,
 }
 
 pub struct Agent {
@@ -38,7 +39,8 @@ pub struct Agent {
 }
 
 enum Action {
-    Start(Task, String),
+    /// Start the task: its component's digest and the memory limit.
+    Start(Task, String, Option<usize>),
     Stop(String),
     Report(String, TaskState, String, Option<String>),
 }
@@ -53,7 +55,7 @@ impl Agent {
             let mut mesh_dirty = false;
             for action in actions {
                 match action {
-                    Action::Start(task, digest) => {
+                    Action::Start(task, digest, memory_limit) => {
                         mesh_dirty = true;
                         match self.start(&task, &digest).await {
                             Ok(app) => {
@@ -65,6 +67,7 @@ impl Agent {
                                         name: task.display_name(),
                                         digest,
                                         app,
+                                        memory_limit,
                                     },
                                 );
                                 reports.push((
@@ -139,7 +142,8 @@ impl Agent {
                         continue;
                     };
                     let Image::Wasm { digest, .. } = &service.spec.image;
-                    actions.push(Action::Start(t.clone(), digest.clone()));
+                    let limit = service.spec.limits.memory_bytes.map(|b| b as usize);
+                    actions.push(Action::Start(t.clone(), digest.clone(), limit));
                 }
                 DesiredState::Running if here && t.state < TaskState::Running => {
                     // Started before a restart of the report path; say so again.
@@ -199,6 +203,7 @@ impl Agent {
                 .push(Backend::LocalWasm {
                     replica: l.name.clone(),
                     app: l.app.clone(),
+                    memory_limit: l.memory_limit,
                 });
         }
         for (_, list) in by_service.values_mut() {

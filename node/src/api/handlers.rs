@@ -8,8 +8,8 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use swarmlet_proto::api::*;
 use swarmlet_proto::{
-    Command, DesiredState, Image, Node, NodeRole, PortConfig, Protocol, Service, ServiceSpec,
-    TaskState, DYNAMIC_PORT_RANGE,
+    Command, DesiredState, Image, Limits, Node, NodeRole, PortConfig, Protocol, Service,
+    ServiceSpec, TaskState, DYNAMIC_PORT_RANGE,
 };
 
 use super::server::{body_bytes, body_json, json, ApiState, Response};
@@ -192,6 +192,21 @@ fn check_replicas(replicas: u64) -> Result<(), ApiError> {
     Ok(())
 }
 
+fn check_memory_limit(limit: Option<u64>) -> Result<(), ApiError> {
+    let max = crate::runtime::wasm::MAX_MEMORY as u64;
+    match limit {
+        Some(l) if l < 1 << 20 => Err(ApiError::bad_request(format!(
+            "--limit-memory {l} bytes is too small for a wasm instance; give at least 1MiB"
+        ))),
+        Some(l) if l > max => Err(ApiError::bad_request(format!(
+            "--limit-memory {} MiB is more than a wasm instance may have on this node ({} MiB)",
+            l >> 20,
+            max >> 20
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// Docker's rule for service names.
 fn valid_name(name: &str) -> bool {
     let mut chars = name.chars();
@@ -209,6 +224,7 @@ pub async fn create_service(st: &ApiState, body: Incoming) -> Result<Response, A
     let cluster = st.cluster()?;
     let req: CreateServiceRequest = body_json(body).await?;
     check_replicas(req.replicas)?;
+    check_memory_limit(req.limit_memory)?;
     if !valid_name(&req.name) {
         return Err(ApiError::bad_request(format!(
             "invalid service name {:?}: use letters, digits, '-', '_' and '.', starting with a letter or digit, at most 63 characters",
@@ -256,6 +272,9 @@ pub async fn create_service(st: &ApiState, body: Incoming) -> Result<Response, A
                 size,
             },
             ports,
+            limits: Limits {
+                memory_bytes: req.limit_memory,
+            },
         },
         version: 1,
         created_at_ms: now,

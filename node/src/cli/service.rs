@@ -55,6 +55,9 @@ pub struct CreateArgs {
     /// Publish a port: [PUBLISHED:]TARGET[/tcp] or published=P,target=T
     #[arg(short, long = "publish", value_parser = parse_publish)]
     publish: Vec<PortRequest>,
+    /// Memory limit of each replica's instance (e.g. 64M, 1g, 1048576)
+    #[arg(long, value_parser = parse_bytes)]
+    limit_memory: Option<u64>,
     /// Exit immediately instead of waiting for the service to converge
     #[arg(short, long)]
     detach: bool,
@@ -65,6 +68,31 @@ pub struct CreateArgs {
 fn parse_replicas(s: &str) -> Result<u64, String> {
     s.parse::<u64>()
         .map_err(|_| format!("replicas must be a whole number of 0 or more, not {s:?}"))
+}
+
+/// Docker's memory sizes: a number with an optional unit b, k, m, g (also
+/// kb/kib, …), case-insensitive, in powers of 1024.
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
+    let t = s.trim().to_ascii_lowercase();
+    let split = t
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let shift = match unit.trim_end_matches("ib").trim_end_matches('b') {
+        "" => 0,
+        "k" => 10,
+        "m" => 20,
+        "g" => 30,
+        _ => {
+            return Err(format!(
+                "invalid size {s:?}: use a number with b, k, m or g, e.g. 64m"
+            ))
+        }
+    };
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("invalid size {s:?}: use a number with b, k, m or g, e.g. 64m"))?;
+    Ok((n * (1u64 << shift) as f64) as u64)
 }
 
 fn parse_port(what: &str, s: &str) -> Result<u16, String> {
@@ -197,6 +225,7 @@ async fn create(c: &Client, a: CreateArgs) -> anyhow::Result<()> {
         wasm_digest: blob.digest,
         wasm_name,
         ports: a.publish,
+        limit_memory: a.limit_memory,
     };
     let v: ServiceView = c.post("/v1/services", &req).await?;
     println!("{}", v.service.id);
@@ -416,6 +445,17 @@ mod tests {
             .contains("1 to 65535"));
         assert!(parse_publish("0:80").is_err());
         assert!(parse_publish("x").is_err());
+    }
+
+    #[test]
+    fn byte_sizes_as_docker_reads_them() {
+        assert_eq!(parse_bytes("64m").unwrap(), 64 << 20);
+        assert_eq!(parse_bytes("64MiB").unwrap(), 64 << 20);
+        assert_eq!(parse_bytes("1g").unwrap(), 1 << 30);
+        assert_eq!(parse_bytes("1.5k").unwrap(), 1536);
+        assert_eq!(parse_bytes("4096").unwrap(), 4096);
+        assert!(parse_bytes("lots").is_err());
+        assert!(parse_bytes("10x").is_err());
     }
 
     #[test]

@@ -27,7 +27,11 @@ use crate::runtime::wasm::WasmApp;
 #[derive(Clone)]
 pub enum Backend {
     /// A wasm replica on this node: served in-process, no network hop.
-    LocalWasm { replica: String, app: Arc<WasmApp> },
+    LocalWasm {
+        replica: String,
+        app: Arc<WasmApp>,
+        memory_limit: Option<usize>,
+    },
 }
 
 /// The replicas of one service, with a round-robin cursor.
@@ -145,7 +149,11 @@ impl Mesh {
             return text_response(503, format!("service {name} has no running replica\n"));
         };
         match backend {
-            Backend::LocalWasm { replica, app } => app.handle(replica, req).await,
+            Backend::LocalWasm {
+                replica,
+                app,
+                memory_limit,
+            } => app.handle(replica, *memory_limit, req).await,
         }
     }
 }

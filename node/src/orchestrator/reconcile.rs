@@ -161,6 +161,7 @@ mod tests {
                         size: 1,
                     },
                     ports: vec![],
+                    limits: Default::default(),
                 },
                 version: 1,
                 created_at_ms: 0,

@@ -31,7 +31,7 @@ use hyper::body::Incoming;
 use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{
     Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store,
-    UpdateDeadline,
+    StoreLimits, StoreLimitsBuilder, UpdateDeadline,
 };
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
@@ -42,7 +42,7 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 /// so a spinning guest neither blocks a worker thread nor outlives its timeout.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
 /// Linear memory a single instance may grow to.
-const MAX_MEMORY: usize = 128 << 20;
+pub const MAX_MEMORY: usize = 128 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WasmError {
@@ -68,6 +68,7 @@ struct Host {
     wasi: WasiCtx,
     http: WasiHttpCtx,
     table: ResourceTable,
+    limits: StoreLimits,
 }
 
 impl WasiView for Host {
@@ -249,10 +250,13 @@ impl WasmRuntime {
 
 impl WasmApp {
     /// Serves one request in a fresh instance. `replica` names the replica
-    /// (the guest sees it as `SWARMLET_TASK_NAME`).
+    /// (the guest sees it as `SWARMLET_TASK_NAME`); `memory_limit` caps the
+    /// instance's linear memory (`--limit-memory`): a guest that grows past
+    /// it sees `memory.grow` fail, as on a full machine.
     pub async fn handle(
         &self,
         replica: &str,
+        memory_limit: Option<usize>,
         req: hyper::Request<Incoming>,
     ) -> hyper::Response<Body> {
         let wasi = WasiCtx::builder()
@@ -265,8 +269,12 @@ impl WasmApp {
                 wasi,
                 http: WasiHttpCtx::new(),
                 table: ResourceTable::new(),
+                limits: StoreLimitsBuilder::new()
+                    .memory_size(memory_limit.unwrap_or(MAX_MEMORY))
+                    .build(),
             },
         );
+        store.limiter(|host| &mut host.limits);
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(|_| Ok(UpdateDeadline::Yield(1)));
 

@@ -179,6 +179,7 @@ mod tests {
                     target: 80,
                     protocol: Protocol::Tcp,
                 }],
+                limits: Default::default(),
             },
             version: 1,
             created_at_ms: 0,

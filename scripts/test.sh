@@ -9,5 +9,9 @@ cd "$REPO"
 "$REPO/scripts/setup.sh"
 cargo fmt --all -- --check
 cargo clippy --release --workspace --all-targets -- -D warnings
-cargo test --release --workspace 2>&1 | tee /tmp/swarmlet-test.log
+log=$(mktemp)
+cargo test --release --workspace 2>&1 | tee "$log"
 "$REPO/scripts/bench.sh" --quick
+# One closing line for the whole run, summed over cargo's test binaries.
+awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
+rm -f "$log"

@@ -48,10 +48,14 @@ fn raft_path(data_dir: &Path) -> PathBuf {
 }
 
 /// Starts raft on the data dir's log and everything that follows it.
-pub fn start_cluster(st: &ApiState, bootstrap: bool) -> anyhow::Result<Cluster> {
+/// `bootstrap`: found a new swarm. Otherwise resume the one the log holds,
+/// or return `None` if the node never joined one.
+pub fn start_cluster(st: &ApiState, bootstrap: bool) -> anyhow::Result<Option<Cluster>> {
     let storage = DiskStorage::open(&raft_path(&st.data_dir))?;
-    if bootstrap && storage.is_initialized() {
-        bail!("the data dir already holds a swarm's raft log");
+    match (bootstrap, storage.is_initialized()) {
+        (true, true) => bail!("the data dir already holds a swarm's raft log"),
+        (false, false) => return Ok(None),
+        _ => {}
     }
     let store = Arc::new(Store::new());
     let (handle, raft_task) = raft::start(
@@ -99,10 +103,10 @@ pub fn start_cluster(st: &ApiState, bootstrap: bool) -> anyhow::Result<Cluster> 
         st.runtime.clone(),
         st.shutdown.clone(),
     ));
-    Ok(Cluster {
+    Ok(Some(Cluster {
         raft: handle,
         store,
-    })
+    }))
 }
 
 /// Keeps the mesh's listeners in line with the services' published ports.
@@ -221,10 +225,7 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         init_lock: tokio::sync::Mutex::new(()),
         shutdown: shutdown.clone(),
     });
-    let initialized = raft_path(&cfg.data_dir).exists()
-        && DiskStorage::open(&raft_path(&cfg.data_dir))?.is_initialized();
-    if initialized {
-        let cluster = start_cluster(&state, false)?;
+    if let Some(cluster) = start_cluster(&state, false)? {
         let _ = state.cluster.set(cluster);
         tracing::info!(node = %state.identity.node_id, "rejoined the swarm from the data dir");
     }

@@ -51,7 +51,8 @@ pub async fn init(st: &ApiState, body: Incoming) -> Result<Response, ApiError> {
         None => st.api_addr,
     };
     let cluster = crate::daemon::start_cluster(st, true)
-        .map_err(|e| ApiError::new(500, format!("starting raft: {e:#}")))?;
+        .map_err(|e| ApiError::new(500, format!("starting raft: {e:#}")))?
+        .ok_or_else(|| ApiError::new(500, "raft did not start"))?;
     let cluster = st.cluster.get_or_init(|| async { cluster }).await;
     cluster.wait_leader().await;
     let node = Node {
@@ -231,6 +232,8 @@ pub async fn create_service(st: &ApiState, body: Incoming) -> Result<Response, A
             req.name
         )));
     }
+    // The store refuses duplicates too (it is the authority); checking here
+    // first answers before the component is compiled.
     if let Some(other) = cluster
         .store
         .read()

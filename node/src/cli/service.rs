@@ -250,7 +250,7 @@ fn bar(state: TaskState) -> String {
     let filled: usize = 50 * step / 9;
     format!(
         "[{}>{}]",
-        "=".repeat(filled.saturating_sub(1)),
+        "=".repeat(filled),
         " ".repeat(50 - filled)
     )
 }

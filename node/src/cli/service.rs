@@ -248,11 +248,7 @@ fn bar(state: TaskState) -> String {
         return String::new();
     }
     let filled: usize = 50 * step / 9;
-    format!(
-        "[{}>{}]",
-        "=".repeat(filled),
-        " ".repeat(50 - filled)
-    )
+    format!("[{}>{}]", "=".repeat(filled), " ".repeat(50 - filled))
 }
 
 /// Waits until the service runs exactly its replica count, drawing docker's

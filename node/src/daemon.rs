@@ -163,9 +163,7 @@ async fn collect_blobs(
             .read()
             .services
             .values()
-            .map(|s| match &s.spec.image {
-                swarmlet_proto::Image::Wasm { digest, .. } => digest.clone(),
-            })
+            .map(|s| s.spec.image.digest().to_string())
             .collect();
         for digest in blobs.gc(&referenced, BLOB_GRACE) {
             runtime.forget_artifact(&digest);

@@ -58,6 +58,13 @@ pub enum Image {
 }
 
 impl Image {
+    /// The content address (`sha256:<hex>`) of what the service runs.
+    pub fn digest(&self) -> &str {
+        match self {
+            Image::Wasm { digest, .. } => digest,
+        }
+    }
+
     /// What `service ls` shows in the IMAGE column.
     pub fn display_name(&self) -> &str {
         match self {

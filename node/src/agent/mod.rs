@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use swarmlet_proto::{Command, DesiredState, Image, Task, TaskState};
+use swarmlet_proto::{Command, DesiredState, Task, TaskState};
 use tokio::sync::watch;
 
 use crate::blobs::Blobs;
@@ -141,9 +141,9 @@ impl Agent {
                     let Some(service) = state.services.get(&t.service_id) else {
                         continue;
                     };
-                    let Image::Wasm { digest, .. } = &service.spec.image;
+                    let digest = service.spec.image.digest().to_string();
                     let limit = service.spec.limits.memory_bytes.map(|b| b as usize);
-                    actions.push(Action::Start(t.clone(), digest.clone(), limit));
+                    actions.push(Action::Start(t.clone(), digest, limit));
                 }
                 DesiredState::Running if here && t.state < TaskState::Running => {
                     // Started before a restart of the report path; say so again.

@@ -174,8 +174,13 @@ impl WasmRuntime {
 
     /// Deletes the compiled artifact of a component that is gone.
     pub fn forget_artifact(&self, digest: &str) {
+        let _ = std::fs::remove_file(self.artifact_path(digest));
+    }
+
+    /// Where the compiled artifact of `digest` is cached.
+    fn artifact_path(&self, digest: &str) -> PathBuf {
         let hex = digest.trim_start_matches("sha256:");
-        let _ = std::fs::remove_file(self.cache_dir.join(format!("{hex}.cwasm")));
+        self.cache_dir.join(format!("{hex}.cwasm"))
     }
 
     /// Forgets a component no local replica uses any more.
@@ -214,8 +219,7 @@ impl WasmRuntime {
         digest: &str,
         bytes: impl FnOnce() -> Result<Vec<u8>, WasmError>,
     ) -> Result<Component, WasmError> {
-        let hex = digest.trim_start_matches("sha256:");
-        let cached = self.cache_dir.join(format!("{hex}.cwasm"));
+        let cached = self.artifact_path(digest);
         if cached.exists() {
             // SAFETY: the file was written by `Component::serialize` of this
             // node into its own data dir; wasmtime checks that it was made by

@@ -11,6 +11,8 @@ ADDR=${ADDR:-127.0.0.1}
 PORT=${PORT:-8080}
 
 "$REPO/scripts/setup.sh"
+# setup.sh put it on the PATH (as root); else use the build output.
+SWARMLET=$(command -v swarmlet || echo "$SWARMLET")
 mkdir -p "$DATA_DIR"
 if [ -S "$DATA_DIR/swarmlet.sock" ] && "$SWARMLET" -H "unix://$DATA_DIR/swarmlet.sock" node ls >/dev/null 2>&1; then
     echo "a demo node is already running on $DATA_DIR" >&2
@@ -34,7 +36,7 @@ cat <<EOT
 The node is running (pid $(cat "$DATA_DIR/daemon.pid" 2>/dev/null || echo "?"), log $DATA_DIR/daemon.log).
 Try:
     export SWARMLET_HOST=unix://$DATA_DIR/swarmlet.sock
-    $SWARMLET service scale hello=5
+    swarmlet service scale hello=5
     wrk -c64 -d10s http://$ADDR:$PORT/
 Stop it with:  kill \$(cat $DATA_DIR/daemon.pid)
 EOT

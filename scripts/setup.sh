@@ -9,4 +9,12 @@ source "$(dirname "$0")/common.sh"
 apt_need curl wrk ca-certificates
 "$REPO/guests/build.sh"
 (cd "$REPO" && cargo build --release -p swarmlet)
-echo "swarmlet built: $SWARMLET" >&2
+# On the PATH, as a user would have it after installing a package.
+BINDIR=${BINDIR:-/usr/local/bin}
+if [ -w "$BINDIR" ]; then
+    install -m 0755 "$SWARMLET" "$BINDIR/swarmlet.new"
+    mv -f "$BINDIR/swarmlet.new" "$BINDIR/swarmlet"
+    echo "swarmlet installed: $BINDIR/swarmlet" >&2
+else
+    echo "swarmlet built: $SWARMLET (no write access to $BINDIR; run as root or set BINDIR to put it on the PATH)" >&2
+fi

@@ -9,6 +9,8 @@ pub mod blobs;
 pub mod body;
 pub mod cli;
 pub mod daemon;
+pub mod fault;
+pub mod fsutil;
 pub mod identity;
 pub mod mesh;
 pub mod netutil;

@@ -21,6 +21,14 @@ fn log_filter() -> Targets {
 
 fn main() -> std::process::ExitCode {
     let cli = cli::Cli::parse();
+    if !cli.is_daemon() {
+        // A client's stdout may be a pipe that closes early (`service ps X |
+        // head`): die quietly of SIGPIPE as other CLIs do, instead of Rust's
+        // default (SIGPIPE ignored, so println! panics on EPIPE). The daemon
+        // keeps SIGPIPE ignored: a client hanging up must never kill it.
+        // SAFETY: setting a signal disposition before any thread is started.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     tracing_subscriber::registry()
         .with(
             tracing_subscriber::fmt::layer()

@@ -262,10 +262,16 @@ pub async fn create_service(st: &ApiState, body: Incoming) -> Result<Response, A
     .await
     .map_err(|e| ApiError::new(500, e.to_string()))??;
 
-    let ports = allocate_ports(st, &cluster.store.read(), &req.ports)?;
+    let (ports, id) = {
+        let state = cluster.store.read();
+        (
+            allocate_ports(st, &state, &req.ports)?,
+            state.new_service_id(|| random_id(25)),
+        )
+    };
     let now = now_ms();
     let service = Service {
-        id: random_id(25),
+        id,
         spec: ServiceSpec {
             name: req.name.clone(),
             replicas: req.replicas,

@@ -89,6 +89,13 @@ pub struct DaemonArgs {
     wasm_timeout: Duration,
 }
 
+impl Cli {
+    /// Whether this is `swarmlet daemon` (the node process) rather than a client command.
+    pub fn is_daemon(&self) -> bool {
+        matches!(self.command, Command::Daemon(_))
+    }
+}
+
 /// `/var/lib/swarmlet` for root, else `$XDG_DATA_HOME/swarmlet`.
 pub fn default_data_dir() -> PathBuf {
     // SAFETY: geteuid has no preconditions.

@@ -13,6 +13,8 @@ pub enum StoreError {
     DuplicateName(String, String),
     #[error("port {port} is already published by service {service}")]
     PortInUse { port: u16, service: String },
+    #[error("service name {name:?} is the start of service {id}'s ID; choose a name that is not an ID prefix, so that an ID from \"service ls\" always means one service")]
+    NameIsIdPrefix { name: String, id: String },
     #[error("service {0} not found")]
     NoSuchService(String),
     #[error("task {0} not found")]
@@ -41,6 +43,17 @@ impl State {
         match (prefixed.next(), prefixed.next()) {
             (Some(s), None) if !key.is_empty() => Some(s),
             _ => None,
+        }
+    }
+
+    /// A fresh service ID that does not start with any existing service's
+    /// name (see `StoreError::NameIsIdPrefix`).
+    pub fn new_service_id(&self, random: impl Fn() -> String) -> String {
+        loop {
+            let id = random();
+            if !self.services.values().any(|s| id.starts_with(&s.spec.name)) {
+                return id;
+            }
         }
     }
 
@@ -77,6 +90,17 @@ impl State {
                         service.spec.name.clone(),
                         other.id.clone(),
                     ));
+                }
+                // A lookup key must never be both a name and an ID prefix.
+                if let Some(clash) = self.services.values().find(|s| {
+                    s.id.starts_with(&service.spec.name) || service.id.starts_with(&s.spec.name)
+                }) {
+                    let (name, id) = if clash.id.starts_with(&service.spec.name) {
+                        (service.spec.name.clone(), clash.id.clone())
+                    } else {
+                        (clash.spec.name.clone(), service.id.clone())
+                    };
+                    return Err(StoreError::NameIsIdPrefix { name, id });
                 }
                 for p in &service.spec.ports {
                     if let Some(other) = self.port_owner(p.published) {
@@ -238,6 +262,45 @@ mod tests {
         assert_eq!(st.find_service("abc").map(|s| s.id.as_str()), Some("abc1"));
         assert!(st.find_service("ab").is_none(), "ambiguous prefix");
         assert!(st.find_service("").is_none());
+    }
+
+    #[test]
+    fn a_name_is_never_also_an_id_prefix() {
+        let mut st = State::default();
+        st.apply(&env(Command::CreateService {
+            service: service("80c18e807e5e1234", "web", 1),
+        }))
+        .unwrap();
+        // Named as the first service's ID in `service ls`: refused.
+        let err = st.apply(&env(Command::CreateService {
+            service: service("aaaa", "80c18e807e5e", 2),
+        }));
+        assert!(matches!(err, Err(StoreError::NameIsIdPrefix { .. })));
+        // A new ID that starts with an existing name: refused, and
+        // new_service_id never picks one.
+        st.apply(&env(Command::CreateService {
+            service: service("bbbb", "ab", 3),
+        }))
+        .unwrap();
+        let err = st.apply(&env(Command::CreateService {
+            service: service("ab12", "api", 4),
+        }));
+        assert!(matches!(err, Err(StoreError::NameIsIdPrefix { .. })));
+        let ids = std::cell::Cell::new(0);
+        let id = st.new_service_id(|| {
+            ids.set(ids.get() + 1);
+            if ids.get() == 1 {
+                "ab99".into()
+            } else {
+                "cd99".into()
+            }
+        });
+        assert_eq!(id, "cd99");
+        assert_eq!(
+            st.find_service("80c18e807e5e")
+                .map(|s| s.spec.name.as_str()),
+            Some("web")
+        );
     }
 
     #[test]

@@ -20,27 +20,21 @@
 //! timeouts and pool exhaustion become 5xx responses; nothing a guest does
 //! reaches the node's control plane.
 
+mod app;
+mod engine;
+
+pub use app::WasmApp;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::body::{text_response, Body, BoxError};
-use http_body_util::BodyExt;
-use hyper::body::Incoming;
-use wasmtime::component::{Component, Linker, ResourceTable};
-use wasmtime::{
-    Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store,
-    StoreLimits, StoreLimitsBuilder, UpdateDeadline,
-};
-use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
-use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+use app::Host;
+use wasmtime::component::{Component, Linker};
+use wasmtime::Engine;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
-use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
-/// How often the epoch advances: guests yield to the scheduler this often,
-/// so a spinning guest neither blocks a worker thread nor outlives its timeout.
-const EPOCH_TICK: Duration = Duration::from_millis(10);
 /// Linear memory a single instance may grow to.
 pub const MAX_MEMORY: usize = 128 << 20;
 
@@ -63,45 +57,12 @@ pub enum WasmError {
     },
 }
 
-/// Per-request host state.
-struct Host {
-    wasi: WasiCtx,
-    http: WasiHttpCtx,
-    table: ResourceTable,
-    limits: StoreLimits,
-}
-
-impl WasiView for Host {
-    fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
-    }
-}
-
-impl WasiHttpView for Host {
-    fn http(&mut self) -> WasiHttpCtxView<'_> {
-        WasiHttpCtxView {
-            ctx: &mut self.http,
-            table: &mut self.table,
-            hooks: Default::default(),
-        }
-    }
-}
-
 /// One engine per node; components compiled for it are cached by digest.
 pub struct WasmRuntime {
     engine: Engine,
     linker: Linker<Host>,
     cache_dir: PathBuf,
     loaded: Mutex<HashMap<String, Arc<WasmApp>>>,
-    timeout: Duration,
-}
-
-/// A loaded, pre-instantiated component, shared by all local replicas of a service.
-pub struct WasmApp {
-    pre: ProxyPre<Host>,
     timeout: Duration,
 }
 
@@ -112,37 +73,12 @@ fn engine_err(e: impl std::fmt::Display) -> WasmError {
 impl WasmRuntime {
     /// `cache_dir` holds compiled components; `timeout` bounds one request.
     pub fn new(cache_dir: PathBuf, timeout: Duration) -> Result<Arc<Self>, WasmError> {
-        let mut pool = PoolingAllocationConfig::default();
-        pool.pagemap_scan(Enabled::Auto)
-            .linear_memory_keep_resident(4 << 20)
-            .table_keep_resident(1 << 20)
-            .async_stack_keep_resident(1 << 20)
-            .max_memory_size(MAX_MEMORY);
-        let mut config = Config::new();
-        config
-            .epoch_interruption(true)
-            // See the module doc: no mprotect per request.
-            .signals_based_traps(false)
-            .memory_guard_size(0)
-            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
-        let engine = Engine::new(&config).map_err(engine_err)?;
+        let engine = engine::build()?;
         let mut linker = Linker::new(&engine);
         // Components built from Rust import wasi:cli too (std's environment),
         // so link all of WASI p2 and then HTTP, as `wasmtime serve -Scli`.
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(engine_err)?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(engine_err)?;
-
-        let weak = engine.weak();
-        std::thread::Builder::new()
-            .name("wasm-epoch".into())
-            .spawn(move || {
-                while let Some(engine) = weak.upgrade() {
-                    engine.increment_epoch();
-                    drop(engine);
-                    std::thread::sleep(EPOCH_TICK);
-                }
-            })
-            .map_err(|e| WasmError::Engine(format!("starting the epoch thread: {e}")))?;
         std::fs::create_dir_all(&cache_dir).map_err(|source| WasmError::Io {
             path: cache_dir.display().to_string(),
             source,
@@ -250,104 +186,4 @@ impl WasmRuntime {
         }
         Ok(component)
     }
-}
-
-impl WasmApp {
-    /// Serves one request in a fresh instance. `replica` names the replica
-    /// (the guest sees it as `SWARMLET_TASK_NAME`); `memory_limit` caps the
-    /// instance's linear memory (`--limit-memory`): a guest that grows past
-    /// it sees `memory.grow` fail, as on a full machine.
-    pub async fn handle(
-        &self,
-        replica: &str,
-        memory_limit: Option<usize>,
-        req: hyper::Request<Incoming>,
-    ) -> hyper::Response<Body> {
-        let wasi = WasiCtx::builder()
-            .env("SWARMLET_TASK_NAME", replica)
-            .inherit_stderr()
-            .build();
-        let mut store = Store::new(
-            self.pre.engine(),
-            Host {
-                wasi,
-                http: WasiHttpCtx::new(),
-                table: ResourceTable::new(),
-                limits: StoreLimitsBuilder::new()
-                    .memory_size(memory_limit.unwrap_or(MAX_MEMORY))
-                    .build(),
-            },
-        );
-        store.limiter(|host| &mut host.limits);
-        store.set_epoch_deadline(1);
-        store.epoch_deadline_callback(|_| Ok(UpdateDeadline::Yield(1)));
-
-        let (sender, receiver) = tokio::sync::oneshot::channel();
-        let (req_res, out_res) = {
-            let mut http = store.data_mut().http();
-            (
-                http.new_incoming_request(Scheme::Http, req),
-                http.new_response_outparam(sender),
-            )
-        };
-        let (req, out) = match (req_res, out_res) {
-            (Ok(r), Ok(o)) => (r, o),
-            (Err(e), _) | (_, Err(e)) => return text_response(400, format!("bad request: {e}\n")),
-        };
-        let pre = self.pre.clone();
-        let timeout = self.timeout;
-        // The guest runs in its own task so it may keep streaming the body
-        // after the response head is sent; the timeout bounds all of it.
-        let task = tokio::spawn(async move {
-            let run = async {
-                let proxy = pre.instantiate_async(&mut store).await?;
-                proxy
-                    .wasi_http_incoming_handler()
-                    .call_handle(&mut store, req, out)
-                    .await
-            };
-            match tokio::time::timeout(timeout, run).await {
-                Ok(r) => r.map_err(|e| GuestFailure::Failed(describe(&e))),
-                Err(_) => Err(GuestFailure::TimedOut(timeout)),
-            }
-        });
-        match receiver.await {
-            Ok(Ok(resp)) => resp.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed_unsync()),
-            Ok(Err(code)) => {
-                text_response(502, format!("guest answered with an error: {code:?}\n"))
-            }
-            Err(_) => {
-                let failure = match task.await {
-                    Ok(Ok(())) => {
-                        GuestFailure::Failed("guest returned without setting a response".into())
-                    }
-                    Ok(Err(f)) => f,
-                    Err(e) => GuestFailure::Failed(format!("guest task aborted: {e}")),
-                };
-                tracing::warn!(%replica, "wasm request failed: {failure}");
-                match failure {
-                    GuestFailure::TimedOut(_) => text_response(504, format!("{failure}\n")),
-                    GuestFailure::Failed(_) => text_response(500, format!("{failure}\n")),
-                }
-            }
-        }
-    }
-}
-
-/// One line saying why a guest call failed: the trap if there was one (the
-/// full wasm backtrace goes to the debug log only).
-fn describe(e: &wasmtime::Error) -> String {
-    tracing::debug!("guest error: {e:?}");
-    match e.downcast_ref::<wasmtime::Trap>() {
-        Some(trap) => format!("wasm trap: {trap}"),
-        None => e.to_string(),
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-enum GuestFailure {
-    #[error("wasm guest timed out after {0:?}")]
-    TimedOut(Duration),
-    #[error("wasm guest failed: {0}")]
-    Failed(String),
 }

@@ -2,12 +2,15 @@
 # swarmlet's benchmark: starts what it needs, measures side by side in one
 # run, prints a markdown table and (full mode) writes bench/results/latest.md.
 #
-#   scripts/bench.sh          full run: 3 rounds of 10 s, plus `wasmtime serve`
-#                             (default and best flags of shared/GUESTS.md) when
-#                             wasmtime-cli 48.0.8 is installed or installable
+#   scripts/bench.sh          full run: every HTTP row 3 times, systems
+#                             interleaved (A B C A B C ...), min/median/max;
+#                             fixed-rate latency; control plane; Docker Swarm
+#                             (NO_DOCKER=1 skips it); the dist build at the very
+#                             end (NO_DIST=1 skips it)
 #   scripts/bench.sh --quick  swarmlet's own figures, a few seconds each (CI)
 #
-# It never fails on a number, only when something it measures breaks.
+# Servers run on core 0 and the load generator on core 1 (taskset). It never
+# fails on a number, only when something it measures breaks.
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 source "$(dirname "$0")/bench-lib.sh"
@@ -15,12 +18,16 @@ cd "$REPO"
 
 QUICK=0
 [ "${1:-}" = "--quick" ] && QUICK=1
-if [ $QUICK = 1 ]; then DUR=3s; ROUNDS=1; else DUR=10s; ROUNDS=3; fi
+if [ $QUICK = 1 ]; then DUR=3s; ROUNDS=1; else DUR=10s; ROUNDS=${ROUNDS:-3}; fi
 CONNS=64
-IP=127.0.0.50
+IP=127.0.0.50     # swarmlet, wasmtime's default isolation (the default)
+IP_FAST=127.0.0.51 # swarmlet with the opt-in fast mode (no guard pages)
 PORT=18080
-[ -x "$SWARMLET" ] && [ -f guests/out/hello.wasm ] || "$REPO/scripts/setup.sh"
-command -v wrk >/dev/null || apt_need wrk
+# The opt-in, less isolated engine mode (see README: what it gives up).
+FAST_OPTS=(--wasm-isolation no-guard-pages)
+[ -x "$SWARMLET" ] && [ -f guests/out/hello.wasm ] && [ -f guests/out/compute.wasm ] || "$REPO/scripts/setup.sh"
+apt_need wrk curl
+[ $QUICK = 0 ] && apt_need nginx haproxy nghttp2-client
 
 WORK=$(mktemp -d /tmp/swarmlet-bench.XXXXXX)
 PIDS=()
@@ -39,86 +46,83 @@ wait_http() { # wait_http URL : bounded wait until it answers 200
     echo "benchmark broke: $1 never answered" >&2; exit 1
 }
 
-# --- swarmlet node ---------------------------------------------------------
-"$SWARMLET" daemon --data-dir "$WORK/node" --listen-addr $IP:2377 --publish-addr $IP --node-name bench \
-    >"$WORK/daemon.log" 2>&1 &
-DAEMON=$!; PIDS+=($DAEMON)
+# start_node NAME IP [DAEMON FLAGS...] : a swarmlet node on core 0; sets NODE_PID
+start_node() {
+    local name=$1 ip=$2; shift 2
+    "${SERVER_PIN[@]}" "$SWARMLET" daemon --data-dir "$WORK/$name" --listen-addr "$ip:2377" \
+        --publish-addr "$ip" --node-name "$name" "$@" >>"$WORK/$name.log" 2>&1 &
+    NODE_PID=$!; PIDS+=("$NODE_PID")
+    for _ in $(seq 400); do [ -S "$WORK/$name/swarmlet.sock" ] && break; sleep 0.05; done
+    [ -S "$WORK/$name/swarmlet.sock" ] || { cat "$WORK/$name.log" >&2; echo "benchmark broke: node $name did not start" >&2; exit 1; }
+}
 S() { "$SWARMLET" -H "unix://$WORK/node/swarmlet.sock" "$@"; }
-for _ in $(seq 200); do [ -S "$WORK/node/swarmlet.sock" ] && break; sleep 0.05; done
+SF() { "$SWARMLET" -H "unix://$WORK/fast/swarmlet.sock" "$@"; }
+
+# --- swarmlet node: start, create, footprint --------------------------------
+start_node node $IP
+DAEMON=$NODE_PID
 S init >/dev/null
 sleep 0.5
 IDLE_RSS=$(rss_mb $DAEMON)
-
 t0=$(now_ms); S service create --name hello --replicas 1 -p $PORT:80 guests/out/hello.wasm >/dev/null; t1=$(now_ms)
 FIRST_START=$((t1 - t0))   # includes upload, compile (cached after), raft, start
-S service scale hello=0 >/dev/null
-t0=$(now_ms); S service scale hello=1 >/dev/null; t1=$(now_ms)
-ONE_START=$((t1 - t0))
+S service create --name compute --replicas 1 -p 18085:80 guests/out/compute.wasm >/dev/null
+sleep 0.5
+CREATED_RSS=$(rss_mb $DAEMON)
 S service scale hello=4 >/dev/null
 wait_http "http://$IP:$PORT/"
-read -r SW_RPS SW_P50 SW_P99 < <(wrk_median "http://$IP:$PORT/")
-LOADED_RSS=$(rss_mb $DAEMON)
-
-t0=$(now_ms); S service scale hello=100 >/dev/null; t1=$(now_ms); CONV100=$((t1 - t0))
-t0=$(now_ms); S service scale hello=0 >/dev/null; S service scale hello=10 >/dev/null; t1=$(now_ms); S0_10=$((t1 - t0))
-t0=$(now_ms); S service scale hello=50 >/dev/null; t1=$(now_ms); S10_50=$((t1 - t0))
-t0=$(now_ms); S service scale hello=10 >/dev/null; t1=$(now_ms); S50_10=$((t1 - t0))
-
-RSS_100=$(S service scale hello=100 >/dev/null && rss_mb $DAEMON)
-RSS_1=$(S service scale hello=1 >/dev/null && sleep 0.2 && rss_mb $DAEMON)
-
-# A node killed with -9 and started again on its data dir: until it serves.
-kill -9 $DAEMON; wait $DAEMON 2>/dev/null || true
-t0=$(now_ms)
-"$SWARMLET" daemon --data-dir "$WORK/node" --listen-addr $IP:2377 --publish-addr $IP --node-name bench \
-    >>"$WORK/daemon.log" 2>&1 &
-DAEMON=$!; PIDS+=($DAEMON)
-wait_http "http://$IP:$PORT/"
-RECOVER=$(( $(now_ms) - t0 ))
-
-BIN_MB=$(awk -v b="$(stat -c %s "$SWARMLET")" 'BEGIN {printf "%.1f", b/1048576}')
-strip -o "$WORK/swarmlet.stripped" "$SWARMLET"
-STRIPPED_MB=$(awk -v b="$(stat -c %s "$WORK/swarmlet.stripped")" 'BEGIN {printf "%.1f", b/1048576}')
-DIST_MB=""
-if [ $QUICK = 0 ]; then
-    # The shipping profile (thin LTO, one codegen unit, stripped); a second
-    # wasmtime build, so only in the full run.
-    cargo build -q --profile dist -p swarmlet
-    DIST_MB=$(awk -v b="$(stat -c %s "$CARGO_TARGET_DIR/dist/swarmlet")" 'BEGIN {printf "%.1f", b/1048576}')
+wait_http "http://$IP:18085/"
+REUSE_ROW=0
+if S service create --name reuse --instance-reuse 128 -p 18081:80 guests/out/hello.wasm >/dev/null 2>"$WORK/reuse.err"; then
+    REUSE_ROW=1
+    wait_http "http://$IP:18081/"
+else
+    echo "note: no --instance-reuse row: $(cat "$WORK/reuse.err")" >&2
 fi
 
-# --- wasmtime serve, same component (full run) ------------------------------
-WT_ROWS=""
-WASMTIME=$(command -v wasmtime || true)
-[ -z "$WASMTIME" ] && [ -x "$HOME/.cargo/bin/wasmtime" ] && WASMTIME=$HOME/.cargo/bin/wasmtime
-if [ $QUICK = 0 ] && [ -z "$WASMTIME" ]; then
-    echo "installing wasmtime-cli 48.0.8 (about 14 minutes on 2 cores, once)" >&2
-    cargo install --locked wasmtime-cli --version 48.0.8 >&2
-    WASMTIME=$HOME/.cargo/bin/wasmtime
-fi
+# --- every HTTP server, all started before any measurement ------------------
+ROWS=()   # "key|label|url"
+ROWS+=("sw|swarmlet mesh, default isolation (guard pages, Spectre mitigations), 4 replicas|http://$IP:$PORT/")
+FAST_ROW=0
 if [ $QUICK = 0 ]; then
-    BEST="pooling-allocator=y,pooling-pagemap-scan=y,pooling-memory-keep-resident=4194304,pooling-table-keep-resident=1048576,pooling-async-stack-keep-resident=1048576"
-    for variant in default best; do
-        opts=(-Scli)
-        [ $variant = best ] && opts+=(-O "$BEST")
-        "$WASMTIME" serve "${opts[@]}" --addr $IP:18090 guests/out/hello.wasm >"$WORK/wt-$variant.log" 2>&1 &
-        WT=$!; PIDS+=($WT)
-        wait_http "http://$IP:18090/"
-        read -r rps p50 p99 < <(wrk_median "http://$IP:18090/")
-        kill $WT; wait $WT 2>/dev/null || true
-        eval "WT_${variant}_RPS=$rps"
-        WT_ROWS+="| \`wasmtime serve -Scli\` ($variant flags), same component | $rps | $p50 | $p99 |"$'\n'
-    done
+    if "$SWARMLET" daemon --help | grep -q -- "${FAST_OPTS[0]}"; then
+        start_node fast $IP_FAST "${FAST_OPTS[@]}"
+        SF init >/dev/null
+        FAST_ROW=1
+        SF service create --name hello --replicas 4 -p $PORT:80 guests/out/hello.wasm >/dev/null
+        SF service create --name compute -p 18085:80 guests/out/compute.wasm >/dev/null
+        wait_http "http://$IP_FAST:$PORT/"; wait_http "http://$IP_FAST:18085/"
+        ROWS+=("swfast|swarmlet mesh, opt-in ${FAST_OPTS[*]} (explicit bounds checks), 4 replicas|http://$IP_FAST:$PORT/")
+    else
+        echo "note: no fast-mode row (${FAST_OPTS[*]} not accepted)" >&2
+    fi
 fi
+[ $REUSE_ROW = 1 ] && ROWS+=("swreuse|swarmlet mesh, default isolation, \`--instance-reuse 128\` (not a fresh instance per request)|http://$IP:18081/")
 
-# --- control plane, in process ---------------------------------------------
-CP=$(cargo run --release -q -p swarmlet --example control_plane -- $([ $QUICK = 1 ] && echo --quick))
-
-# --- reference proxies and the Docker Swarm peer (full run) -----------------
-REF_ROWS=""
-PEER=""
+WT_VERSION=48.0.8
+WASMTIME=""
 if [ $QUICK = 0 ]; then
-    apt_need nginx haproxy docker.io
+    WASMTIME=$(command -v wasmtime || true)
+    [ -z "$WASMTIME" ] && [ -x "$HOME/.cargo/bin/wasmtime" ] && WASMTIME=$HOME/.cargo/bin/wasmtime
+    if [ -z "$WASMTIME" ]; then
+        echo "installing wasmtime-cli $WT_VERSION (about 14 minutes on 2 cores, once)" >&2
+        cargo install --locked wasmtime-cli --version $WT_VERSION >&2
+        WASMTIME=$HOME/.cargo/bin/wasmtime
+    fi
+    POOL="pooling-allocator=y,pooling-pagemap-scan=y,pooling-memory-keep-resident=4194304,pooling-table-keep-resident=1048576,pooling-async-stack-keep-resident=1048576"
+    NOGUARD="signals-based-traps=n,memory-guard-size=0"
+    wt() { # wt KEY PORT LABEL WASM OPTS...
+        local key=$1 port=$2 label=$3 wasm=$4; shift 4
+        "${SERVER_PIN[@]}" "$WASMTIME" serve -Scli "$@" --addr "$IP:$port" "$wasm" >"$WORK/wt-$key.log" 2>&1 &
+        PIDS+=($!)
+        wait_http "http://$IP:$port/"
+        ROWS+=("$key|$label|http://$IP:$port/")
+    }
+    wt wtdef 18090 "\`wasmtime serve -Scli\`, default flags (default isolation)" guests/out/hello.wasm
+    wt wtbest 18091 "\`wasmtime serve -Scli\`, best flags (pooling, PAGEMAP_SCAN, keep-resident; default isolation)" guests/out/hello.wasm -O "$POOL"
+    wt wtfast 18092 "\`wasmtime serve -Scli\`, best flags + \`$NOGUARD\` (as swarmlet's fast mode)" guests/out/hello.wasm -O "$POOL,$NOGUARD"
+    wt wtreuse 18093 "\`wasmtime serve -Scli\`, best flags + \`--max-instance-reuse-count 128\`" guests/out/hello.wasm -O "$POOL" --max-instance-reuse-count 128
+
     cat >"$WORK/nginx.conf" <<CONF
 worker_processes 1;
 error_log $WORK/nginx.err;
@@ -130,11 +134,12 @@ http {
     server { listen $IP:18082; location / { return 200 "hello from nginx\n"; } }
 }
 CONF
-    nginx -c "$WORK/nginx.conf" -g 'daemon off;' &
+    "${SERVER_PIN[@]}" nginx -c "$WORK/nginx.conf" -g 'daemon off;' &
     PIDS+=($!)
+    # One thread, as the one core every server here gets.
     cat >"$WORK/haproxy.cfg" <<CONF
 global
-    nbthread 2
+    nbthread 1
 defaults
     timeout connect 5s
     timeout client 30s
@@ -155,55 +160,145 @@ backend nginx_tcp
     mode tcp
     server n1 $IP:18082
 CONF
-    haproxy -f "$WORK/haproxy.cfg" &
+    "${SERVER_PIN[@]}" haproxy -f "$WORK/haproxy.cfg" &
     PIDS+=($!)
     wait_http "http://$IP:18082/"; wait_http "http://$IP:18083/"; wait_http "http://$IP:18084/"
-    read -r rps p50 p99 < <(wrk_median "http://$IP:18082/")
-    REF_ROWS+="| nginx directly (1 worker, \`return 200\`): the limit | $rps | $p50 | $p99 |"$'\n'
-    read -r rps p50 p99 < <(wrk_median "http://$IP:18083/")
-    REF_ROWS+="| HAProxy 2 threads, http mode, in front of that nginx | $rps | $p50 | $p99 |"$'\n'
-    read -r rps p50 p99 < <(wrk_median "http://$IP:18084/")
-    REF_ROWS+="| HAProxy 2 threads, tcp mode, in front of that nginx | $rps | $p50 | $p99 |"$'\n'
-    PEER=$(DUR=$DUR ROUNDS=$ROUNDS CONNS=$CONNS "$REPO/scripts/peers/docker-swarm.sh" "$WORK/docker")
-    eval "$PEER"
-    REF_ROWS+="| Docker Swarm nginx, host-mode publish through docker-proxy | $DOCKER_RPS | $DOCKER_P50 | $DOCKER_P99 |"$'\n'
+    ROWS+=("nginx|reference: nginx directly (1 worker, \`return 200\`), no wasm|http://$IP:18082/")
+    ROWS+=("hahttp|reference: HAProxy http mode in front of that nginx|http://$IP:18083/")
+    ROWS+=("hatcp|reference: HAProxy tcp mode in front of that nginx|http://$IP:18084/")
+
+    # The compute-heavy guest in both isolation modes, on both hosts.
+    ROWS+=("cmp|compute guest: swarmlet, default isolation|http://$IP:18085/")
+    [ $FAST_ROW = 1 ] && ROWS+=("cmpfast|compute guest: swarmlet, ${FAST_OPTS[*]}|http://$IP_FAST:18085/")
+    wt wtcmp 18094 "compute guest: \`wasmtime serve\` best flags (default isolation)" guests/out/compute.wasm -O "$POOL"
+    wt wtcmpfast 18095 "compute guest: \`wasmtime serve\` best flags + \`$NOGUARD\`" guests/out/compute.wasm -O "$POOL,$NOGUARD"
 fi
 
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f×", a/b; else print "n/a" }'; }
-LOAD=$(cut -d' ' -f1-3 /proc/loadavg)
+# --- saturation: ROUNDS rounds, the systems interleaved ----------------------
+mkdir -p "$WORK/rows"
+for round in $(seq "$ROUNDS"); do
+    for row in "${ROWS[@]}"; do
+        IFS='|' read -r key label url <<<"$row"
+        load=$(cut -d' ' -f1 /proc/loadavg)
+        echo "$(wrk_once "$url") $load" >>"$WORK/rows/$key"
+        echo "round $round: $label" >&2
+    done
+done
+LOADED_RSS=$(rss_mb $DAEMON)
+LOADED_HWM=$(hwm_mb $DAEMON)
+declare -A MED
+for row in "${ROWS[@]}"; do
+    IFS='|' read -r key _ _ <<<"$row"
+    read -r mn md mx p50 p99 ld < <(summarize "$WORK/rows/$key")
+    MED[$key]=$md
+done
+
+# --- latency at fixed rates below saturation (full run) ---------------------
+RATE_ROWS=""
+if [ $QUICK = 0 ]; then
+    for rate in 5000 10000 20000; do
+        for row in "sw|swarmlet mesh, default isolation|http://$IP:$PORT/" \
+                   "wtbest|\`wasmtime serve\` best flags|http://$IP:18091/" \
+                   "hahttp|HAProxy http → nginx|http://$IP:18083/" \
+                   "nginx|nginx directly|http://$IP:18082/"; do
+            IFS='|' read -r key label url <<<"$row"
+            read -r got p50 p99 < <(h2load_rate "$url" $rate)
+            RATE_ROWS+="| $label | $rate | $got | $p50 | $p99 |"$'\n'
+        done
+    done
+fi
+
+# --- start, convergence, recovery -------------------------------------------
+S service scale hello=0 >/dev/null
+t0=$(now_ms); S service scale hello=1 >/dev/null; t1=$(now_ms)
+ONE_START=$((t1 - t0))
+t0=$(now_ms); S service scale hello=100 >/dev/null; t1=$(now_ms); CONV100=$((t1 - t0))
+t0=$(now_ms); S service scale hello=0 >/dev/null; S service scale hello=10 >/dev/null; t1=$(now_ms); S0_10=$((t1 - t0))
+t0=$(now_ms); S service scale hello=50 >/dev/null; t1=$(now_ms); S10_50=$((t1 - t0))
+t0=$(now_ms); S service scale hello=10 >/dev/null; t1=$(now_ms); S50_10=$((t1 - t0))
+RSS_100=$(S service scale hello=100 >/dev/null && rss_mb $DAEMON)
+RSS_1=$(S service scale hello=1 >/dev/null && sleep 0.2 && rss_mb $DAEMON)
+
+# A node killed with -9 and started again on its data dir: until it serves.
+kill -9 $DAEMON; wait $DAEMON 2>/dev/null || true
+t0=$(now_ms)
+start_node node $IP
+DAEMON=$NODE_PID
+wait_http "http://$IP:$PORT/"
+RECOVER=$(( $(now_ms) - t0 ))
+
+# --- control plane, in process ----------------------------------------------
+CP=$(cargo run --release -q -p swarmlet --example control_plane -- $([ $QUICK = 1 ] && echo --quick))
+
+# --- the Docker Swarm peer (full run) ---------------------------------------
+PEER=""
+if [ $QUICK = 0 ] && [ "${NO_DOCKER:-0}" != 1 ]; then
+    PEER=$(DUR=$DUR ROUNDS=$ROUNDS CONNS=$CONNS "$REPO/scripts/peers/docker-swarm.sh" "$WORK/docker")
+    eval "$PEER"
+fi
+
+# --- binary size: the dist build last, after every measurement --------------
+BIN_MB=$(awk -v b="$(stat -c %s "$SWARMLET")" 'BEGIN {printf "%.1f", b/1048576}')
+strip -o "$WORK/swarmlet.stripped" "$SWARMLET"
+STRIPPED_MB=$(awk -v b="$(stat -c %s "$WORK/swarmlet.stripped")" 'BEGIN {printf "%.1f", b/1048576}')
+DIST_MB=""
+if [ $QUICK = 0 ] && [ "${NO_DIST:-0}" != 1 ]; then
+    cargo build -q --profile dist -p swarmlet
+    DIST_MB=$(awk -v b="$(stat -c %s "$CARGO_TARGET_DIR/dist/swarmlet")" 'BEGIN {printf "%.1f", b/1048576}')
+fi
+
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a > 0 && b > 0) printf "%.2f×", a/b; else print "n/a" }'; }
 {
     echo "# swarmlet benchmark"
     echo
     echo "![requests/s per setup](latest.svg)"
     echo
-    echo "$(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores, load average (1/5/15 min) at the end: $LOAD, mode: $([ $QUICK = 1 ] && echo quick || echo full), wrk -t2 -c$CONNS -d$DUR, median of $ROUNDS."
+    echo "$(date -u '+%Y-%m-%d %H:%M UTC'), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?'), $(nproc) cores, mode: $([ $QUICK = 1 ] && echo quick || echo full); $PINNING; wrk -t1 -c$CONNS -d$DUR, $ROUNDS round(s) per row, rows interleaved round by round."
     echo
-    echo "## HTTP: \`hello.wasm\`, a fresh instance per request"
+    echo "## HTTP: \`hello.wasm\` unless the row says otherwise, a fresh instance per request unless it says reuse"
     echo
-    echo "| setup | req/s | p50 ms | p99 ms |"
-    echo "| --- | ---: | ---: | ---: |"
-    echo "| swarmlet mesh, 4 local replicas, port $PORT | $SW_RPS | $SW_P50 | $SW_P99 |"
-    printf '%s' "$WT_ROWS"
-    printf '%s' "$REF_ROWS"
+    echo "| setup | req/s min | req/s median | req/s max | p50 ms | p99 ms | load (1 min) |"
+    echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"
+    for row in "${ROWS[@]}"; do
+        IFS='|' read -r key label _ <<<"$row"
+        read -r mn md mx p50 p99 ld < <(summarize "$WORK/rows/$key")
+        echo "| $label | $mn | $md | $mx | $p50 | $p99 | $ld |"
+    done
     if [ $QUICK = 0 ]; then
         echo
-        echo "swarmlet vs \`wasmtime serve\` best flags: $(ratio "$SW_RPS" "$WT_best_RPS") (target ≥ 1.2×); vs its defaults: $(ratio "$SW_RPS" "$WT_default_RPS")."
+        echo "Ratios of medians, same isolation on both sides:"
+        echo
+        echo "- swarmlet (default isolation) vs \`wasmtime serve\` best flags: $(ratio "${MED[sw]}" "${MED[wtbest]}") (target ≥ 2×); vs its default flags: $(ratio "${MED[sw]}" "${MED[wtdef]}")"
+        echo "- swarmlet (default isolation, fresh instances) vs \`wasmtime serve --max-instance-reuse-count 128\`: $(ratio "${MED[sw]}" "${MED[wtreuse]}") (target ≥ 0.75×)"
+        [ $FAST_ROW = 1 ] && echo "- swarmlet fast mode vs \`wasmtime serve\` with the same switch: $(ratio "${MED[swfast]}" "${MED[wtfast]}")"
+        [ $REUSE_ROW = 1 ] && echo "- swarmlet \`--instance-reuse 128\` vs \`wasmtime serve --max-instance-reuse-count 128\`: $(ratio "${MED[swreuse]}" "${MED[wtreuse]}")"
+        echo "- compute guest, swarmlet vs \`wasmtime serve\` (default isolation): $(ratio "${MED[cmp]}" "${MED[wtcmp]}"); cost of default isolation for swarmlet: fast/default $( [ $FAST_ROW = 1 ] && ratio "${MED[cmpfast]}" "${MED[cmp]}" || echo n/a)"
+        echo
+        echo "nginx and HAProxy rows are references (no wasm): they bound what any HTTP server or proxy does on this machine."
+        echo
+        echo "## Latency at fixed request rates (h2load, $CONNS connections, $DUR each)"
+        echo
+        echo "| setup | offered req/s | served req/s | p50 ms | p99 ms |"
+        echo "| --- | ---: | ---: | ---: | ---: |"
+        printf '%s' "$RATE_ROWS"
     fi
     echo
     echo "## Start and convergence (CLI command until \`verify: Service converged\`)"
+    echo
+    echo "A wasm replica is a routing entry over a shared compiled component, not a process: compare with care."
     echo
     echo "| what | ms |"
     echo "| --- | ---: |"
     echo "| first create, 1 replica (upload + compile + raft + start) | $FIRST_START |"
     echo "| one wasm replica, scale 0 → 1 (target < 10 ms for the replica itself) | $ONE_START |"
-    echo "| scale 4 → 100 (target < 1000) | $CONV100 |"
+    echo "| scale 1 → 100 (target < 1000) | $CONV100 |"
     echo "| scale 100 → 0 → 10 | $S0_10 |"
     echo "| scale 10 → 50 | $S10_50 |"
     echo "| scale 50 → 10 | $S50_10 |"
     echo "| node kill -9, restarted on its data dir → serving again | $RECOVER |"
     if [ -n "$PEER" ]; then
         echo
-        echo "Docker Swarm on the same machine, nginx containers from a local image (\`--restart-delay 0s\`):"
+        echo "Docker Swarm on the same machine, nginx containers from a local image (\`--restart-delay 0s\`). Docker's blocking create includes its CLI's ~5 s stability wait (\`--detach=false\` monitors for 5 s)."
         echo
         echo "| what | ms |"
         echo "| --- | ---: |"
@@ -213,6 +308,11 @@ LOAD=$(cut -d' ' -f1-3 /proc/loadavg)
         echo "| scale 10 → 50 | $DOCKER_S10_50 |"
         echo "| scale 50 → 10 | $DOCKER_S50_10 |"
         echo "| a killed replica replaced | $DOCKER_REPLACE |"
+        echo
+        echo "| Docker Swarm nginx, host-mode publish (reference, not wasm) | req/s | p50 ms | p99 ms |"
+        echo "| --- | ---: | ---: | ---: |"
+        echo "| through docker-proxy (default \`--userland-proxy=true\`) | $DOCKER_RPS | $DOCKER_P50 | $DOCKER_P99 |"
+        echo "| kernel NAT (\`--userland-proxy=false\`) | $DOCKER_NAT_RPS | $DOCKER_NAT_P50 | $DOCKER_NAT_P99 |"
     fi
     echo
     echo "## Control plane (in process: real raft log on disk, simulated nodes)"
@@ -223,9 +323,10 @@ LOAD=$(cut -d' ' -f1-3 /proc/loadavg)
     echo
     echo "| what | figure |"
     echo "| --- | ---: |"
-    echo "| idle daemon RSS after init (target < 30 MB) | $IDLE_RSS MB |"
-    echo "| daemon RSS after the HTTP load | $LOADED_RSS MB |"
-    echo "| daemon RSS with 100 / 1 wasm replicas (replicas share one compiled component) | $RSS_100 MB / $RSS_1 MB |"
+    echo "| idle daemon RSS after init | $IDLE_RSS MB |"
+    echo "| RSS after creating two wasm services (hello, compute) | $CREATED_RSS MB |"
+    echo "| RSS after the HTTP load (target < 30 MB) / peak (VmHWM) | $LOADED_RSS MB / $LOADED_HWM MB |"
+    echo "| RSS with 100 / 1 wasm replicas (replicas share one compiled component) | $RSS_100 MB / $RSS_1 MB |"
     if [ -n "$PEER" ]; then
         echo "| Docker: dockerd / containerd RSS after the runs | $DOCKER_DOCKERD_MB MB / $DOCKER_CONTAINERD_MB MB |"
         echo "| Docker: one container's shim RSS | $DOCKER_SHIM_MB MB |"

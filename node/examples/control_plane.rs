@@ -18,9 +18,9 @@ use swarmlet_proto::{Availability, Command, Image, Node, NodeRole, Service, Serv
 
 fn service(i: usize, replicas: u64) -> Service {
     Service {
-        id: format!("svc{i:08}"),
+        id: format!("{i:025x}"),
         spec: ServiceSpec {
-            name: format!("svc{i}"),
+            name: format!("web-{i}"),
             replicas,
             image: Image::Wasm {
                 digest: "sha256:00".into(),

@@ -2,7 +2,7 @@
 # The system swarmlet replaces: a real single-node Docker Swarm (Debian's
 # docker.io), started here, measured, and stopped. Prints markdown rows.
 # What does not work on this kernel (no IPVS: the ingress routing mesh) is
-# replaced by host-mode publishing, as ../shared/PEERS.md describes.
+# replaced by host-mode publishing, as docker documents for nodes without IPVS.
 #   peers/docker-swarm.sh WORKDIR   (prints NAME=VALUE lines for bench.sh)
 set -euo pipefail
 source "$(dirname "$0")/../common.sh"
@@ -79,3 +79,22 @@ echo "DOCKER_CONTAINERD_MB=$CTRD_MB"
 echo "DOCKER_SHIM_MB=$SHIM_MB"
 read -r rps p50 p99 < <(wrk_median http://127.0.0.1:18081/)
 echo "DOCKER_RPS=$rps DOCKER_P50=$p50 DOCKER_P99=$p99"
+
+# The same published nginx with kernel NAT instead of docker-proxy: a second
+# dockerd on its own data root with --userland-proxy=false.
+stop_docker
+W=$W/nat
+mkdir -p "$W"
+SOCK=$W/docker.sock
+dockerd --data-root "$W/root" --exec-root "$W/exec" -H "unix://$SOCK" --pidfile "$W/docker.pid" \
+    --userland-proxy=false >"$W/dockerd.log" 2>&1 &
+DOCKERD=$!
+for _ in $(seq 300); do D info >/dev/null 2>&1 && break; sleep 0.1; done
+D info >/dev/null
+D swarm init --advertise-addr 127.0.0.1:2378 --listen-addr 127.0.0.1:2378 >/dev/null
+tar -C "$(dirname "$W")/rootfs" -c . | D import -c 'CMD ["/usr/sbin/nginx","-g","daemon off;"]' - localnginx:1 >/dev/null
+D service create -q --no-resolve-image --name pub --publish mode=host,published=18081,target=80 localnginx:1 >/dev/null
+wait_running pub 1
+for _ in $(seq 200); do curl -sf -o /dev/null http://127.0.0.1:18081/ && break; sleep 0.05; done
+read -r rps p50 p99 < <(wrk_median http://127.0.0.1:18081/)
+echo "DOCKER_NAT_RPS=$rps DOCKER_NAT_P50=$p50 DOCKER_NAT_P99=$p99"

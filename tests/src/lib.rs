@@ -69,6 +69,8 @@ pub struct Node {
     /// Extra `swarmlet daemon` flags (e.g. `--shutdown-grace 1s`); a
     /// `--wasm-timeout` here replaces the harness's 2s.
     pub daemon_args: Vec<String>,
+    /// The umask the daemon starts under (default: the test's).
+    pub umask: Option<u32>,
     child: Option<Child>,
 }
 
@@ -90,6 +92,7 @@ impl Node {
             ip,
             data_dir,
             daemon_args: daemon_args.iter().map(|a| a.to_string()).collect(),
+            umask: None,
             child: None,
         };
         node.spawn();
@@ -108,10 +111,12 @@ impl Node {
 
     /// Sends raw HTTP/1.1 to the API socket and returns everything the daemon
     /// answers until it closes the connection (send `Connection: close`).
+    /// A write cut short by the daemon's answer is not an error.
     pub fn api_raw(&self, request: &[u8]) -> String {
         let mut s = std::os::unix::net::UnixStream::connect(self.socket()).expect("connect to the API socket");
         s.set_read_timeout(Some(Duration::from_secs(60))).expect("set read timeout");
-        s.write_all(request).expect("write to the API socket");
+        // The daemon may answer (431, 413) and close before reading it all.
+        let _ = s.write_all(request);
         let mut buf = Vec::new();
         let _ = s.read_to_end(&mut buf);
         String::from_utf8_lossy(&buf).into_owned()
@@ -137,6 +142,16 @@ impl Node {
             .args(["--node-name", &self.name]);
         if !self.daemon_args.iter().any(|a| a == "--wasm-timeout") {
             cmd.args(["--wasm-timeout", "2s"]);
+        }
+        if let Some(mask) = self.umask {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: umask(2) is async-signal-safe; nothing else runs in the child.
+            unsafe {
+                cmd.pre_exec(move || {
+                    libc::umask(mask as libc::mode_t);
+                    Ok(())
+                });
+            }
         }
         let child = cmd
             .args(&self.daemon_args)
@@ -205,6 +220,11 @@ impl Node {
 
     pub fn get(&self, port: u16, path: &str) -> Result<(u16, String), String> {
         http_get(SocketAddr::new(IpAddr::V4(self.ip), port), path)
+    }
+
+    /// The daemon's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     pub fn kill9(&mut self) {

@@ -177,6 +177,7 @@ async fn serve_conn<S, H, Fut, B>(
             async move {
                 act.busy.fetch_add(1, Ordering::SeqCst);
                 conn.busy();
+                act.changed.notify_one();
                 let done = Done { act, conn };
                 let resp = handler(req).await;
                 Ok::<_, Infallible>(resp.map(|inner| Guarded { inner, _done: done }))
@@ -196,10 +197,21 @@ async fn serve_conn<S, H, Fut, B>(
         .keep_alive(true)
         .serve_connection(io, svc);
     tokio::pin!(http);
+    // Close requested (the listener is closing) / hyper told to close after
+    // the request in flight.
+    let mut closing_asked = false;
     let mut shutting = false;
     loop {
         let epoch = act.epoch.load(Ordering::SeqCst);
         let changed = act.changed.notified();
+        // A request in flight, or the first one of a new connection (hyper
+        // serves it, then closes): graceful shutdown now. A request arriving
+        // on an idle keep-alive connection: once it has started, since hyper
+        // closes an idle connection at once.
+        if closing_asked && !shutting && (act.busy.load(Ordering::SeqCst) > 0 || epoch == 0) {
+            http.as_mut().graceful_shutdown();
+            shutting = true;
+        }
         tokio::select! {
             r = http.as_mut() => {
                 if let Err(e) = r {
@@ -211,15 +223,11 @@ async fn serve_conn<S, H, Fut, B>(
                 tracing::debug!("connection evicted: the listener is full and it was idle the longest");
                 return;
             }
-            _ = closed(&mut closing), if !shutting => {
+            _ = closed(&mut closing), if !closing_asked => {
                 if act.quiet() && !readable(fd) {
                     return;
                 }
-                // Finish the request in flight (or the first request of a
-                // new connection, already sent), then close. On a keep-alive
-                // connection between requests hyper closes at once.
-                http.as_mut().graceful_shutdown();
-                shutting = true;
+                closing_asked = true;
             }
             _ = tokio::time::sleep(limits.idle_timeout) => {
                 if act.quiet() && act.epoch.load(Ordering::SeqCst) == epoch {

@@ -60,9 +60,10 @@ impl Table {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Admits a new connection: into a free place, else in place of the
-    /// longest-idle connection (told to close), else waits until a
-    /// connection ends.
+    /// Admits a new connection: into a free place, else tells the
+    /// longest-idle connection to close and takes its place once it has
+    /// (so the cap holds exactly, however fast connections arrive), else
+    /// waits until a connection ends.
     pub async fn admit(self: &Arc<Self>) -> Conn {
         loop {
             let freed = self.freed.notified();
@@ -71,15 +72,7 @@ impl Table {
             {
                 let mut g = self.lock();
                 let inner = &mut *g;
-                let room = inner.live < self.cap;
-                if !room {
-                    if let Some((_, victim)) = inner.idle.pop_first() {
-                        if let Some(e) = inner.conns.remove(&victim) {
-                            e.evict.notify_one();
-                        }
-                    }
-                }
-                if room || inner.conns.len() < self.cap {
+                if inner.live < self.cap {
                     inner.live += 1;
                     let id = inner.next_id;
                     inner.next_id += 1;
@@ -100,6 +93,11 @@ impl Table {
                         id,
                         evicted: evict,
                     };
+                }
+                if let Some((_, victim)) = inner.idle.pop_first() {
+                    if let Some(e) = inner.conns.remove(&victim) {
+                        e.evict.notify_one();
+                    }
                 }
             }
             freed.await;
@@ -171,13 +169,18 @@ mod tests {
         let a = t.admit().await;
         let b = t.admit().await;
         a.busy(); // a has a request in flight; b is idle (a slow head, say)
-        let c = t.admit().await;
-        // b was told to go, a was not.
+        let admitting = tokio::spawn({
+            let t = t.clone();
+            async move { t.admit().await }
+        });
+        // b was told to go, a was not; c gets in once b has closed.
         tokio::time::timeout(std::time::Duration::from_secs(5), b.evicted.notified())
             .await
             .expect("the idle connection b is evicted");
-        assert_eq!(t.live(), 3, "b counts until its task closes it");
+        assert_eq!(t.live(), 2, "b counts until its task closes it");
+        assert!(!admitting.is_finished());
         drop(b);
+        let c = admitting.await.expect("c admitted");
         assert_eq!(t.live(), 2);
         // Now a and c are busy: a new connection waits for one to end.
         c.busy();
@@ -200,7 +203,10 @@ mod tests {
         let b = t.admit().await;
         b.busy();
         b.idle(); // idle again, but more recently than a
-        let _c = t.admit().await;
+        let _c = tokio::spawn({
+            let t = t.clone();
+            async move { t.admit().await }
+        });
         tokio::time::timeout(std::time::Duration::from_secs(5), a.evicted.notified())
             .await
             .expect("a, idle the longest, is evicted");

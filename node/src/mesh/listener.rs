@@ -6,10 +6,13 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use tokio::net::TcpListener;
+use tokio::net::TcpSocket;
 use tokio::sync::watch;
 
 use super::{Mesh, Publish};
+
+/// Pending connections the kernel queues for a published port.
+const BACKLOG: u32 = 1024;
 
 pub struct Listener {
     pub service_id: String,
@@ -29,9 +32,17 @@ impl Drop for Listener {
 
 impl Listener {
     pub fn bind(mesh: Arc<Mesh>, ip: IpAddr, p: &Publish) -> std::io::Result<Self> {
-        let std_listener = std::net::TcpListener::bind(SocketAddr::new(ip, p.port))?;
-        std_listener.set_nonblocking(true)?;
-        let listener = TcpListener::from_std(std_listener)?;
+        let addr = SocketAddr::new(ip, p.port);
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        // A burst of connections waits in the kernel instead of having its
+        // SYNs dropped (std's bind uses a backlog of 128).
+        let listener = socket.listen(BACKLOG)?;
         let service_id = p.service_id.clone();
         let service_name: Arc<str> = p.service_name.clone().into();
         let sid: Arc<str> = service_id.clone().into();

@@ -27,6 +27,10 @@ pub struct DaemonConfig {
     pub publish_addr: IpAddr,
     pub node_name: Option<String>,
     pub wasm_timeout: Duration,
+    /// How long SIGTERM waits for requests in flight.
+    pub shutdown_grace: Duration,
+    /// Open connections per listener (default: derived from RLIMIT_NOFILE).
+    pub max_connections: Option<usize>,
 }
 
 /// The parts that exist once the node is in a swarm.
@@ -199,16 +203,26 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     let identity = Identity::load_or_create(&cfg.data_dir, cfg.node_name.as_deref())?;
     let runtime = WasmRuntime::new(cfg.data_dir.join("wasm-cache"), cfg.wasm_timeout)?;
     let blobs = Arc::new(Blobs::open(&cfg.data_dir)?);
-    let mesh = Mesh::new(cfg.publish_addr);
+    let fd_limit = crate::listen::raise_fd_limit().unwrap_or_else(|e| {
+        tracing::warn!("cannot read or raise RLIMIT_NOFILE ({e}); assuming 1024 file descriptors");
+        1024
+    });
+    let budget = crate::listen::Budget::new(fd_limit);
+    let limits = crate::listen::Limits::new(&budget, cfg.max_connections);
+    tracing::info!(
+        fd_limit,
+        connections = budget.connections(),
+        per_listener = limits.max_connections,
+        "connection limits"
+    );
+    let mesh = Mesh::new(cfg.publish_addr, limits.clone(), budget.clone());
 
     let tcp = tokio::net::TcpListener::bind(cfg.listen_addr).await.with_context(|| {
         format!("cannot listen on {} for the cluster API; is another daemon running? choose --listen-addr IP:PORT", cfg.listen_addr)
     })?;
     let api_addr = tcp.local_addr()?;
     let sock = cfg.data_dir.join("swarmlet.sock");
-    let _ = std::fs::remove_file(&sock); // stale from a killed daemon; we hold the lock
-    let unix = tokio::net::UnixListener::bind(&sock)
-        .with_context(|| format!("binding {}", sock.display()))?;
+    let unix = crate::listen::bind_socket(&sock)?; // replaces a killed daemon's; we hold the lock
 
     let (shutdown_tx, shutdown) = watch::channel(false);
     let state = Arc::new(ApiState {
@@ -234,14 +248,24 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         socket = %sock.display(),
         "swarmlet daemon ready"
     );
-    let server = tokio::spawn(api::serve(state.clone(), unix, tcp, shutdown.clone()));
+    let (closing_tx, closing) = watch::channel(false);
+    let listeners = api::Listeners { unix, tcp };
+    let server = tokio::spawn(api::serve(state.clone(), listeners, limits, budget.clone(), closing));
 
     wait_for_signal().await;
-    tracing::info!("shutting down");
-    let _ = shutdown_tx.send(true);
+    // Stop accepting everywhere, let requests in flight finish (connections
+    // close after their current request), then stop the rest.
+    let grace = cfg.shutdown_grace;
+    tracing::info!(open = budget.open(), "shutting down: waiting up to {grace:?} for requests in flight");
+    let _ = closing_tx.send(true);
     mesh.close_all();
-    let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+    let _ = server.await;
     let _ = std::fs::remove_file(&sock);
+    if tokio::time::timeout(grace, budget.drained()).await.is_err() {
+        tracing::warn!(open = budget.open(), "grace period over; closing connections still busy");
+    }
+    let _ = shutdown_tx.send(true);
+    tracing::info!("stopped");
     Ok(())
 }
 

@@ -12,6 +12,7 @@ pub mod daemon;
 pub mod fault;
 pub mod fsutil;
 pub mod identity;
+pub mod listen;
 pub mod mesh;
 pub mod netutil;
 pub mod orchestrator;

@@ -66,12 +66,22 @@ pub struct Node {
     pub name: String,
     pub ip: Ipv4Addr,
     pub data_dir: PathBuf,
+    /// Extra `swarmlet daemon` flags (e.g. `--shutdown-grace 1s`); a
+    /// `--wasm-timeout` here replaces the harness's 2s.
+    pub daemon_args: Vec<String>,
+    /// The umask the daemon starts under (default: the test's).
+    pub umask: Option<u32>,
     child: Option<Child>,
 }
 
 impl Node {
     /// Starts a daemon on a new data dir and waits for its API.
     pub fn start(name: &str) -> Node {
+        Node::start_with(name, &[])
+    }
+
+    /// `start` with extra daemon flags.
+    pub fn start_with(name: &str, daemon_args: &[&str]) -> Node {
         let ip = next_ip();
         let data_dir =
             std::env::temp_dir().join(format!("swarmlet-e2e-{}-{name}-{ip}", std::process::id()));
@@ -81,6 +91,8 @@ impl Node {
             name: name.to_string(),
             ip,
             data_dir,
+            daemon_args: daemon_args.iter().map(|a| a.to_string()).collect(),
+            umask: None,
             child: None,
         };
         node.spawn();
@@ -91,8 +103,23 @@ impl Node {
         self.data_dir.join("swarmlet.sock")
     }
 
-    pub fn api_addr(&self) -> String {
+    /// The cluster port (`--listen-addr`). It serves no client API: the CLI
+    /// and tests talk to `socket()`.
+    pub fn cluster_addr(&self) -> String {
         format!("{}:2377", self.ip)
+    }
+
+    /// Sends raw HTTP/1.1 to the API socket and returns everything the daemon
+    /// answers until it closes the connection (send `Connection: close`).
+    /// A write cut short by the daemon's answer is not an error.
+    pub fn api_raw(&self, request: &[u8]) -> String {
+        let mut s = std::os::unix::net::UnixStream::connect(self.socket()).expect("connect to the API socket");
+        s.set_read_timeout(Some(Duration::from_secs(60))).expect("set read timeout");
+        // The daemon may answer (431, 413) and close before reading it all.
+        let _ = s.write_all(request);
+        let mut buf = Vec::new();
+        let _ = s.read_to_end(&mut buf);
+        String::from_utf8_lossy(&buf).into_owned()
     }
 
     /// (Re)starts the daemon process on this node's data dir.
@@ -103,16 +130,31 @@ impl Node {
             .append(true)
             .open(self.data_dir.join("daemon.log"))
             .expect("daemon log");
-        let child = Command::new(swarmlet_bin())
-            .args(["daemon", "--data-dir"])
+        let mut cmd = Command::new(swarmlet_bin());
+        cmd.args(["daemon", "--data-dir"])
             .arg(&self.data_dir)
             .args([
                 "--listen-addr",
-                &self.api_addr(),
+                &self.cluster_addr(),
                 "--publish-addr",
                 &self.ip.to_string(),
             ])
-            .args(["--node-name", &self.name, "--wasm-timeout", "2s"])
+            .args(["--node-name", &self.name]);
+        if !self.daemon_args.iter().any(|a| a == "--wasm-timeout") {
+            cmd.args(["--wasm-timeout", "2s"]);
+        }
+        if let Some(mask) = self.umask {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: umask(2) is async-signal-safe; nothing else runs in the child.
+            unsafe {
+                cmd.pre_exec(move || {
+                    libc::umask(mask as libc::mode_t);
+                    Ok(())
+                });
+            }
+        }
+        let child = cmd
+            .args(&self.daemon_args)
             .env("SWARMLET_LOG", "info,swarmlet=debug")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log fd"))
@@ -121,10 +163,10 @@ impl Node {
             .expect("start swarmlet daemon");
         self.child = Some(child);
         let sock = self.socket();
-        let api = self.api_addr();
+        let cluster = self.cluster_addr();
         self.wait_until("the daemon's API to answer", || {
             std::os::unix::net::UnixStream::connect(&sock).is_ok()
-                && TcpStream::connect(&api).is_ok()
+                && TcpStream::connect(&cluster).is_ok()
         });
     }
 
@@ -178,6 +220,11 @@ impl Node {
 
     pub fn get(&self, port: u16, path: &str) -> Result<(u16, String), String> {
         http_get(SocketAddr::new(IpAddr::V4(self.ip), port), path)
+    }
+
+    /// The daemon's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     pub fn kill9(&mut self) {

@@ -118,10 +118,9 @@ fn bad_input_is_refused_and_loses_nothing() {
     assert_serving(&node);
 
     // A malformed API request gets a clear 400, not a crash.
-    let mut s = std::net::TcpStream::connect(node.api_addr()).unwrap();
-    write!(s, "POST /v1/services HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nConnection: close\r\n\r\n{{bad").unwrap();
-    let mut resp = String::new();
-    std::io::Read::read_to_string(&mut s, &mut resp).unwrap();
+    let resp = node.api_raw(
+        b"POST /v1/services HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nConnection: close\r\n\r\n{bad",
+    );
     assert!(
         resp.starts_with("HTTP/1.1 400") && resp.contains("malformed request body"),
         "{resp}"

@@ -1,4 +1,6 @@
-//! Typed client of the API, over the local unix socket or TCP.
+//! Typed client of the API, over the local unix socket. A TCP address is
+//! refused before any connection: remote control needs TLS client
+//! certificates, which come with the cluster work.
 
 use std::path::PathBuf;
 
@@ -8,22 +10,27 @@ use hyper_util::rt::TokioIo;
 use serde::de::DeserializeOwned;
 use swarmlet_proto::api::ErrorBody;
 
-const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
-
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error(
         "cannot connect to the swarmlet daemon at {host} ({reason}).\n\
-         Is the daemon running? Start it with \"swarmlet daemon\", or point at another node \
-         with -H IP:PORT or SWARMLET_HOST=unix:///path/to/swarmlet.sock"
+         Is the daemon running? Start it with \"swarmlet daemon\", or point at its socket \
+         with -H unix:///path/to/swarmlet.sock (or SWARMLET_HOST)"
     )]
     Unreachable { host: String, reason: String },
     #[error("{message}")]
     Api { status: u16, message: String },
     #[error("talking to {host}: {reason}")]
     Protocol { host: String, reason: String },
-    #[error("invalid host {0:?}: use unix:///path/to/swarmlet.sock, IP:PORT or IP")]
+    #[error("invalid host {0:?}: use unix:///path/to/swarmlet.sock")]
     BadHost(String),
+    #[error(
+        "remote control of a swarmlet node needs a TLS client certificate, which this version \
+         does not offer yet, so {0} was not contacted.\n\
+         Run the command on the node itself, where it talks to the daemon's unix socket: \
+         e.g. ssh NODE swarmlet service ls (or -H unix:///path/to/swarmlet.sock)"
+    )]
+    RemoteNeedsTls(String),
 }
 
 /// One request on a fresh connection (the CLI makes a handful per command).
@@ -40,38 +47,34 @@ where
 }
 
 #[derive(Debug, Clone)]
-enum Target {
-    Unix(PathBuf),
-    Tcp(String),
-}
-
-#[derive(Debug, Clone)]
 pub struct Client {
-    target: Target,
+    socket: PathBuf,
     display: String,
 }
 
 impl Client {
-    /// `unix:///path`, `tcp://IP:PORT`, `IP:PORT` or `IP` (port 2377).
+    /// `unix:///path`. `tcp://…`, `IP:PORT` and `IP` are refused with the
+    /// reason (remote control needs TLS).
     pub fn new(host: &str) -> Result<Self, ClientError> {
-        let target = if let Some(p) = host.strip_prefix("unix://") {
-            Target::Unix(PathBuf::from(p))
-        } else {
+        let Some(p) = host.strip_prefix("unix://") else {
             let h = host.strip_prefix("tcp://").unwrap_or(host);
             if h.is_empty() || h.contains('/') {
                 return Err(ClientError::BadHost(host.to_string()));
             }
-            if h.parse::<std::net::IpAddr>().is_ok() || !h.contains(':') {
-                Target::Tcp(format!("{h}:2377"))
+            let addr = if h.parse::<std::net::IpAddr>().is_ok() || !h.contains(':') {
+                format!("{h}:2377")
             } else {
-                Target::Tcp(h.to_string())
-            }
+                h.to_string()
+            };
+            return Err(ClientError::RemoteNeedsTls(addr));
         };
-        let display = match &target {
-            Target::Unix(p) => format!("unix://{}", p.display()),
-            Target::Tcp(a) => a.clone(),
-        };
-        Ok(Client { target, display })
+        if p.is_empty() {
+            return Err(ClientError::BadHost(host.to_string()));
+        }
+        Ok(Client {
+            socket: PathBuf::from(p),
+            display: host.to_string(),
+        })
     }
 
     async fn send(
@@ -99,29 +102,10 @@ impl Client {
                 host: self.display.clone(),
                 reason: e.to_string(),
             })?;
-        let resp = match &self.target {
-            Target::Unix(p) => {
-                let s = tokio::net::UnixStream::connect(p)
-                    .await
-                    .map_err(unreachable)?;
-                send_on(s, req).await.map_err(proto)?
-            }
-            Target::Tcp(a) => {
-                // A host that drops packets would otherwise hang the CLI for minutes.
-                let connect =
-                    tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(a));
-                let s = connect
-                    .await
-                    .map_err(|_| {
-                        unreachable(std::io::Error::new(
-                            std::io::ErrorKind::TimedOut,
-                            "no answer within 5s",
-                        ))
-                    })?
-                    .map_err(unreachable)?;
-                send_on(s, req).await.map_err(proto)?
-            }
-        };
+        let s = tokio::net::UnixStream::connect(&self.socket)
+            .await
+            .map_err(unreachable)?;
+        let resp = send_on(s, req).await.map_err(proto)?;
         let status = resp.status().as_u16();
         let bytes = resp.into_body().collect().await.map_err(proto)?.to_bytes();
         Ok((status, bytes))
@@ -179,5 +163,24 @@ impl Client {
     pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
         self.call(http::Method::DELETE, path, Bytes::new(), "application/json")
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tcp_host_is_refused_with_the_tls_reason_before_connecting() {
+        for host in ["10.0.0.5", "10.0.0.5:2377", "tcp://10.0.0.5:2377", "node1"] {
+            let err = Client::new(host).expect_err(host).to_string();
+            assert!(err.contains("needs a TLS client certificate"), "{host}: {err}");
+            assert!(err.contains("ssh NODE swarmlet"), "{host}: {err}");
+        }
+        assert!(Client::new("unix:///run/swarmlet.sock").is_ok());
+        assert!(matches!(
+            Client::new("unix://"),
+            Err(ClientError::BadHost(_))
+        ));
     }
 }

@@ -1,6 +1,6 @@
 //! The HTTP/JSON API every client command talks to (on the local unix socket
-//! `DATA_DIR/swarmlet.sock` and on the cluster port), and the typed client
-//! the CLI uses.
+//! `DATA_DIR/swarmlet.sock` only: the cluster port refuses it until mutual
+//! TLS), and the typed client the CLI uses.
 
 pub mod client;
 mod error;
@@ -8,4 +8,4 @@ mod handlers;
 mod server;
 
 pub use error::ApiError;
-pub use server::{serve, ApiState};
+pub use server::{serve, ApiState, Listeners, REMOTE_REFUSED};

@@ -1,4 +1,7 @@
-//! Accept loops (unix socket and TCP) and the router.
+//! The API's listeners and router. The client API is served on the unix
+//! socket only; the TCP cluster port answers every HTTP request with 403
+//! until node-to-node traffic (mutual TLS) arrives there. Both go through
+//! `listen::serve`, so both have the node's listener limits.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -8,8 +11,6 @@ use bytes::Bytes;
 use http::{Method, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper_util::rt::TokioIo;
 use swarmlet_proto::api::ErrorBody;
 use tokio::sync::watch;
 
@@ -21,8 +22,14 @@ use crate::identity::Identity;
 use crate::mesh::Mesh;
 use crate::runtime::wasm::WasmRuntime;
 
-/// The largest request body accepted (a `.wasm` upload).
+/// The largest request body `body_bytes` accepts (a `.wasm` upload).
 pub const MAX_BODY: usize = 256 << 20;
+
+/// The largest JSON request body: a service spec is a few hundred bytes.
+pub const MAX_JSON_BODY: usize = 1 << 20;
+
+/// Longest a client may take to send a JSON body once its head is in.
+const JSON_BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// What handlers need. `cluster` is empty until `init` (or a restart of an
 /// initialized node) starts raft and the parts that hang off it.
@@ -75,8 +82,32 @@ pub async fn body_bytes(body: Incoming) -> Result<Bytes, ApiError> {
         .map_err(|e| ApiError::bad_request(format!("reading the request body: {e}")))
 }
 
+/// Reads a JSON body of at most `MAX_JSON_BODY` bytes (413 beyond; 408 if
+/// it does not arrive in time) and parses it. Routes that take something
+/// else (the `.wasm` upload) read `Incoming` with their own limit.
 pub async fn body_json<T: serde::de::DeserializeOwned>(body: Incoming) -> Result<T, ApiError> {
-    let bytes = body_bytes(body).await?;
+    let read = Limited::new(body, MAX_JSON_BODY).collect();
+    let bytes = match tokio::time::timeout(JSON_BODY_TIMEOUT, read).await {
+        Err(_) => {
+            return Err(ApiError {
+                status: 408,
+                message: format!(
+                    "the request body did not arrive within {JSON_BODY_TIMEOUT:?}; send it whole and retry"
+                ),
+            })
+        }
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+            return Err(ApiError {
+                status: 413,
+                message: format!(
+                    "the request body is larger than {} KiB, the most a JSON API request may carry",
+                    MAX_JSON_BODY >> 10
+                ),
+            })
+        }
+        Ok(Err(e)) => return Err(ApiError::bad_request(format!("reading the request body: {e}"))),
+        Ok(Ok(c)) => c.to_bytes(),
+    };
     serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::bad_request(format!("malformed request body: {e}")))
 }
@@ -119,40 +150,49 @@ async fn route(state: Arc<ApiState>, req: hyper::Request<Incoming>) -> Response 
     }
 }
 
-async fn serve_conn<S>(state: Arc<ApiState>, stream: S)
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let svc = hyper::service::service_fn(move |req| {
-        let state = state.clone();
-        async move { Ok::<_, std::convert::Infallible>(route(state, req).await) }
-    });
-    if let Err(e) = http1::Builder::new()
-        .serve_connection(TokioIo::new(stream), svc)
-        .await
-    {
-        tracing::debug!("api connection ended: {e}");
-    }
+/// What the cluster port answers to any HTTP request today.
+pub const REMOTE_REFUSED: &str = "remote control of a swarmlet node needs a TLS client certificate, \
+which this version does not offer yet; run the command on the node itself (it talks to the \
+unix socket DATA_DIR/swarmlet.sock), e.g. `ssh NODE swarmlet service ls`";
+
+/// The listeners of the API.
+pub struct Listeners {
+    pub unix: tokio::net::UnixListener,
+    pub tcp: tokio::net::TcpListener,
 }
 
-/// Serves the API on `unix` and `tcp` until shutdown.
+/// Serves the API on the unix socket and the refusal on the cluster port
+/// until `closing`; returns once both accept loops have stopped.
 pub async fn serve(
     state: Arc<ApiState>,
-    unix: tokio::net::UnixListener,
-    tcp: tokio::net::TcpListener,
-    mut shutdown: watch::Receiver<bool>,
+    listeners: Listeners,
+    limits: crate::listen::Limits,
+    budget: Arc<crate::listen::Budget>,
+    closing: watch::Receiver<bool>,
 ) {
-    loop {
-        tokio::select! {
-            c = unix.accept() => match c {
-                Ok((s, _)) => { tokio::spawn(serve_conn(state.clone(), s)); }
-                Err(e) => tracing::warn!("api unix accept: {e}"),
-            },
-            c = tcp.accept() => match c {
-                Ok((s, _)) => { tokio::spawn(serve_conn(state.clone(), s)); }
-                Err(e) => tracing::warn!("api tcp accept: {e}"),
-            },
-            _ = shutdown.changed() => return,
-        }
-    }
+    let api = crate::listen::serve(
+        "api socket".to_string(),
+        listeners.unix,
+        limits.clone(),
+        budget.clone(),
+        move |req| route(state.clone(), req),
+        closing.clone(),
+    );
+    let cluster = crate::listen::serve(
+        "cluster port".to_string(),
+        listeners.tcp,
+        limits,
+        budget,
+        |req: hyper::Request<Incoming>| async move {
+            tracing::info!(method = %req.method(), path = %req.uri().path(), "refused an API request on the cluster port");
+            json(
+                403,
+                &ErrorBody {
+                    message: REMOTE_REFUSED.to_string(),
+                },
+            )
+        },
+        closing,
+    );
+    tokio::join!(api, cluster);
 }

@@ -21,8 +21,9 @@ use crate::api::client::Client;
     about = "Docker Swarm mode as one small binary for edge hardware"
 )]
 pub struct Cli {
-    /// Daemon to talk to: unix:///path/to/swarmlet.sock, IP:PORT or IP
-    /// (default: the local daemon's socket in the default data dir).
+    /// Daemon socket to talk to: unix:///path/to/swarmlet.sock (default: the
+    /// local daemon's socket in the default data dir). Remote control
+    /// (IP:PORT) needs TLS client certificates, not offered yet: ssh to the node.
     #[arg(short = 'H', long = "host", env = "SWARMLET_HOST", global = true)]
     host: Option<String>,
     #[command(subcommand)]
@@ -71,7 +72,7 @@ pub struct DaemonArgs {
     /// Where the node keeps its identity, raft log and blobs
     #[arg(long, env = "SWARMLET_DATA_DIR")]
     data_dir: Option<PathBuf>,
-    /// Cluster API and raft address
+    /// Cluster port: node-to-node traffic (the client API is on the unix socket only)
     #[arg(long, default_value = "0.0.0.0:2377")]
     listen_addr: SocketAddr,
     /// Address other nodes reach this one at (IP or IP:PORT); the default
@@ -87,6 +88,13 @@ pub struct DaemonArgs {
     /// Longest a wasm guest may take over one request (e.g. 30s, 500ms)
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     wasm_timeout: Duration,
+    /// On SIGTERM, how long requests in flight may take to finish
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    shutdown_grace: Duration,
+    /// Open connections per listener (API socket, each published port); when
+    /// full, the longest-idle connection makes room (default: from the fd limit, at most 1024)
+    #[arg(long)]
+    max_connections: Option<usize>,
 }
 
 impl Cli {
@@ -129,6 +137,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 publish_addr: a.publish_addr,
                 node_name: a.node_name,
                 wasm_timeout: a.wasm_timeout,
+                shutdown_grace: a.shutdown_grace,
+                max_connections: a.max_connections,
             })
             .await
         }
@@ -156,7 +166,7 @@ async fn init(c: Client, a: InitArgs) -> anyhow::Result<()> {
     );
     println!();
     println!(
-        "Its API answers at {}. Deploy a service with:",
+        "Other nodes will reach it at {}. Deploy a service with:",
         r.manager_addr
     );
     println!();

@@ -1,69 +1,71 @@
-//! One published port: an accept loop serving HTTP/1.1 with keep-alive.
-//! Dropping the `Listener` stops accepting and frees the port; connections
-//! already accepted finish their current requests.
+//! One published port: `listen::serve` (the node's listener limits) routing
+//! every request through the mesh. Dropping the `Listener` stops accepting,
+//! frees the port and tells its connections to close after their current
+//! request, so a keep-alive connection never reaches a removed service.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use hyper::server::conn::http1;
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
+use tokio::net::TcpSocket;
+use tokio::sync::watch;
 
 use super::{Mesh, Publish};
+
+/// Pending connections the kernel queues for a published port.
+const BACKLOG: u32 = 1024;
 
 pub struct Listener {
     pub service_id: String,
     accept: tokio::task::JoinHandle<()>,
+    /// Dropped with the listener: its connections see the close signal.
+    _closing: watch::Sender<bool>,
 }
 
 impl Drop for Listener {
     fn drop(&mut self) {
+        // Stop accepting (the runtime drops the accept loop, and with it the
+        // port, at once); open connections follow the close signal when
+        // `_closing` is dropped right after this.
         self.accept.abort();
     }
 }
 
 impl Listener {
     pub fn bind(mesh: Arc<Mesh>, ip: IpAddr, p: &Publish) -> std::io::Result<Self> {
-        let std_listener = std::net::TcpListener::bind(SocketAddr::new(ip, p.port))?;
-        std_listener.set_nonblocking(true)?;
-        let listener = TcpListener::from_std(std_listener)?;
+        let addr = SocketAddr::new(ip, p.port);
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        // A burst of connections waits in the kernel instead of having its
+        // SYNs dropped (std's bind uses a backlog of 128).
+        let listener = socket.listen(BACKLOG)?;
         let service_id = p.service_id.clone();
         let service_name: Arc<str> = p.service_name.clone().into();
         let sid: Arc<str> = service_id.clone().into();
-        let accept = tokio::spawn(async move {
-            loop {
-                let (stream, _peer) = match listener.accept().await {
-                    Ok(c) => c,
-                    Err(e) => {
-                        // Out of file descriptors and the like: back off, keep serving.
-                        tracing::warn!("accept failed: {e}");
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let _ = stream.set_nodelay(true);
+        let (closing_tx, closing) = watch::channel(false);
+        let limits = mesh.limits.clone();
+        let budget = mesh.budget.clone();
+        let accept = tokio::spawn(crate::listen::serve(
+            format!("published port {}", p.port),
+            listener,
+            limits,
+            budget,
+            move |req| {
                 let mesh = mesh.clone();
                 let sid = sid.clone();
                 let name = service_name.clone();
-                tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |req| {
-                        let mesh = mesh.clone();
-                        let sid = sid.clone();
-                        let name = name.clone();
-                        async move {
-                            Ok::<_, std::convert::Infallible>(mesh.route(&sid, &name, req).await)
-                        }
-                    });
-                    if let Err(e) = http1::Builder::new()
-                        .keep_alive(true)
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await
-                    {
-                        tracing::debug!("mesh connection ended: {e}");
-                    }
-                });
-            }
-        });
-        Ok(Listener { service_id, accept })
+                async move { mesh.route(&sid, &name, req).await }
+            },
+            closing,
+        ));
+        Ok(Listener {
+            service_id,
+            accept,
+            _closing: closing_tx,
+        })
     }
 }

@@ -61,16 +61,28 @@ pub struct Publish {
 
 pub struct Mesh {
     publish_addr: IpAddr,
+    /// Limits of every published port, and the node's connection budget.
+    limits: crate::listen::Limits,
+    budget: Arc<crate::listen::Budget>,
     backends: ArcSwap<HashMap<String, Arc<Backends>>>,
     listeners: Mutex<HashMap<u16, listener::Listener>>,
+    /// Set by `close_all`: the daemon is stopping, no port opens again.
+    closed: std::sync::atomic::AtomicBool,
 }
 
 impl Mesh {
-    pub fn new(publish_addr: IpAddr) -> Arc<Self> {
+    pub fn new(
+        publish_addr: IpAddr,
+        limits: crate::listen::Limits,
+        budget: Arc<crate::listen::Budget>,
+    ) -> Arc<Self> {
         Arc::new(Mesh {
             publish_addr,
+            limits,
+            budget,
             backends: ArcSwap::from_pointee(HashMap::new()),
             listeners: Mutex::new(HashMap::new()),
+            closed: Default::default(),
         })
     }
 
@@ -103,6 +115,9 @@ impl Mesh {
         let Ok(mut listeners) = self.listeners.lock() else {
             return failed;
         };
+        if self.closed.load(Ordering::SeqCst) {
+            return failed;
+        }
         listeners.retain(|port, l| {
             let keep = desired
                 .iter()
@@ -127,9 +142,11 @@ impl Mesh {
         failed
     }
 
-    /// Closes every listener (daemon shutdown).
+    /// Closes every listener (daemon shutdown): no new connection is
+    /// accepted, open ones close after their current request.
     pub fn close_all(&self) {
         if let Ok(mut l) = self.listeners.lock() {
+            self.closed.store(true, Ordering::SeqCst);
             l.clear();
         }
     }

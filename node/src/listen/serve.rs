@@ -1,0 +1,345 @@
+//! The accept loop and the per-connection driver every listener uses.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::os::fd::{AsRawFd, RawFd};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::{watch, OwnedSemaphorePermit};
+
+use super::table::{Conn, Table};
+use super::{Budget, Limits};
+
+/// A listening socket: TCP or unix.
+pub trait Accept: Send + 'static {
+    type Stream: AsyncRead + AsyncWrite + AsRawFd + Unpin + Send + 'static;
+    fn accept(&self) -> impl Future<Output = std::io::Result<Self::Stream>> + Send;
+}
+
+impl Accept for tokio::net::TcpListener {
+    type Stream = tokio::net::TcpStream;
+    async fn accept(&self) -> std::io::Result<Self::Stream> {
+        let (s, _) = tokio::net::TcpListener::accept(self).await?;
+        let _ = s.set_nodelay(true);
+        Ok(s)
+    }
+}
+
+impl Accept for tokio::net::UnixListener {
+    type Stream = tokio::net::UnixStream;
+    async fn accept(&self) -> std::io::Result<Self::Stream> {
+        tokio::net::UnixListener::accept(self).await.map(|(s, _)| s)
+    }
+}
+
+/// Resolves once `closing` says true or its sender is gone.
+async fn closed(closing: &mut watch::Receiver<bool>) {
+    let _ = closing.wait_for(|c| *c).await;
+}
+
+const BACKOFF_MIN: Duration = Duration::from_millis(10);
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// Serves `listener` with `handler` under `limits` until `closing` (then
+/// each open connection finishes its current request and closes).
+pub async fn serve<A, H, Fut, B>(
+    what: String,
+    listener: A,
+    limits: Limits,
+    budget: Arc<Budget>,
+    handler: H,
+    mut closing: watch::Receiver<bool>,
+) where
+    A: Accept,
+    H: Fn(hyper::Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = hyper::Response<B>> + Send + 'static,
+    B: Body + Unpin + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let table = Table::new(limits.max_connections);
+    let limits = Arc::new(limits);
+    let mut backoff = Duration::ZERO;
+    loop {
+        // A permit of the node-wide budget first: when it is spent, new
+        // connections wait in the kernel's backlog rather than failing accept.
+        let permit = tokio::select! {
+            p = budget.fds.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+            _ = closed(&mut closing) => return,
+        };
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = closed(&mut closing) => return,
+        };
+        let stream = match accepted {
+            Ok(s) => {
+                backoff = Duration::ZERO;
+                s
+            }
+            Err(e) => {
+                // EMFILE, ENFILE, ENOBUFS, ECONNABORTED…: retrying at once
+                // would spin a core; wait longer each time (up to 1 s).
+                backoff = (backoff * 2).clamp(BACKOFF_MIN, BACKOFF_MAX);
+                tracing::warn!(listener = %what, "accept failed: {e}; retrying in {backoff:?}");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => continue,
+                    _ = closed(&mut closing) => return,
+                }
+            }
+        };
+        let conn = tokio::select! {
+            c = table.admit() => c,
+            _ = closed(&mut closing) => return,
+        };
+        budget.conn_opened();
+        let open = Open {
+            budget: budget.clone(),
+            _permit: permit,
+        };
+        tokio::spawn(serve_conn(
+            stream,
+            conn,
+            open,
+            limits.clone(),
+            handler.clone(),
+            closing.clone(),
+        ));
+    }
+}
+
+/// One open connection's share of the budget; released on drop.
+struct Open {
+    budget: Arc<Budget>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.budget.conn_closed();
+    }
+}
+
+/// What the driver of one connection watches.
+#[derive(Default)]
+struct Activity {
+    /// Requests in flight.
+    busy: AtomicU32,
+    /// Bytes arrived since the connection last became idle (a request head
+    /// is coming: hyper's header-read timeout governs it, not the idle one).
+    heard: AtomicBool,
+    /// Bumped at every return to idle, so a timer knows it is still the same idle spell.
+    epoch: AtomicU64,
+    changed: tokio::sync::Notify,
+}
+
+impl Activity {
+    fn quiet(&self) -> bool {
+        self.busy.load(Ordering::SeqCst) == 0 && !self.heard.load(Ordering::SeqCst)
+    }
+}
+
+async fn serve_conn<S, H, Fut, B>(
+    stream: S,
+    conn: Conn,
+    _open: Open,
+    limits: Arc<Limits>,
+    handler: H,
+    mut closing: watch::Receiver<bool>,
+) where
+    S: AsyncRead + AsyncWrite + AsRawFd + Unpin + Send + 'static,
+    H: Fn(hyper::Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = hyper::Response<B>> + Send + 'static,
+    B: Body + Unpin + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let fd = stream.as_raw_fd();
+    let evicted = conn.evicted.clone();
+    let conn = Arc::new(conn);
+    let act = Arc::new(Activity::default());
+    let svc = {
+        let act = act.clone();
+        hyper::service::service_fn(move |req| {
+            let handler = handler.clone();
+            let act = act.clone();
+            let conn = conn.clone();
+            async move {
+                act.busy.fetch_add(1, Ordering::SeqCst);
+                conn.busy();
+                act.changed.notify_one();
+                let done = Done { act, conn };
+                let resp = handler(req).await;
+                Ok::<_, Infallible>(resp.map(|inner| Guarded { inner, _done: done }))
+            }
+        })
+    };
+    let io = TokioIo::new(Watched {
+        inner: stream,
+        act: act.clone(),
+    });
+    let http = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_headers(limits.max_headers)
+        .max_header_size(limits.max_header_size)
+        .max_buf_size(limits.max_buf_size)
+        .keep_alive(true)
+        .serve_connection(io, svc);
+    tokio::pin!(http);
+    // Close requested (the listener is closing) / hyper told to close after
+    // the request in flight.
+    let mut closing_asked = false;
+    let mut shutting = false;
+    loop {
+        let epoch = act.epoch.load(Ordering::SeqCst);
+        let changed = act.changed.notified();
+        // A request in flight, or the first one of a new connection (hyper
+        // serves it, then closes): graceful shutdown now. A request arriving
+        // on an idle keep-alive connection: once it has started, since hyper
+        // closes an idle connection at once.
+        if closing_asked && !shutting && (act.busy.load(Ordering::SeqCst) > 0 || epoch == 0) {
+            http.as_mut().graceful_shutdown();
+            shutting = true;
+        }
+        tokio::select! {
+            r = http.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!("connection ended: {e}");
+                }
+                return;
+            }
+            _ = evicted.notified() => {
+                tracing::debug!("connection evicted: the listener is full and it was idle the longest");
+                return;
+            }
+            _ = closed(&mut closing), if !closing_asked => {
+                if act.quiet() && !readable(fd) {
+                    return;
+                }
+                closing_asked = true;
+            }
+            _ = tokio::time::sleep(limits.idle_timeout) => {
+                if act.quiet() && act.epoch.load(Ordering::SeqCst) == epoch {
+                    tracing::debug!("closing a keep-alive connection idle for {:?}", limits.idle_timeout);
+                    return;
+                }
+            }
+            _ = changed => {}
+        }
+    }
+}
+
+/// Whether bytes wait unread on `fd` (a request hyper has not read yet).
+fn readable(fd: RawFd) -> bool {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: poll on one valid pollfd with a zero timeout; `fd` is owned by
+    // the connection being driven by the caller, so it is open.
+    let n = unsafe { libc::poll(&mut p, 1, 0) };
+    n > 0 && p.revents & libc::POLLIN != 0
+}
+
+/// Marks the end of a request when the response body is dropped (hyper drops
+/// it once written, or when the connection dies).
+struct Done {
+    act: Arc<Activity>,
+    conn: Arc<Conn>,
+}
+
+impl Drop for Done {
+    fn drop(&mut self) {
+        self.act.heard.store(false, Ordering::SeqCst);
+        self.act.epoch.fetch_add(1, Ordering::SeqCst);
+        self.act.busy.fetch_sub(1, Ordering::SeqCst);
+        self.conn.idle();
+        self.act.changed.notify_one();
+    }
+}
+
+/// A response body that keeps its request counted as in flight until it is dropped.
+struct Guarded<B> {
+    inner: B,
+    _done: Done,
+}
+
+impl<B: Body + Unpin> Body for Guarded<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.get_mut().inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The connection's stream, noting when bytes arrive.
+struct Watched<S> {
+    inner: S,
+    act: Arc<Activity>,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let r = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            this.act.heard.store(true, Ordering::Relaxed);
+        }
+        r
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}

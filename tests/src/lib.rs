@@ -72,19 +72,30 @@ pub struct Node {
 impl Node {
     /// Starts a daemon on a new data dir and waits for its API.
     pub fn start(name: &str) -> Node {
+        Self::start_with_env(name, &[])
+    }
+
+    /// `start` with extra environment for the daemon (e.g. `SWARMLET_CRASH_AT`).
+    pub fn start_with_env(name: &str, env: &[(&str, &str)]) -> Node {
+        let mut node = Self::new(name);
+        let _ = std::fs::remove_dir_all(&node.data_dir);
+        std::fs::create_dir_all(&node.data_dir).expect("create data dir");
+        node.spawn_with_env(env);
+        node
+    }
+
+    /// A node whose daemon is not started yet; `data_dir` is where it will
+    /// run (the test may mount something there first), then call `spawn`.
+    pub fn new(name: &str) -> Node {
         let ip = next_ip();
         let data_dir =
             std::env::temp_dir().join(format!("swarmlet-e2e-{}-{name}-{ip}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&data_dir);
-        std::fs::create_dir_all(&data_dir).expect("create data dir");
-        let mut node = Node {
+        Node {
             name: name.to_string(),
             ip,
             data_dir,
             child: None,
-        };
-        node.spawn();
-        node
+        }
     }
 
     pub fn socket(&self) -> PathBuf {
@@ -97,6 +108,27 @@ impl Node {
 
     /// (Re)starts the daemon process on this node's data dir.
     pub fn spawn(&mut self) {
+        self.spawn_with_env(&[]);
+    }
+
+    /// Waits for the daemon to exit by itself (e.g. at a crash point).
+    pub fn wait_exit(&mut self, what: &str) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("daemon running");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = c.try_wait().expect("wait for daemon") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                panic!("timed out waiting for the daemon of node {} to exit ({what})", self.name);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `spawn` with extra environment for the daemon.
+    pub fn spawn_with_env(&mut self, env: &[(&str, &str)]) {
         assert!(self.child.is_none(), "daemon already running");
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -114,6 +146,7 @@ impl Node {
             ])
             .args(["--node-name", &self.name, "--wasm-timeout", "2s"])
             .env("SWARMLET_LOG", "info,swarmlet=debug")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log fd"))
             .stderr(log)

@@ -202,6 +202,7 @@ impl Agent {
                                 },
                             );
                             running += 1;
+                            tracing::debug!(task = %task.display_name(), "replica running");
                             statuses.push(status(&task.id, TaskState::Running, "running", None));
                         }
                         Err(e) => {

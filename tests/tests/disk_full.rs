@@ -85,6 +85,7 @@ fn a_full_disk_refuses_changes_keeps_serving_and_recovers() {
         refusal = String::from_utf8_lossy(&out.stderr).into_owned();
         !out.status.success()
     });
+    eprintln!("refused after scaling to {replicas}: {refusal}");
     assert!(
         refusal.contains("no space left under DATA_DIR"),
         "the refusal should say why: {refusal}"

@@ -23,7 +23,7 @@ pub struct Reporter {
 impl Reporter {
     pub fn spawn(raft: RaftHandle, shutdown: watch::Receiver<bool>) -> Reporter {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(raft, rx, shutdown));
+        crate::daemon::spawn_critical("task reporter", run(raft, rx, shutdown));
         Reporter { tx }
     }
 

@@ -33,6 +33,10 @@ pub async fn run(store: Arc<Store>, raft: RaftHandle, mut shutdown: watch::Recei
                     Err(ProposeError::Refused(e)) => {
                         tracing::debug!("orchestrator proposal refused: {e}")
                     }
+                    // Already logged by raft, once; it retries by itself.
+                    Err(e @ ProposeError::Unwritable { .. }) => {
+                        tracing::debug!("orchestrator proposal failed: {e}")
+                    }
                     Err(e) => tracing::warn!("orchestrator proposal failed: {e}"),
                 }
             }

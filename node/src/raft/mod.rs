@@ -568,3 +568,69 @@ impl Driver {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use raft::eraftpb::{ConfState, Entry, HardState};
+
+    fn temp_file(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("swarmlet-raft-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir.join("raft.redb")
+    }
+
+    #[tokio::test]
+    async fn an_unreadable_snapshot_stops_the_start_naming_the_file() {
+        let path = temp_file("snap");
+        {
+            let s = DiskStorage::open(&path).unwrap();
+            let mut snap = Snapshot::default();
+            snap.mut_metadata().index = 1;
+            snap.mut_metadata().term = 1;
+            snap.mut_metadata().mut_conf_state().voters = vec![1];
+            snap.set_data(b"not a state".to_vec().into());
+            s.apply_snapshot(&snap).unwrap();
+        }
+        let storage = DiskStorage::open(&path).unwrap();
+        let store = Arc::new(Store::new());
+        let (_tx, shutdown) = watch::channel(false);
+        let err = start(RaftConfig { id: 1 }, storage, store, None, shutdown)
+            .err()
+            .expect("the start must fail");
+        let msg = err.to_string();
+        assert!(matches!(err, StorageError::UnreadableState { .. }), "{msg}");
+        assert!(msg.contains(&path.display().to_string()), "{msg}");
+        assert!(msg.contains("backup"), "says what to do: {msg}");
+    }
+
+    #[tokio::test]
+    async fn an_unreadable_committed_entry_stops_raft() {
+        let path = temp_file("entry");
+        {
+            let s = DiskStorage::open(&path).unwrap();
+            s.set_conf_state(ConfState::from((vec![1], vec![]))).unwrap();
+            let mut e = Entry {
+                index: 1,
+                term: 1,
+                ..Default::default()
+            };
+            e.set_data(b"{garbage".to_vec().into());
+            let hs = HardState {
+                term: 1,
+                commit: 1,
+                ..Default::default()
+            };
+            s.append(&[e], Some(&hs)).unwrap();
+        }
+        let storage = DiskStorage::open(&path).unwrap();
+        let store = Arc::new(Store::new());
+        let (_tx, shutdown) = watch::channel(false);
+        let (handle, task) = start(RaftConfig { id: 1 }, storage, store, None, shutdown).unwrap();
+        let result = task.await.unwrap();
+        let err = result.expect_err("raft must stop, not skip the entry");
+        assert!(err.to_string().contains("committed entry 1"), "{err}");
+        assert!(handle.wait_replayed().await.is_err(), "never reports a replay it did not do");
+    }
+}

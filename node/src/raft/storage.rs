@@ -45,6 +45,8 @@ pub enum StorageError {
         what: String,
         source: serde_json::Error,
     },
+    #[error("{path} is damaged ({detail}); the swarm state cannot be read. Restore the file from a backup, or move it away to start a new swarm with \"swarmlet init\" (its services are then lost)")]
+    Damaged { path: String, detail: String },
     #[error("serializing the swarm state: {0}")]
     Encode(serde_json::Error),
 }
@@ -345,7 +347,20 @@ impl DiskStorage {
 }
 
 fn open_db(path: &Path) -> Result<Database, StorageError> {
-    Database::create(path).map_err(|source| match source {
+    // redb asserts on some damaged files instead of returning an error; a
+    // damaged raft file must stop the daemon with a message, not a panic.
+    let opened = std::panic::catch_unwind(|| Database::create(path)).map_err(|panic| {
+        let detail = panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "redb could not read it".into());
+        StorageError::Damaged {
+            path: path.display().to_string(),
+            detail,
+        }
+    })?;
+    opened.map_err(|source| match source {
         // An IO error (e.g. a full disk while redb repairs the file) can
         // pass; keep it classifiable.
         redb::DatabaseError::Storage(redb::StorageError::Io(io)) => {

@@ -118,7 +118,10 @@ pub async fn start_cluster(
 
 /// Spawns a task the node cannot work without: if it panics, the process
 /// exits non-zero (systemd restarts it) instead of living on half-alive.
-pub(crate) fn spawn_critical(name: &'static str, task: impl std::future::Future<Output = ()> + Send + 'static) {
+pub(crate) fn spawn_critical(
+    name: &'static str,
+    task: impl std::future::Future<Output = ()> + Send + 'static,
+) {
     let handle = tokio::spawn(task);
     tokio::spawn(async move {
         if let Err(e) = handle.await {

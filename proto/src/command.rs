@@ -56,7 +56,9 @@ pub enum Command {
     },
     /// Agent: what many tasks are doing now, in one entry (one raft commit
     /// for a whole batch of reports, not one per task).
-    UpdateTaskStatuses { updates: Vec<TaskStatus> },
+    UpdateTaskStatuses {
+        updates: Vec<TaskStatus>,
+    },
 }
 
 /// One task's reported state, as carried by `Command::UpdateTaskStatuses`.

@@ -121,7 +121,10 @@ impl Node {
             }
             if Instant::now() > deadline {
                 let _ = c.kill();
-                panic!("timed out waiting for the daemon of node {} to exit ({what})", self.name);
+                panic!(
+                    "timed out waiting for the daemon of node {} to exit ({what})",
+                    self.name
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }

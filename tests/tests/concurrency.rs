@@ -23,7 +23,10 @@ fn running_of(node: &Node, service: &str) -> Option<(u64, u64)> {
     let line = ls
         .lines()
         .find(|l| l.split_whitespace().nth(1) == Some(service))?;
-    let (n, m) = line.split_whitespace().find(|w| w.contains('/'))?.split_once('/')?;
+    let (n, m) = line
+        .split_whitespace()
+        .find(|w| w.contains('/'))?
+        .split_once('/')?;
     Some((n.parse().ok()?, m.parse().ok()?))
 }
 
@@ -35,7 +38,15 @@ fn two_creates_of_one_new_component_both_run() {
     let wasm = wasm.to_string_lossy();
     let create = |name: &str, port: &str| {
         node.cli(&[
-            "service", "create", "--name", name, "--replicas", "2", "-p", port, &wasm,
+            "service",
+            "create",
+            "--name",
+            name,
+            "--replicas",
+            "2",
+            "-p",
+            port,
+            &wasm,
         ])
     };
     let (a, b) = std::thread::scope(|s| {
@@ -105,7 +116,11 @@ fn a_create_racing_its_rm_leaves_no_replica_behind() {
     // The names and ports are free again, and a new service shows only its own.
     node.create("race0", "hello", &["-p", "8090:80"]);
     let ps = node.ok(&["service", "ps", "race0"]);
-    assert_eq!(ps.lines().count(), 2, "one task under the new service:\n{ps}");
+    assert_eq!(
+        ps.lines().count(),
+        2,
+        "one task under the new service:\n{ps}"
+    );
     let (status, body) = node.get(8090, "/").unwrap();
     assert_eq!(status, 200, "{body}");
 }

@@ -8,7 +8,10 @@ use swarmlet_e2e::Node;
 /// Restarts a node that aborted at `point` and checks that it came back.
 fn crashed_at(node: &mut Node, point: &str) {
     let status = node.wait_exit(point);
-    assert!(!status.success(), "the daemon should have aborted at {point}");
+    assert!(
+        !status.success(),
+        "the daemon should have aborted at {point}"
+    );
     assert!(
         node.log().contains(&format!("SWARMLET_CRASH_AT={point}")),
         "the daemon should have stopped at the crash point {point}, not elsewhere"
@@ -60,7 +63,15 @@ fn create_crashing_at(point: &str) {
     let wasm = swarmlet_e2e::guest("hello");
     let wasm = wasm.to_string_lossy();
     node.fails(&[
-        "service", "create", "--name", "web", "--replicas", "2", "-p", "8081:80", &wasm,
+        "service",
+        "create",
+        "--name",
+        "web",
+        "--replicas",
+        "2",
+        "-p",
+        "8081:80",
+        &wasm,
     ]);
     crashed_at(&mut node, point);
 

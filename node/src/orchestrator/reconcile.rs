@@ -250,9 +250,14 @@ mod tests {
         stopped.sort();
         let mut all: Vec<&String> = st.tasks.keys().collect();
         all.sort();
-        assert_eq!(stopped, all, "every running task of the removed service stops");
+        assert_eq!(
+            stopped, all,
+            "every running task of the removed service stops"
+        );
         assert!(
-            !cmds.iter().any(|c| matches!(c, Command::CreateTasks { .. })),
+            !cmds
+                .iter()
+                .any(|c| matches!(c, Command::CreateTasks { .. })),
             "nothing new is created for a removed service"
         );
     }

@@ -610,7 +610,8 @@ mod tests {
         let path = temp_file("entry");
         {
             let s = DiskStorage::open(&path).unwrap();
-            s.set_conf_state(ConfState::from((vec![1], vec![]))).unwrap();
+            s.set_conf_state(ConfState::from((vec![1], vec![])))
+                .unwrap();
             let mut e = Entry {
                 index: 1,
                 term: 1,
@@ -631,6 +632,9 @@ mod tests {
         let result = task.await.unwrap();
         let err = result.expect_err("raft must stop, not skip the entry");
         assert!(err.to_string().contains("committed entry 1"), "{err}");
-        assert!(handle.wait_replayed().await.is_err(), "never reports a replay it did not do");
+        assert!(
+            handle.wait_replayed().await.is_err(),
+            "never reports a replay it did not do"
+        );
     }
 }

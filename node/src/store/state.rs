@@ -378,10 +378,20 @@ mod tests {
             tasks: vec![task("t2", "s", 2), task("t1", "s", 1)],
         }));
         assert!(
-            matches!(err, Err(StoreError::StaleServiceVersion { version: 1, current: 2, .. })),
+            matches!(
+                err,
+                Err(StoreError::StaleServiceVersion {
+                    version: 1,
+                    current: 2,
+                    ..
+                })
+            ),
             "{err:?}"
         );
-        assert!(st.tasks.is_empty(), "a refused batch stores none of its tasks");
+        assert!(
+            st.tasks.is_empty(),
+            "a refused batch stores none of its tasks"
+        );
         st.apply(&env(Command::RemoveService {
             service_id: "s".into(),
         }))

@@ -133,6 +133,16 @@ fn a_full_disk_refuses_changes_keeps_serving_and_recovers() {
     node.create("other", "hello", &["-p", "8081:80"]);
     let (status, body) = node.get(8081, "/").unwrap();
     assert_eq!(status, 200, "{body}");
+    let log = node.log();
+    assert!(
+        log.contains("the raft log is writable again"),
+        "the node should have saved what it held once space was back"
+    );
+    assert_eq!(
+        log.matches("swarmlet daemon ready").count(),
+        1,
+        "the daemon never stopped"
+    );
 
     // And a restart on the freed disk is fine.
     node.kill9();

@@ -201,6 +201,7 @@ pub fn start(
         applied: applied_tx,
         path,
         unsaved: None,
+        stalled: false,
         backoff: RETRY_FIRST,
         next_compaction: tokio::time::Instant::now(),
     };
@@ -241,6 +242,8 @@ struct Driver {
     applied: watch::Sender<u64>,
     path: PathBuf,
     unsaved: Option<Unsaved>,
+    /// Set from the first failed write until a retry succeeds (logs once).
+    stalled: bool,
     backoff: Duration,
     next_compaction: tokio::time::Instant,
 }
@@ -420,8 +423,9 @@ impl Driver {
                 self.path.display()
             )
         };
-        if self.unsaved.is_none() {
+        if !self.stalled {
             tracing::error!("{reason}");
+            self.stalled = true;
         } else {
             tracing::debug!("saving the raft log failed again: {e}");
         }
@@ -471,6 +475,7 @@ impl Driver {
         }
         if self.unsaved.is_none() {
             self.backoff = RETRY_FIRST;
+            self.stalled = false;
             tracing::info!("the raft log is writable again; accepting changes");
         }
         Ok(())

@@ -58,7 +58,13 @@ async fn raft_commits(n: usize, in_flight: usize) -> anyhow::Result<f64> {
     let storage = DiskStorage::open(&dir.join("raft.redb"))?;
     let store = Arc::new(Store::new());
     let (_stop_tx, stop) = tokio::sync::watch::channel(false);
-    let (handle, _task) = raft::start(RaftConfig { id: 1 }, storage, store.clone(), true, stop)?;
+    let (handle, _task) = raft::start(
+        RaftConfig { id: 1 },
+        storage,
+        store.clone(),
+        Some(State::default()),
+        stop,
+    )?;
     let mut leader = handle.leadership();
     let _ = leader.wait_for(|l| *l).await;
     let started = Instant::now();

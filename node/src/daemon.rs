@@ -52,11 +52,16 @@ fn raft_path(data_dir: &Path) -> PathBuf {
 }
 
 /// Starts raft on the data dir's log and everything that follows it.
-/// `bootstrap`: found a new swarm. Otherwise resume the one the log holds,
-/// or return `None` if the node never joined one.
-pub fn start_cluster(st: &ApiState, bootstrap: bool) -> anyhow::Result<Option<Cluster>> {
+/// `bootstrap`: found a new swarm whose first state this is. Otherwise resume
+/// the one the log holds, or return `None` if the node never joined one.
+/// Returns once the store has replayed every entry committed before this
+/// start, so the API never answers from a store that is still catching up.
+pub async fn start_cluster(
+    st: &ApiState,
+    bootstrap: Option<crate::store::State>,
+) -> anyhow::Result<Option<Cluster>> {
     let storage = DiskStorage::open(&raft_path(&st.data_dir))?;
-    match (bootstrap, storage.is_initialized()) {
+    match (bootstrap.is_some(), storage.is_initialized()) {
         (true, true) => bail!("the data dir already holds a swarm's raft log"),
         (false, false) => return Ok(None),
         _ => {}
@@ -72,21 +77,24 @@ pub fn start_cluster(st: &ApiState, bootstrap: bool) -> anyhow::Result<Option<Cl
         st.shutdown.clone(),
     )?;
     tokio::spawn(async move {
-        match raft_task.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                // Without durable storage the node must not go on acknowledging.
-                tracing::error!("raft stopped: {e}; exiting");
-                std::process::exit(1);
-            }
-            Err(e) => tracing::error!("raft task panicked: {e}"),
-        }
+        let why = match raft_task.await {
+            Ok(Ok(())) => return,
+            Ok(Err(e)) => e.to_string(),
+            Err(e) => format!("the raft task panicked: {e}"),
+        };
+        // Without raft the node must not go on acknowledging; systemd
+        // restarts it.
+        tracing::error!("raft stopped: {why}; exiting");
+        std::process::exit(1);
     });
-    tokio::spawn(crate::orchestrator::run(
-        store.clone(),
-        handle.clone(),
-        st.shutdown.clone(),
-    ));
+    handle
+        .wait_replayed()
+        .await
+        .context("raft stopped while replaying its log")?;
+    spawn_critical(
+        "orchestrator",
+        crate::orchestrator::run(store.clone(), handle.clone(), st.shutdown.clone()),
+    );
     let agent = Agent {
         node_id: st.identity.node_id.clone(),
         store: store.clone(),
@@ -95,12 +103,11 @@ pub fn start_cluster(st: &ApiState, bootstrap: bool) -> anyhow::Result<Option<Cl
         blobs: st.blobs.clone(),
         mesh: st.mesh.clone(),
     };
-    tokio::spawn(agent.run(st.shutdown.clone()));
-    tokio::spawn(sync_mesh(
-        store.clone(),
-        st.mesh.clone(),
-        st.shutdown.clone(),
-    ));
+    spawn_critical("agent", agent.run(st.shutdown.clone()));
+    spawn_critical(
+        "mesh sync",
+        sync_mesh(store.clone(), st.mesh.clone(), st.shutdown.clone()),
+    );
     tokio::spawn(collect_blobs(
         store.clone(),
         st.blobs.clone(),
@@ -111,6 +118,23 @@ pub fn start_cluster(st: &ApiState, bootstrap: bool) -> anyhow::Result<Option<Cl
         raft: handle,
         store,
     }))
+}
+
+/// Spawns a task the node cannot work without: if it panics, the process
+/// exits non-zero (systemd restarts it) instead of living on half-alive.
+pub(crate) fn spawn_critical(
+    name: &'static str,
+    task: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    let handle = tokio::spawn(task);
+    tokio::spawn(async move {
+        if let Err(e) = handle.await {
+            if e.is_panic() {
+                tracing::error!("the {name} task panicked: {e}; exiting");
+                std::process::exit(1);
+            }
+        }
+    });
 }
 
 /// Keeps the mesh's listeners in line with the services' published ports.
@@ -237,7 +261,7 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         init_lock: tokio::sync::Mutex::new(()),
         shutdown: shutdown.clone(),
     });
-    if let Some(cluster) = start_cluster(&state, false)? {
+    if let Some(cluster) = start_cluster(&state, None).await? {
         let _ = state.cluster.set(cluster);
         tracing::info!(node = %state.identity.node_id, "rejoined the swarm from the data dir");
     }

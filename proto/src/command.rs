@@ -46,11 +46,26 @@ pub enum Command {
     RemoveTasks {
         task_ids: Vec<String>,
     },
-    /// Agent: what a task is doing now.
+    /// Agent: what a task is doing now. Older agents wrote one entry per
+    /// task; kept so that existing raft logs stay readable.
     UpdateTaskStatus {
         task_id: String,
         state: TaskState,
         message: String,
         error: Option<String>,
     },
+    /// Agent: what many tasks are doing now, in one entry (one raft commit
+    /// for a whole batch of reports, not one per task).
+    UpdateTaskStatuses {
+        updates: Vec<TaskStatus>,
+    },
+}
+
+/// One task's reported state, as carried by `Command::UpdateTaskStatuses`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskStatus {
+    pub task_id: String,
+    pub state: TaskState,
+    pub message: String,
+    pub error: Option<String>,
 }

@@ -5,7 +5,7 @@ pub mod api;
 pub mod command;
 pub mod model;
 
-pub use command::{Command, Envelope};
+pub use command::{Command, Envelope, TaskStatus};
 pub use model::*;
 
 /// The range Docker Swarm assigns published ports from when none is given.

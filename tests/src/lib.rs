@@ -71,7 +71,22 @@ pub struct Node {
     pub daemon_args: Vec<String>,
     /// The umask the daemon starts under (default: the test's).
     pub umask: Option<u32>,
+    /// Start the daemon under `ulimit -v` of this many KiB.
+    pub ulimit_v_kib: Option<u64>,
+    /// Extra environment of every start of the daemon.
+    pub env: Vec<(String, String)>,
     child: Option<Child>,
+}
+
+/// How `Node::launch` starts the daemon besides the defaults.
+#[derive(Debug, Clone, Default)]
+pub struct Launch {
+    /// Run under `sh -c 'ulimit -v KIB; exec swarmlet daemon …'`.
+    pub ulimit_v_kib: Option<u64>,
+    /// Extra daemon flags.
+    pub args: Vec<String>,
+    /// Extra environment variables.
+    pub env: Vec<(String, String)>,
 }
 
 impl Node {
@@ -82,21 +97,54 @@ impl Node {
 
     /// `start` with extra daemon flags.
     pub fn start_with(name: &str, daemon_args: &[&str]) -> Node {
+        Node::launch(
+            name,
+            Launch {
+                args: daemon_args.iter().map(|a| a.to_string()).collect(),
+                ..Launch::default()
+            },
+        )
+    }
+
+    /// `start` with extra environment for this first start of the daemon
+    /// (e.g. `SWARMLET_CRASH_AT`); later `spawn`s run without it.
+    pub fn start_with_env(name: &str, env: &[(&str, &str)]) -> Node {
+        let mut node = Self::new(name);
+        let _ = std::fs::remove_dir_all(&node.data_dir);
+        std::fs::create_dir_all(&node.data_dir).expect("create data dir");
+        node.spawn_with_env(env);
+        node
+    }
+
+    /// Starts a daemon launched as `launch` says (flags, environment and
+    /// `ulimit -v` kept for every later `spawn`).
+    pub fn launch(name: &str, launch: Launch) -> Node {
+        let mut node = Self::new(name);
+        node.daemon_args = launch.args;
+        node.env = launch.env;
+        node.ulimit_v_kib = launch.ulimit_v_kib;
+        let _ = std::fs::remove_dir_all(&node.data_dir);
+        std::fs::create_dir_all(&node.data_dir).expect("create data dir");
+        node.spawn();
+        node
+    }
+
+    /// A node whose daemon is not started yet; `data_dir` is where it will
+    /// run (the test may mount something there first), then call `spawn`.
+    pub fn new(name: &str) -> Node {
         let ip = next_ip();
         let data_dir =
             std::env::temp_dir().join(format!("swarmlet-e2e-{}-{name}-{ip}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&data_dir);
-        std::fs::create_dir_all(&data_dir).expect("create data dir");
-        let mut node = Node {
+        Node {
             name: name.to_string(),
             ip,
             data_dir,
-            daemon_args: daemon_args.iter().map(|a| a.to_string()).collect(),
+            daemon_args: Vec::new(),
             umask: None,
+            ulimit_v_kib: None,
+            env: Vec::new(),
             child: None,
-        };
-        node.spawn();
-        node
+        }
     }
 
     pub fn socket(&self) -> PathBuf {
@@ -113,8 +161,10 @@ impl Node {
     /// answers until it closes the connection (send `Connection: close`).
     /// A write cut short by the daemon's answer is not an error.
     pub fn api_raw(&self, request: &[u8]) -> String {
-        let mut s = std::os::unix::net::UnixStream::connect(self.socket()).expect("connect to the API socket");
-        s.set_read_timeout(Some(Duration::from_secs(60))).expect("set read timeout");
+        let mut s = std::os::unix::net::UnixStream::connect(self.socket())
+            .expect("connect to the API socket");
+        s.set_read_timeout(Some(Duration::from_secs(60)))
+            .expect("set read timeout");
         // The daemon may answer (431, 413) and close before reading it all.
         let _ = s.write_all(request);
         let mut buf = Vec::new();
@@ -124,13 +174,45 @@ impl Node {
 
     /// (Re)starts the daemon process on this node's data dir.
     pub fn spawn(&mut self) {
+        self.spawn_with_env(&[]);
+    }
+
+    /// Waits for the daemon to exit by itself (e.g. at a crash point).
+    pub fn wait_exit(&mut self, what: &str) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("daemon running");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = c.try_wait().expect("wait for daemon") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                panic!(
+                    "timed out waiting for the daemon of node {} to exit ({what})",
+                    self.name
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `spawn` with extra environment for this start of the daemon.
+    pub fn spawn_with_env(&mut self, env: &[(&str, &str)]) {
         assert!(self.child.is_none(), "daemon already running");
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.data_dir.join("daemon.log"))
             .expect("daemon log");
-        let mut cmd = Command::new(swarmlet_bin());
+        let mut cmd = match self.ulimit_v_kib {
+            Some(kib) => {
+                let mut c = Command::new("sh");
+                c.args(["-c", "ulimit -v \"$0\" && exec \"$@\"", &kib.to_string()])
+                    .arg(swarmlet_bin());
+                c
+            }
+            None => Command::new(swarmlet_bin()),
+        };
         cmd.args(["daemon", "--data-dir"])
             .arg(&self.data_dir)
             .args([
@@ -156,6 +238,8 @@ impl Node {
         let child = cmd
             .args(&self.daemon_args)
             .env("SWARMLET_LOG", "info,swarmlet=debug")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log fd"))
             .stderr(log)
@@ -168,6 +252,19 @@ impl Node {
             std::os::unix::net::UnixStream::connect(&sock).is_ok()
                 && TcpStream::connect(&cluster).is_ok()
         });
+    }
+
+    /// The daemon's resident memory (VmRSS), in bytes.
+    pub fn rss(&self) -> u64 {
+        let pid = self.pid().expect("daemon running");
+        let status =
+            std::fs::read_to_string(format!("/proc/{pid}/status")).expect("daemon status");
+        let kib = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .expect("VmRSS in /proc/PID/status");
+        kib * 1024
     }
 
     /// Runs `swarmlet -H unix://SOCK ARGS…`.

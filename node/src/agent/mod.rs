@@ -4,21 +4,31 @@
 //! starts and stops replicas through the runtime, tells the mesh which local
 //! replicas exist, and reports every state change through raft.
 //!
+//! Starting is asynchronous: the tasks to start are grouped by component and
+//! each group loads in its own tokio task (compiling runs in
+//! `spawn_blocking`), so one service's first compile never holds up another
+//! service's replicas. Reports go through `report::Reporter`, which proposes
+//! whatever has queued as one entry: 10,000 replicas cost a handful of raft
+//! commits, not 10,000, and the agent never waits on one.
+//!
 //! Architecture invariant: a task starts only after its assignment is
 //! committed (the agent reads assignments from the applied store only), and
 //! a replica is in the mesh before its task is reported `running`.
 
-use std::collections::HashMap;
+mod report;
+
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use swarmlet_proto::{Command, DesiredState, Task, TaskState};
-use tokio::sync::watch;
+use swarmlet_proto::{DesiredState, Task, TaskState, TaskStatus};
+use tokio::sync::{mpsc, watch};
 
 use crate::blobs::Blobs;
 use crate::mesh::{Backend, Mesh};
 use crate::raft::RaftHandle;
 use crate::runtime::wasm::{WasmApp, WasmRuntime};
 use crate::store::Store;
+use report::Reporter;
 
 struct Local {
     service_id: String,
@@ -38,98 +48,195 @@ pub struct Agent {
     pub mesh: Arc<Mesh>,
 }
 
-enum Action {
-    /// Start the task: its component's digest and the memory limit.
-    Start(Task, String, Option<usize>),
-    Stop(String),
-    Report(String, TaskState, String, Option<String>),
+/// A task to start, with its component's digest and memory limit.
+struct Start {
+    task: Task,
+    digest: String,
+    memory_limit: Option<usize>,
+}
+
+/// What a plan asks for.
+#[derive(Default)]
+struct Plan {
+    start: Vec<Start>,
+    stop: Vec<String>,
+    /// Tasks running here whose `running` report the store does not show
+    /// and that were not reported by this process yet.
+    report_running: Vec<String>,
+}
+
+/// The outcome of loading one component for a group of tasks.
+struct Loaded {
+    starts: Vec<Start>,
+    result: Result<Arc<WasmApp>, String>,
+}
+
+fn status(task_id: &str, state: TaskState, message: &str, error: Option<String>) -> TaskStatus {
+    TaskStatus {
+        task_id: task_id.to_string(),
+        state,
+        message: message.to_string(),
+        error,
+    }
 }
 
 impl Agent {
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let reporter = Reporter::spawn(self.raft.clone(), shutdown.clone());
+        let (loaded_tx, mut loaded_rx) = mpsc::unbounded_channel::<Loaded>();
         let mut changes = self.store.changes();
         let mut local: HashMap<String, Local> = HashMap::new();
+        // Tasks whose component is loading now.
+        let mut starting: HashSet<String> = HashSet::new();
+        // The last state this process reported per task, so that a report
+        // still on its way is not queued again at every store change.
+        let mut reported: HashMap<String, TaskState> = HashMap::new();
         loop {
-            let actions = self.plan(&local);
-            let mut reports = Vec::new();
-            let mut mesh_dirty = false;
-            for action in actions {
-                match action {
-                    Action::Start(task, digest, memory_limit) => {
-                        mesh_dirty = true;
-                        match self.start(&task, &digest).await {
-                            Ok(app) => {
-                                local.insert(
-                                    task.id.clone(),
-                                    Local {
-                                        service_id: task.service_id.clone(),
-                                        service_name: task.service_name.clone(),
-                                        name: task.display_name(),
-                                        digest,
-                                        app,
-                                        memory_limit,
-                                    },
-                                );
-                                reports.push((
-                                    task.id.clone(),
-                                    TaskState::Running,
-                                    "running".to_string(),
-                                    None,
-                                ));
-                            }
-                            Err(e) => {
-                                tracing::warn!(task = %task.display_name(), "task failed to start: {e}");
-                                reports.push((
-                                    task.id.clone(),
-                                    TaskState::Failed,
-                                    "starting failed".into(),
-                                    Some(e),
-                                ));
-                            }
-                        }
-                    }
-                    Action::Stop(id) => {
-                        mesh_dirty = true;
-                        if let Some(l) = local.remove(&id) {
-                            tracing::info!(task = %l.name, "replica stopped");
-                            if !local.values().any(|o| o.digest == l.digest) {
-                                self.runtime.unload(&l.digest);
-                            }
-                        }
-                        reports.push((id, TaskState::Shutdown, "shutdown".into(), None));
-                    }
-                    Action::Report(id, state, msg, err) => reports.push((id, state, msg, err)),
+            let plan = self.plan(&local, &starting, &mut reported);
+            let report = |reported: &mut HashMap<String, TaskState>, s: TaskStatus| {
+                reported.insert(s.task_id.clone(), s.state);
+                reporter.send(s);
+            };
+            let mut groups: HashMap<String, Vec<Start>> = HashMap::new();
+            for start in plan.start {
+                starting.insert(start.task.id.clone());
+                if start.task.state < TaskState::Starting {
+                    report(
+                        &mut reported,
+                        status(&start.task.id, TaskState::Starting, "starting", None),
+                    );
                 }
+                groups.entry(start.digest.clone()).or_default().push(start);
             }
-            if mesh_dirty {
+            for (digest, starts) in groups {
+                let (blobs, runtime, tx) =
+                    (self.blobs.clone(), self.runtime.clone(), loaded_tx.clone());
+                tokio::spawn(async move {
+                    let result = load(blobs, runtime, digest).await;
+                    let _ = tx.send(Loaded { starts, result });
+                });
+            }
+            if !plan.stop.is_empty() {
+                for id in plan.stop {
+                    if let Some(l) = local.remove(&id) {
+                        tracing::info!(task = %l.name, "replica stopped");
+                        if !local.values().any(|o| o.digest == l.digest) {
+                            self.runtime.unload(&l.digest);
+                        }
+                    }
+                    report(
+                        &mut reported,
+                        status(&id, TaskState::Shutdown, "shutdown", None),
+                    );
+                }
                 self.publish(&local);
             }
-            // Proposed together, so raft commits them in one batch.
-            let proposals = reports.into_iter().map(|(task_id, state, message, error)| {
-                self.raft.propose(Command::UpdateTaskStatus {
-                    task_id,
-                    state,
-                    message,
-                    error,
-                })
-            });
-            for r in futures::future::join_all(proposals).await {
-                if let Err(e) = r {
-                    tracing::warn!("reporting task state failed: {e}");
-                }
+            for id in plan.report_running {
+                report(
+                    &mut reported,
+                    status(&id, TaskState::Running, "running", None),
+                );
             }
             tokio::select! {
                 _ = changes.changed() => {}
+                Some(first) = loaded_rx.recv() => {
+                    let mut done = vec![first];
+                    while let Ok(more) = loaded_rx.try_recv() {
+                        done.push(more);
+                    }
+                    let statuses = self.started(done, &mut local, &mut starting);
+                    for s in statuses {
+                        report(&mut reported, s);
+                    }
+                }
                 _ = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
                 _ = shutdown.changed() => return,
             }
         }
     }
 
+    /// Takes in loaded components: the tasks that still should run join
+    /// `local` and the mesh, and their reports are returned (after the mesh
+    /// has them, so a task reported running serves).
+    fn started(
+        &self,
+        done: Vec<Loaded>,
+        local: &mut HashMap<String, Local>,
+        starting: &mut HashSet<String>,
+    ) -> Vec<TaskStatus> {
+        let mut statuses = Vec::new();
+        {
+            let state = self.store.read();
+            for Loaded { starts, result } in done {
+                let mut running = 0;
+                let service = starts
+                    .first()
+                    .map(|s| s.task.service_name.clone())
+                    .unwrap_or_default();
+                for Start {
+                    task,
+                    digest,
+                    memory_limit,
+                } in starts
+                {
+                    starting.remove(&task.id);
+                    // Stopped or removed while its component loaded.
+                    let wanted = state
+                        .tasks
+                        .get(&task.id)
+                        .is_some_and(|t| t.desired_state == DesiredState::Running);
+                    if !wanted {
+                        continue;
+                    }
+                    match &result {
+                        Ok(app) => {
+                            local.insert(
+                                task.id.clone(),
+                                Local {
+                                    service_id: task.service_id.clone(),
+                                    service_name: task.service_name.clone(),
+                                    name: task.display_name(),
+                                    digest,
+                                    app: app.clone(),
+                                    memory_limit,
+                                },
+                            );
+                            running += 1;
+                            tracing::debug!(task = %task.display_name(), "replica running");
+                            statuses.push(status(&task.id, TaskState::Running, "running", None));
+                        }
+                        Err(e) => {
+                            tracing::warn!(task = %task.display_name(), "task failed to start: {e}");
+                            statuses.push(status(
+                                &task.id,
+                                TaskState::Failed,
+                                "starting failed",
+                                Some(e.clone()),
+                            ));
+                        }
+                    }
+                }
+                if running > 0 {
+                    tracing::info!(%service, replicas = running, "replicas running");
+                }
+            }
+        }
+        self.publish(local);
+        statuses
+    }
+
     /// What to do to make local replicas match this node's tasks.
-    fn plan(&self, local: &HashMap<String, Local>) -> Vec<Action> {
+    fn plan(
+        &self,
+        local: &HashMap<String, Local>,
+        starting: &HashSet<String>,
+        reported: &mut HashMap<String, TaskState>,
+    ) -> Plan {
         let state = self.store.read();
-        let mut actions = Vec::new();
+        let mut plan = Plan::default();
+        let sent = |reported: &HashMap<String, TaskState>, id: &str, s: TaskState| {
+            reported.get(id).is_some_and(|r| *r >= s)
+        };
         for t in state
             .tasks
             .values()
@@ -137,25 +244,32 @@ impl Agent {
         {
             let here = local.contains_key(&t.id);
             match t.desired_state {
-                DesiredState::Running if !t.state.is_terminal() && !here => {
+                DesiredState::Running
+                    if !t.state.is_terminal() && !here && !starting.contains(&t.id) =>
+                {
                     let Some(service) = state.services.get(&t.service_id) else {
                         continue;
                     };
-                    let digest = service.spec.image.digest().to_string();
-                    let limit = service.spec.limits.memory_bytes.map(|b| b as usize);
-                    actions.push(Action::Start(t.clone(), digest, limit));
+                    plan.start.push(Start {
+                        task: t.clone(),
+                        digest: service.spec.image.digest().to_string(),
+                        memory_limit: service.spec.limits.memory_bytes.map(|b| b as usize),
+                    });
                 }
-                DesiredState::Running if here && t.state < TaskState::Running => {
-                    // Started before a restart of the report path; say so again.
-                    actions.push(Action::Report(
-                        t.id.clone(),
-                        TaskState::Running,
-                        "running".into(),
-                        None,
-                    ));
+                DesiredState::Running
+                    if here
+                        && t.state < TaskState::Running
+                        && !sent(reported, &t.id, TaskState::Running) =>
+                {
+                    plan.report_running.push(t.id.clone());
                 }
-                DesiredState::Shutdown if here || !t.state.is_terminal() => {
-                    actions.push(Action::Stop(t.id.clone()));
+                DesiredState::Shutdown
+                    if here
+                        || (!t.state.is_terminal()
+                            && !starting.contains(&t.id)
+                            && !sent(reported, &t.id, TaskState::Shutdown)) =>
+                {
+                    plan.stop.push(t.id.clone());
                 }
                 _ => {}
             }
@@ -163,34 +277,11 @@ impl Agent {
         // Local replicas whose task is gone from the store.
         for id in local.keys() {
             if !state.tasks.contains_key(id) {
-                actions.push(Action::Stop(id.clone()));
+                plan.stop.push(id.clone());
             }
         }
-        actions
-    }
-
-    async fn start(&self, task: &Task, digest: &str) -> Result<Arc<WasmApp>, String> {
-        if task.state < TaskState::Starting {
-            let _ = self
-                .raft
-                .propose(Command::UpdateTaskStatus {
-                    task_id: task.id.clone(),
-                    state: TaskState::Starting,
-                    message: "starting".into(),
-                    error: None,
-                })
-                .await;
-        }
-        let blob = self.blobs.existing(digest).map_err(|e| e.to_string())?;
-        let runtime = self.runtime.clone();
-        let digest = digest.to_string();
-        // Compiling can take a while the first time: keep it off the reactor.
-        let app = tokio::task::spawn_blocking(move || runtime.load(&digest, &blob))
-            .await
-            .map_err(|e| format!("loading the component panicked: {e}"))?
-            .map_err(|e| e.to_string())?;
-        tracing::info!(task = %task.display_name(), "replica running");
-        Ok(app)
+        reported.retain(|id, _| state.tasks.contains_key(id));
+        plan
     }
 
     fn publish(&self, local: &HashMap<String, Local>) {
@@ -215,4 +306,18 @@ impl Agent {
         }
         self.mesh.set_backends(by_service);
     }
+}
+
+/// Loads (compiling the first time) the component `digest`.
+async fn load(
+    blobs: Arc<Blobs>,
+    runtime: Arc<WasmRuntime>,
+    digest: String,
+) -> Result<Arc<WasmApp>, String> {
+    let blob = blobs.existing(&digest).map_err(|e| e.to_string())?;
+    // Compiling can take a while the first time: keep it off the reactor.
+    tokio::task::spawn_blocking(move || runtime.load(&digest, &blob))
+        .await
+        .map_err(|e| format!("loading the component panicked: {e}"))?
+        .map_err(|e| e.to_string())
 }

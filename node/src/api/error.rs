@@ -46,6 +46,11 @@ impl From<ProposeError> for ApiError {
                 "this manager is not the raft leader right now; retry in a moment",
             ),
             ProposeError::Stopped => Self::new(503, "the node is shutting down"),
+            // 507 Insufficient Storage: the CLI prints the message as is.
+            ProposeError::Unwritable {
+                disk_full: true, ..
+            } => Self::new(507, e.to_string()),
+            ProposeError::Unwritable { .. } => Self::new(503, e.to_string()),
             ProposeError::Raft(_) => Self::new(500, e.to_string()),
         }
     }

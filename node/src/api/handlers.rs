@@ -50,11 +50,6 @@ pub async fn init(st: &ApiState, body: Incoming) -> Result<Response, ApiError> {
         }
         None => st.api_addr,
     };
-    let cluster = crate::daemon::start_cluster(st, true)
-        .map_err(|e| ApiError::new(500, format!("starting raft: {e:#}")))?
-        .ok_or_else(|| ApiError::new(500, "raft did not start"))?;
-    let cluster = st.cluster.get_or_init(|| async { cluster }).await;
-    cluster.wait_leader().await;
     let node = Node {
         id: st.identity.node_id.clone(),
         raft_id: st.identity.raft_id,
@@ -65,13 +60,19 @@ pub async fn init(st: &ApiState, body: Incoming) -> Result<Response, ApiError> {
         created_at_ms: now_ms(),
     };
     let cluster_id = random_id(25);
-    cluster
-        .raft
-        .propose(Command::InitCluster {
-            cluster_id: cluster_id.clone(),
-            node,
-        })
-        .await?;
+    // One durable step: the swarm's first snapshot already holds the cluster
+    // and this node, so a crash leaves no swarm or a whole one.
+    let mut first = crate::store::State {
+        cluster_id: Some(cluster_id.clone()),
+        ..Default::default()
+    };
+    first.nodes.insert(node.id.clone(), node);
+    let cluster = crate::daemon::start_cluster(st, Some(first))
+        .await
+        .map_err(|e| ApiError::new(500, format!("starting raft: {e:#}")))?
+        .ok_or_else(|| ApiError::new(500, "raft did not start"))?;
+    let cluster = st.cluster.get_or_init(|| async { cluster }).await;
+    cluster.wait_leader().await;
     tracing::info!(%cluster_id, "swarm initialized");
     Ok(json(
         200,

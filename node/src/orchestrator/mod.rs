@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::raft::RaftHandle;
+use crate::raft::{ProposeError, RaftHandle};
 use crate::store::Store;
 
 pub use reconcile::reconcile;
@@ -26,8 +26,18 @@ pub async fn run(store: Arc<Store>, raft: RaftHandle, mut shutdown: watch::Recei
         if raft.is_leader() {
             let commands = reconcile(&store.read(), now_ms());
             for command in commands {
-                if let Err(e) = raft.propose(command).await {
-                    tracing::warn!("orchestrator proposal failed: {e}");
+                match raft.propose(command).await {
+                    Ok(()) => {}
+                    // Decided on a state that moved on (a service removed or
+                    // scaled meanwhile); the next round decides again.
+                    Err(ProposeError::Refused(e)) => {
+                        tracing::debug!("orchestrator proposal refused: {e}")
+                    }
+                    // Already logged by raft, once; it retries by itself.
+                    Err(e @ ProposeError::Unwritable { .. }) => {
+                        tracing::debug!("orchestrator proposal failed: {e}")
+                    }
+                    Err(e) => tracing::warn!("orchestrator proposal failed: {e}"),
                 }
             }
         }

@@ -80,13 +80,18 @@ pub fn reconcile(state: &State, now_ms: u64) -> Vec<Command> {
             }
         }
     }
-    // Tasks of removed services go once they have stopped; nothing is left
-    // to show them under.
+    // Tasks of removed services stop (whatever put them there: removing a
+    // service stops its tasks, and the store refuses new ones, but nothing
+    // may keep running for a service nobody can see), then go once they have
+    // stopped; nothing is left to show them under.
     for t in state.tasks.values() {
-        if !state.services.contains_key(&t.service_id)
-            && (t.state.is_terminal() || t.node_id.is_none() || t.state == TaskState::New)
-        {
+        if state.services.contains_key(&t.service_id) {
+            continue;
+        }
+        if t.state.is_terminal() || t.node_id.is_none() || t.state == TaskState::New {
             remove.push(t.id.clone());
+        } else if t.desired_state == DesiredState::Running {
+            stop.push(t.id.clone());
         }
     }
 
@@ -218,6 +223,43 @@ mod tests {
         let cmds = reconcile(&st, 2);
         apply_all(&mut st, cmds);
         assert_eq!(running_slots(&st), vec![1]);
+    }
+
+    #[test]
+    fn a_running_task_of_a_removed_service_is_shut_down() {
+        let mut st = state_with(2);
+        let cmds = reconcile(&st, 1);
+        apply_all(&mut st, cmds);
+        for t in st.tasks.values_mut() {
+            t.state = TaskState::Running;
+        }
+        // The service is gone but its tasks still say "run" (e.g. written by
+        // an older version that did not refuse them).
+        st.services.clear();
+        let cmds = reconcile(&st, 2);
+        let mut stopped: Vec<&String> = cmds
+            .iter()
+            .flat_map(|c| match c {
+                Command::SetDesiredState {
+                    task_ids,
+                    desired: DesiredState::Shutdown,
+                } => task_ids.iter().collect(),
+                _ => Vec::new(),
+            })
+            .collect();
+        stopped.sort();
+        let mut all: Vec<&String> = st.tasks.keys().collect();
+        all.sort();
+        assert_eq!(
+            stopped, all,
+            "every running task of the removed service stops"
+        );
+        assert!(
+            !cmds
+                .iter()
+                .any(|c| matches!(c, Command::CreateTasks { .. })),
+            "nothing new is created for a removed service"
+        );
     }
 
     #[test]

@@ -8,8 +8,8 @@
 //!
 //! Architecture invariant: only this module reads or writes the raft files.
 
-use std::path::Path;
-use std::sync::RwLock;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, RwLock};
 
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
 use raft::storage::MemStorage;
@@ -24,20 +24,58 @@ const SNAPSHOT: &str = "snapshot";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
-    #[error("raft storage {path}: {source}")]
+    #[error("cannot open {path}: {source}. If the file is damaged, restore it from a backup, or move it away to start a new swarm with \"swarmlet init\" (its services are then lost)")]
     Open {
         path: String,
         source: Box<redb::DatabaseError>,
     },
     #[error("raft storage: {0}")]
     Db(Box<redb::Error>),
-    #[error("raft storage holds a corrupt record {key}: {source}")]
+    #[error("{path} holds a corrupt record ({key}: {source}); the swarm state cannot be read. Restore the file from a backup, or move it away to start a new swarm with \"swarmlet init\" (its services are then lost)")]
     Corrupt {
+        path: String,
         key: String,
         source: Box<protobuf::ProtobufError>,
     },
     #[error("raft storage: {0}")]
     Raft(Box<raft::Error>),
+    #[error("{path} holds a {what} this swarmlet cannot read ({source}). The daemon stops rather than run on a partial state: start the swarmlet version that wrote it, restore the file from a backup, or move it away to start a new swarm with \"swarmlet init\" (its services are then lost)")]
+    UnreadableState {
+        path: String,
+        what: String,
+        source: serde_json::Error,
+    },
+    #[error("{path} is damaged ({detail}); the swarm state cannot be read. Restore the file from a backup, or move it away to start a new swarm with \"swarmlet init\" (its services are then lost)")]
+    Damaged { path: String, detail: String },
+    #[error("serializing the swarm state: {0}")]
+    Encode(serde_json::Error),
+}
+
+impl StorageError {
+    /// The disk refused a write or read: a condition that can pass (a full
+    /// disk gets space again), unlike a corrupt record.
+    pub fn io_error(&self) -> Option<&std::io::Error> {
+        match self {
+            StorageError::Db(e) => match e.as_ref() {
+                redb::Error::Io(io) => Some(io),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
+    /// True when the write failed for IO reasons, including redb's refusal
+    /// to touch a database handle after an earlier IO error.
+    pub fn is_io(&self) -> bool {
+        matches!(self, StorageError::Db(e) if matches!(e.as_ref(), redb::Error::Io(_) | redb::Error::PreviousIo))
+    }
+
+    /// True when the disk (or the quota) under the data dir is full.
+    pub fn is_disk_full(&self) -> bool {
+        self.io_error()
+            .and_then(std::io::Error::raw_os_error)
+            .is_some_and(|c| c == libc::ENOSPC || c == libc::EDQUOT)
+    }
 }
 
 impl From<raft::Error> for StorageError {
@@ -61,15 +99,20 @@ db_err!(
 );
 
 pub struct DiskStorage {
-    db: Database,
+    path: PathBuf,
+    /// `None` after a write failed with an IO error: redb refuses every later
+    /// call on that handle (`PreviousIo`), so the next write opens the file
+    /// afresh (redb then recovers its last committed transaction).
+    db: Mutex<Option<Database>>,
     mem: MemStorage,
     /// The latest snapshot including its data (raft-rs's MemStorage keeps
     /// metadata only); handed to raft when a follower needs it.
     snapshot: RwLock<Snapshot>,
 }
 
-fn decode<M: protobuf::Message>(key: &str, bytes: &[u8]) -> Result<M, StorageError> {
+fn decode<M: protobuf::Message>(path: &Path, key: &str, bytes: &[u8]) -> Result<M, StorageError> {
     M::parse_from_bytes(bytes).map_err(|source| StorageError::Corrupt {
+        path: path.display().to_string(),
         key: key.to_string(),
         source: Box::new(source),
     })
@@ -83,10 +126,7 @@ fn encode<M: protobuf::Message>(m: &M) -> Vec<u8> {
 impl DiskStorage {
     /// Opens (or creates) the raft file and loads it into memory.
     pub fn open(path: &Path) -> Result<Self, StorageError> {
-        let db = Database::create(path).map_err(|source| StorageError::Open {
-            path: path.display().to_string(),
-            source: Box::new(source),
-        })?;
+        let db = open_db(path)?;
         let tx = db.begin_write()?;
         {
             tx.open_table(ENTRIES)?;
@@ -102,27 +142,62 @@ impl DiskStorage {
             let entries = rtx.open_table(ENTRIES)?;
             let mut core = mem.wl();
             if let Some(v) = meta.get(SNAPSHOT)? {
-                snapshot = decode(SNAPSHOT, v.value())?;
+                snapshot = decode(path, SNAPSHOT, v.value())?;
                 core.apply_snapshot(snapshot.clone())?;
             }
             if let Some(v) = meta.get(CONF_STATE)? {
-                core.set_conf_state(decode(CONF_STATE, v.value())?);
+                core.set_conf_state(decode(path, CONF_STATE, v.value())?);
             }
             let mut ents = Vec::new();
             for row in entries.range(snapshot.get_metadata().index + 1..)? {
                 let (k, v) = row?;
-                ents.push(decode::<Entry>(&format!("entry {}", k.value()), v.value())?);
+                ents.push(decode::<Entry>(
+                    path,
+                    &format!("entry {}", k.value()),
+                    v.value(),
+                )?);
             }
             core.append(&ents)?;
             if let Some(v) = meta.get(HARD_STATE)? {
-                core.set_hardstate(decode(HARD_STATE, v.value())?);
+                core.set_hardstate(decode(path, HARD_STATE, v.value())?);
             }
         }
         Ok(DiskStorage {
-            db,
+            path: path.to_path_buf(),
+            db: Mutex::new(Some(db)),
             mem,
             snapshot: RwLock::new(snapshot),
         })
+    }
+
+    /// The raft file, for messages.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `f` in one write transaction and commits it (redb fsyncs).
+    /// After an IO error the handle is dropped and the next call reopens the
+    /// file, so a disk that was full and has space again works again.
+    fn transact(
+        &self,
+        f: impl FnOnce(&redb::WriteTransaction) -> Result<(), StorageError>,
+    ) -> Result<(), StorageError> {
+        let mut slot = self.db.lock().unwrap_or_else(|e| e.into_inner());
+        let db = match slot.take() {
+            Some(db) => db,
+            None => open_db(&self.path)?,
+        };
+        let result = (|| -> Result<(), StorageError> {
+            let tx = db.begin_write()?;
+            f(&tx)?;
+            tx.commit()?;
+            Ok(())
+        })();
+        match &result {
+            Err(e) if e.is_io() => drop(db),
+            _ => *slot = Some(db),
+        }
+        result
     }
 
     /// True once a conf state was written: the node belongs to a cluster.
@@ -149,10 +224,11 @@ impl DiskStorage {
     }
 
     pub fn set_conf_state(&self, cs: ConfState) -> Result<(), StorageError> {
-        let tx = self.db.begin_write()?;
-        tx.open_table(META)?
-            .insert(CONF_STATE, encode(&cs).as_slice())?;
-        tx.commit()?;
+        self.transact(|tx| {
+            tx.open_table(META)?
+                .insert(CONF_STATE, encode(&cs).as_slice())?;
+            Ok(())
+        })?;
         self.mem.wl().set_conf_state(cs);
         Ok(())
     }
@@ -163,8 +239,7 @@ impl DiskStorage {
         if ents.is_empty() && hs.is_none() {
             return Ok(());
         }
-        let tx = self.db.begin_write()?;
-        {
+        self.transact(|tx| {
             let mut table = tx.open_table(ENTRIES)?;
             if let Some(first) = ents.first() {
                 let stale: Vec<u64> = table
@@ -182,8 +257,8 @@ impl DiskStorage {
                 tx.open_table(META)?
                     .insert(HARD_STATE, encode(hs).as_slice())?;
             }
-        }
-        tx.commit()?;
+            Ok(())
+        })?;
         let mut core = self.mem.wl();
         core.append(ents)?;
         if let Some(hs) = hs {
@@ -202,8 +277,10 @@ impl DiskStorage {
     /// Installs a snapshot received from the leader (or written at bootstrap).
     pub fn apply_snapshot(&self, snap: &Snapshot) -> Result<(), StorageError> {
         let index = snap.get_metadata().index;
-        let tx = self.db.begin_write()?;
-        {
+        let mut hs = self.mem.rl().hard_state().clone();
+        hs.term = hs.term.max(snap.get_metadata().term);
+        hs.commit = hs.commit.max(index);
+        self.transact(|tx| {
             let mut table = tx.open_table(ENTRIES)?;
             let all: Vec<u64> = table
                 .iter()?
@@ -218,12 +295,9 @@ impl DiskStorage {
                 CONF_STATE,
                 encode(snap.get_metadata().get_conf_state()).as_slice(),
             )?;
-            let mut hs = self.mem.rl().hard_state().clone();
-            hs.term = hs.term.max(snap.get_metadata().term);
-            hs.commit = hs.commit.max(index);
             meta.insert(HARD_STATE, encode(&hs).as_slice())?;
-        }
-        tx.commit()?;
+            Ok(())
+        })?;
         self.mem.wl().apply_snapshot(snap.clone())?;
         if let Ok(mut s) = self.snapshot.write() {
             *s = snap.clone();
@@ -241,8 +315,7 @@ impl DiskStorage {
         meta.index = index;
         meta.term = term;
         meta.set_conf_state(self.conf_state());
-        let tx = self.db.begin_write()?;
-        {
+        self.transact(|tx| {
             let mut table = tx.open_table(ENTRIES)?;
             let old: Vec<u64> = table
                 .range(..=index)?
@@ -253,8 +326,8 @@ impl DiskStorage {
             }
             tx.open_table(META)?
                 .insert(SNAPSHOT, encode(&snap).as_slice())?;
-        }
-        tx.commit()?;
+            Ok(())
+        })?;
         // Keep the entry at `index` in memory: MemStorage has no way to move
         // its snapshot metadata without dropping every entry, and with an
         // empty entry list it would report the *old* snapshot's index as
@@ -271,6 +344,33 @@ impl DiskStorage {
         let s = self.snapshot.read().ok()?;
         (!s.get_data().is_empty()).then(|| s.get_data().to_vec())
     }
+}
+
+fn open_db(path: &Path) -> Result<Database, StorageError> {
+    // redb asserts on some damaged files instead of returning an error; a
+    // damaged raft file must stop the daemon with a message, not a panic.
+    let opened = std::panic::catch_unwind(|| Database::create(path)).map_err(|panic| {
+        let detail = panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "redb could not read it".into());
+        StorageError::Damaged {
+            path: path.display().to_string(),
+            detail,
+        }
+    })?;
+    opened.map_err(|source| match source {
+        // An IO error (e.g. a full disk while redb repairs the file) can
+        // pass; keep it classifiable.
+        redb::DatabaseError::Storage(redb::StorageError::Io(io)) => {
+            StorageError::Db(Box::new(redb::Error::Io(io)))
+        }
+        source => StorageError::Open {
+            path: path.display().to_string(),
+            source: Box::new(source),
+        },
+    })
 }
 
 impl Storage for DiskStorage {

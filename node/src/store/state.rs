@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use swarmlet_proto::{Command, DesiredState, Envelope, Node, Service, Task};
+use swarmlet_proto::{Command, DesiredState, Envelope, Node, Service, Task, TaskState, TaskStatus};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum StoreError {
@@ -19,6 +19,12 @@ pub enum StoreError {
     NoSuchService(String),
     #[error("task {0} not found")]
     NoSuchTask(String),
+    #[error("tasks for version {version} of service {service}, which is at version {current} now")]
+    StaleServiceVersion {
+        service: String,
+        version: u64,
+        current: u64,
+    },
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -140,6 +146,22 @@ impl State {
                 }
             }
             Command::CreateTasks { tasks } => {
+                // Tasks decided on an older view (the service was removed or
+                // scaled meanwhile) are refused whole; the orchestrator
+                // decides again on the current state.
+                for t in tasks {
+                    let s = self
+                        .services
+                        .get(&t.service_id)
+                        .ok_or_else(|| StoreError::NoSuchService(t.service_id.clone()))?;
+                    if t.service_version < s.version {
+                        return Err(StoreError::StaleServiceVersion {
+                            service: s.spec.name.clone(),
+                            version: t.service_version,
+                            current: s.version,
+                        });
+                    }
+                }
                 for t in tasks {
                     self.tasks.insert(t.id.clone(), t.clone());
                 }
@@ -167,25 +189,44 @@ impl State {
                     .tasks
                     .get_mut(task_id)
                     .ok_or_else(|| StoreError::NoSuchTask(task_id.clone()))?;
-                // A task only moves forward; a late report of an older state
-                // (reordered agent reports) is ignored, not an error.
-                if *state < t.state {
-                    return Ok(());
+                set_status(t, *state, message, error, now);
+            }
+            Command::UpdateTaskStatuses { updates } => {
+                // A report for a task removed meanwhile is dropped: one gone
+                // task must not refuse the others' reports.
+                for TaskStatus {
+                    task_id,
+                    state,
+                    message,
+                    error,
+                } in updates
+                {
+                    if let Some(t) = self.tasks.get_mut(task_id) {
+                        set_status(t, *state, message, error, now);
+                    }
                 }
-                t.state = *state;
-                t.message = message.clone();
-                t.error = error.clone();
-                t.updated_at_ms = now;
             }
         }
         Ok(())
     }
 }
 
+fn set_status(t: &mut Task, state: TaskState, message: &str, error: &Option<String>, now: u64) {
+    // A task only moves forward; a late report of an older state
+    // (reordered agent reports) is ignored, not an error.
+    if state < t.state {
+        return;
+    }
+    t.state = state;
+    t.message = message.to_string();
+    t.error = error.clone();
+    t.updated_at_ms = now;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use swarmlet_proto::{Image, PortConfig, Protocol, ServiceSpec, TaskState};
+    use swarmlet_proto::{Image, PortConfig, Protocol, ServiceSpec};
 
     fn service(id: &str, name: &str, port: u16) -> Service {
         Service {
@@ -303,9 +344,108 @@ mod tests {
         );
     }
 
+    fn task(id: &str, service_id: &str, version: u64) -> Task {
+        Task {
+            id: id.into(),
+            service_id: service_id.into(),
+            service_name: "web".into(),
+            slot: 1,
+            service_version: version,
+            node_id: Some("n".into()),
+            desired_state: DesiredState::Running,
+            state: TaskState::Assigned,
+            message: String::new(),
+            error: None,
+            created_at_ms: 0,
+            updated_at_ms: 0,
+        }
+    }
+
+    #[test]
+    fn tasks_for_a_removed_or_rescaled_service_are_refused() {
+        let mut st = State::default();
+        st.apply(&env(Command::CreateService {
+            service: service("s", "web", 1),
+        }))
+        .unwrap();
+        // Decided at version 1, then the service was scaled (version 2).
+        st.apply(&env(Command::ScaleService {
+            service_id: "s".into(),
+            replicas: 3,
+        }))
+        .unwrap();
+        let err = st.apply(&env(Command::CreateTasks {
+            tasks: vec![task("t2", "s", 2), task("t1", "s", 1)],
+        }));
+        assert!(
+            matches!(
+                err,
+                Err(StoreError::StaleServiceVersion {
+                    version: 1,
+                    current: 2,
+                    ..
+                })
+            ),
+            "{err:?}"
+        );
+        assert!(
+            st.tasks.is_empty(),
+            "a refused batch stores none of its tasks"
+        );
+        st.apply(&env(Command::RemoveService {
+            service_id: "s".into(),
+        }))
+        .unwrap();
+        let err = st.apply(&env(Command::CreateTasks {
+            tasks: vec![task("t3", "s", 2)],
+        }));
+        assert_eq!(err, Err(StoreError::NoSuchService("s".into())));
+        assert!(st.tasks.is_empty());
+    }
+
+    #[test]
+    fn one_entry_reports_many_tasks_and_skips_removed_ones() {
+        let mut st = State::default();
+        st.apply(&env(Command::CreateService {
+            service: service("s", "web", 1),
+        }))
+        .unwrap();
+        st.apply(&env(Command::CreateTasks {
+            tasks: vec![task("t1", "s", 1), task("t2", "s", 1)],
+        }))
+        .unwrap();
+        let status = |id: &str, state| TaskStatus {
+            task_id: id.into(),
+            state,
+            message: "running".into(),
+            error: None,
+        };
+        st.apply(&env(Command::UpdateTaskStatuses {
+            updates: vec![
+                status("t1", TaskState::Running),
+                status("gone", TaskState::Running),
+                status("t2", TaskState::Running),
+            ],
+        }))
+        .unwrap();
+        assert_eq!(st.tasks["t1"].state, TaskState::Running);
+        assert_eq!(st.tasks["t2"].state, TaskState::Running);
+    }
+
+    #[test]
+    fn old_single_status_entries_stay_readable() {
+        let json = r#"{"proposal_id":0,"at_ms":1,"command":{"op":"update_task_status","task_id":"t1","state":"running","message":"running","error":null}}"#;
+        let env: Envelope = serde_json::from_str(json).unwrap();
+        assert!(matches!(env.command, Command::UpdateTaskStatus { .. }));
+    }
+
     #[test]
     fn task_state_never_moves_backwards() {
         let mut st = State::default();
+        st.apply(&env(Command::CreateService {
+            service: service("s", "web", 1),
+        }))
+        .unwrap();
         let task = Task {
             id: "t1".into(),
             service_id: "s".into(),

@@ -27,6 +27,8 @@ pub struct DaemonConfig {
     pub publish_addr: IpAddr,
     pub node_name: Option<String>,
     pub wasm_timeout: Duration,
+    /// Largest `.wasm` upload accepted (`--max-upload-size`).
+    pub max_upload_size: u64,
 }
 
 /// The parts that exist once the node is in a swarm.
@@ -192,13 +194,33 @@ fn lock_data_dir(data_dir: &Path) -> anyhow::Result<std::fs::File> {
     Ok(f)
 }
 
+/// Creates the data dir private to the daemon's user (0700, and files
+/// 0600 through the umask) whatever umask the daemon was started with: it
+/// holds the native code the daemon loads (the compile cache).
+fn private_data_dir(data_dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+    // SAFETY: umask(2) has no preconditions; it only narrows new files' modes.
+    unsafe { libc::umask(0o077) };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(data_dir)
+        .and_then(|_| std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700)))
+        .with_context(|| format!("creating the data dir {} (mode 0700)", data_dir.display()))
+}
+
 pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&cfg.data_dir)
-        .with_context(|| format!("creating the data dir {}", cfg.data_dir.display()))?;
+    private_data_dir(&cfg.data_dir)?;
     let _lock = lock_data_dir(&cfg.data_dir)?;
-    let identity = Identity::load_or_create(&cfg.data_dir, cfg.node_name.as_deref())?;
+    let raft_log = raft_path(&cfg.data_dir);
+    let identity = Identity::load_or_create(&cfg.data_dir, cfg.node_name.as_deref(), || {
+        raft_log.exists()
+            && DiskStorage::open(&raft_log)
+                .map(|s| s.is_initialized())
+                .unwrap_or(true)
+    })?;
     let runtime = WasmRuntime::new(cfg.data_dir.join("wasm-cache"), cfg.wasm_timeout)?;
-    let blobs = Arc::new(Blobs::open(&cfg.data_dir)?);
+    let blobs = Arc::new(Blobs::open(&cfg.data_dir, cfg.max_upload_size)?);
     let mesh = Mesh::new(cfg.publish_addr);
 
     let tcp = tokio::net::TcpListener::bind(cfg.listen_addr).await.with_context(|| {

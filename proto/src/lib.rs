@@ -3,9 +3,11 @@
 
 pub mod api;
 pub mod command;
+pub mod digest;
 pub mod model;
 
 pub use command::{Command, Envelope};
+pub use digest::{BadDigest, Digest};
 pub use model::*;
 
 /// The range Docker Swarm assigns published ports from when none is given.

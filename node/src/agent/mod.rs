@@ -181,7 +181,8 @@ impl Agent {
                 })
                 .await;
         }
-        let blob = self.blobs.existing(digest).map_err(|e| e.to_string())?;
+        // Checked against its digest (hashed once per file version).
+        let blob = self.blobs.verified(digest).map_err(|e| e.to_string())?;
         let runtime = self.runtime.clone();
         let digest = digest.to_string();
         // Compiling can take a while the first time: keep it off the reactor.

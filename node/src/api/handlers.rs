@@ -12,7 +12,7 @@ use swarmlet_proto::{
     ServiceSpec, TaskState, DYNAMIC_PORT_RANGE,
 };
 
-use super::server::{body_bytes, body_json, json, ApiState, Response};
+use super::server::{body_json, json, ApiState, Response};
 use super::ApiError;
 use crate::identity::random_id;
 use crate::orchestrator::now_ms;
@@ -120,21 +120,117 @@ pub fn nodes(st: &ApiState) -> Result<Response, ApiError> {
     Ok(json(200, &views))
 }
 
-pub async fn put_blob(st: &ApiState, body: Incoming) -> Result<Response, ApiError> {
-    let bytes = body_bytes(body).await?;
-    if bytes.is_empty() {
-        return Err(ApiError::bad_request("the uploaded file is empty"));
+/// How long a refused upload's remaining body is read and discarded, so
+/// the client sees the answer instead of a connection reset (nginx's
+/// lingering close); nothing of it is kept.
+const LINGER: std::time::Duration = std::time::Duration::from_secs(10);
+const LINGER_BYTES: u64 = 1 << 30;
+
+/// `POST /v1/blobs`: the body is streamed to a temp file while it is hashed
+/// (see `blobs`), checked, validated as a component and only then stored;
+/// the answer comes after the blob is durable.
+pub async fn put_blob(st: &ApiState, mut body: Incoming) -> Result<Response, ApiError> {
+    use http_body_util::BodyExt as _;
+    let declared = hyper::body::Body::size_hint(&body).exact();
+    if declared.is_some_and(|n| n > st.blobs.max_upload()) {
+        // Refused before anything is read (a client that sent
+        // `Expect: 100-continue` sends nothing more).
+        linger(body);
+        return Err(st.blobs.too_large().into());
     }
-    let blobs = st.blobs.clone();
-    let size = bytes.len() as u64;
-    let digest = tokio::task::spawn_blocking(move || blobs.put(&bytes))
-        .await
-        .map_err(|e| ApiError::new(500, e.to_string()))??;
-    Ok(json(201, &BlobResponse { digest, size }))
+    let _slot = match st.blobs.upload_slot().await {
+        Ok(slot) => slot,
+        Err(e) => {
+            linger(body);
+            return Err(e.into());
+        }
+    };
+    let upload = st.blobs.begin_upload()?;
+    // Disk writes happen on a blocking thread; a few chunks in flight at
+    // most, so an upload holds little memory however large it is.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(4);
+    let writer = tokio::task::spawn_blocking(move || {
+        let mut upload = upload;
+        while let Some(chunk) = rx.blocking_recv() {
+            upload.write(&chunk)?;
+        }
+        Ok::<_, crate::blobs::BlobError>(upload)
+    });
+    loop {
+        match body.frame().await {
+            None => break,
+            Some(Err(e)) => {
+                // The client went away: the writer's temp file is removed
+                // when its result is dropped.
+                return Err(ApiError::bad_request(format!(
+                    "reading the upload: {e}"
+                )));
+            }
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    if tx.send(data).await.is_err() {
+                        break; // the writer refused the upload
+                    }
+                }
+            }
+        }
+    }
+    drop(tx);
+    let upload = match writer.await {
+        Ok(Ok(upload)) => upload,
+        Ok(Err(e)) => {
+            linger(body);
+            return Err(e.into());
+        }
+        Err(e) => return Err(ApiError::new(500, format!("receiving the upload: {e}"))),
+    };
+    let runtime = st.runtime.clone();
+    let (digest, size) = tokio::task::spawn_blocking(move || {
+        let mut staged = upload.finish()?;
+        let digest = staged.digest().cloned().ok_or(crate::blobs::BlobError::Empty)?;
+        let bytes = staged.read_all()?;
+        if let Err(e) = runtime.validate(digest.as_str(), &bytes) {
+            // Refused before it is stored; no compiled artifact stays either.
+            runtime.forget_artifact(digest.as_str());
+            return Err(ApiError::bad_request(e.to_string()));
+        }
+        drop(bytes);
+        let size = staged.size;
+        Ok((staged.commit()?, size))
+    })
+    .await
+    .map_err(|e| ApiError::new(500, format!("storing the upload: {e}")))??;
+    tracing::info!(%digest, size, "component uploaded");
+    Ok(json(
+        201,
+        &BlobResponse {
+            digest: digest.to_string(),
+            size,
+        },
+    ))
+}
+
+/// Reads and discards what is left of a refused request's body, for at
+/// most `LINGER` and `LINGER_BYTES`.
+fn linger(mut body: Incoming) {
+    use http_body_util::BodyExt as _;
+    tokio::spawn(async move {
+        let deadline = tokio::time::Instant::now() + LINGER;
+        let mut read = 0u64;
+        while read < LINGER_BYTES {
+            match tokio::time::timeout_at(deadline, body.frame()).await {
+                Ok(Some(Ok(frame))) => {
+                    read += frame.data_ref().map(|d| d.len() as u64).unwrap_or(0)
+                }
+                _ => return,
+            }
+        }
+    });
 }
 
 pub fn get_blob(st: &ApiState, digest: &str) -> Result<Response, ApiError> {
-    let bytes = st.blobs.get(digest)?;
+    let digest = swarmlet_proto::Digest::parse(digest).map_err(crate::blobs::BlobError::from)?;
+    let bytes = st.blobs.get(digest.as_str())?;
     let mut r = hyper::Response::new(Full::new(Bytes::from(bytes)));
     r.headers_mut().insert(
         http::header::CONTENT_TYPE,
@@ -245,14 +341,14 @@ pub async fn create_service(st: &ApiState, body: Incoming) -> Result<Response, A
             req.name, other.id
         )));
     }
+    // Canonical from here on: the store, GC and the agent compare strings.
+    let wasm_digest = swarmlet_proto::Digest::parse(&req.wasm_digest)
+        .map_err(crate::blobs::BlobError::from)?
+        .to_string();
     // The component must be one this node can serve: checked before anything is stored.
-    let blob = st.blobs.existing(&req.wasm_digest)?;
+    let blob = st.blobs.existing(&wasm_digest)?;
     let size = std::fs::metadata(&blob).map(|m| m.len()).unwrap_or(0);
-    let (runtime, blobs, digest) = (
-        st.runtime.clone(),
-        st.blobs.clone(),
-        req.wasm_digest.clone(),
-    );
+    let (runtime, blobs, digest) = (st.runtime.clone(), st.blobs.clone(), wasm_digest.clone());
     tokio::task::spawn_blocking(move || {
         let bytes = blobs.get(&digest)?;
         runtime
@@ -276,7 +372,7 @@ pub async fn create_service(st: &ApiState, body: Incoming) -> Result<Response, A
             name: req.name.clone(),
             replicas: req.replicas,
             image: Image::Wasm {
-                digest: req.wasm_digest.clone(),
+                digest: wasm_digest,
                 name: req.wasm_name.clone(),
                 size,
             },

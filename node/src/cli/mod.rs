@@ -87,6 +87,9 @@ pub struct DaemonArgs {
     /// Longest a wasm guest may take over one request (e.g. 30s, 500ms)
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     wasm_timeout: Duration,
+    /// Largest .wasm upload accepted (e.g. 64m, 1g; docker's size syntax)
+    #[arg(long, default_value = "64m", value_parser = service::parse_bytes)]
+    max_upload_size: u64,
 }
 
 impl Cli {
@@ -129,6 +132,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 publish_addr: a.publish_addr,
                 node_name: a.node_name,
                 wasm_timeout: a.wasm_timeout,
+                max_upload_size: a.max_upload_size,
             })
             .await
         }

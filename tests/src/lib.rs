@@ -180,6 +180,11 @@ impl Node {
         http_get(SocketAddr::new(IpAddr::V4(self.ip), port), path)
     }
 
+    /// The daemon's process ID (e.g. to read `/proc/PID/status`).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("daemon running").id()
+    }
+
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();

@@ -465,7 +465,8 @@ mod tests {
         ));
 
         // An uppercase reference keeps its blob (it used to be deleted).
-        let referenced: HashSet<String> = [a.as_str().to_ascii_uppercase().replace("SHA256", "sha256")].into();
+        let referenced: HashSet<String> =
+            [a.as_str().to_ascii_uppercase().replace("SHA256", "sha256")].into();
         let hour = Duration::from_secs(3600);
         assert!(
             blobs.gc(&referenced, hour).is_empty(),
@@ -514,7 +515,10 @@ mod tests {
         drop(up);
         let mut up = blobs.begin_upload().unwrap();
         up.write(header).unwrap();
-        assert!(matches!(up.write(&[0; 1024]), Err(BlobError::TooLarge { .. })));
+        assert!(matches!(
+            up.write(&[0; 1024]),
+            Err(BlobError::TooLarge { .. })
+        ));
         drop(up);
         assert!(files_in(&sha).is_empty(), "{:?}", files_in(&sha));
 

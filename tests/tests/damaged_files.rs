@@ -87,7 +87,11 @@ fn a_damaged_or_missing_node_json_stops_the_daemon_with_what_to_do() {
     node.wait_until("hello to serve again", || {
         matches!(node.get(8080, "/"), Ok((200, _)))
     });
-    assert_eq!(std::fs::read(&path).unwrap(), good, "node.json is not rewritten");
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        good,
+        "node.json is not rewritten"
+    );
 }
 
 #[test]
@@ -196,7 +200,12 @@ fn files_are_private_whatever_the_umask() {
     node.ok(&["init"]);
     node.create("hello", "hello", &["-p", "8080:80"]);
     let d = &node.data_dir;
-    for dir in [d.clone(), d.join("blobs"), d.join("blobs/sha256"), d.join("wasm-cache")] {
+    for dir in [
+        d.clone(),
+        d.join("blobs"),
+        d.join("blobs/sha256"),
+        d.join("wasm-cache"),
+    ] {
         assert_eq!(mode(&dir), 0o700, "{}", dir.display());
     }
     let mut files = vec![d.join("node.json"), d.join("raft.redb")];

@@ -253,7 +253,9 @@ fn digests_are_canonical_and_never_paths() {
     let inspect = node.ok(&["service", "inspect", "hello"]);
     assert!(inspect.contains(&digest), "{inspect}");
     assert!(!inspect.contains(&upper), "{inspect}");
-    node.wait_until("hello to serve", || matches!(node.get(8080, "/"), Ok((200, _))));
+    node.wait_until("hello to serve", || {
+        matches!(node.get(8080, "/"), Ok((200, _)))
+    });
 }
 
 #[test]
@@ -332,14 +334,20 @@ fn a_full_disk_refuses_uploads_with_507_and_recovers() {
     let free = 1024 * 1024 - 64 * 1024 - 100 * 1024;
     std::fs::write(&filler, vec![1u8; free]).unwrap();
     node.spawn();
-    node.wait_until("hello to serve", || matches!(node.get(8080, "/"), Ok((200, _))));
+    node.wait_until("hello to serve", || {
+        matches!(node.get(8080, "/"), Ok((200, _)))
+    });
 
     // Less than ~100 KB is left.
     let mut big = std::fs::read(guest("hello")).unwrap();
     big.extend_from_slice(&[0u8; 200 << 10]); // the disk fills before it is validated
     let a = upload(&node, &big);
     assert_eq!(a.status, 507, "{}", a.body);
-    assert!(a.body.contains("no space left under DATA_DIR"), "{}", a.body);
+    assert!(
+        a.body.contains("no space left under DATA_DIR"),
+        "{}",
+        a.body
+    );
     assert_eq!(
         blob_files(&node).len(),
         1,
@@ -354,4 +362,50 @@ fn a_full_disk_refuses_uploads_with_507_and_recovers() {
     let a = upload(&node, &std::fs::read(guest("faulty")).unwrap());
     assert_eq!(a.status, 201, "{}", a.body);
     node.kill9();
+}
+
+#[test]
+fn names_that_no_service_can_have_are_refused_before_anything_is_sent() {
+    use std::os::unix::ffi::OsStrExt;
+    let node = Node::start("n1");
+    node.ok(&["init"]);
+    let hello = guest("hello");
+    let host = format!("unix://{}", node.socket().display());
+    let not_utf8 = std::ffi::OsStr::from_bytes(b"caf\xe9");
+    for args in [
+        vec!["service", "create", "--name"],
+        vec!["service", "ps"],
+        vec!["service", "rm"],
+        vec!["service", "inspect"],
+    ] {
+        let create = args.len() == 3;
+        for name in [not_utf8, "../etc".as_ref(), "a/b".as_ref(), "a b".as_ref()] {
+            let mut c = std::process::Command::new(swarmlet_e2e::swarmlet_bin());
+            c.args(["-H", &host]).args(&args).arg(name);
+            if create {
+                c.arg(&hello);
+            }
+            let out = c.output().unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success(), "{args:?} {name:?}");
+            assert!(
+                err.contains("invalid service name") && err.contains("letters, digits"),
+                "{args:?} {name:?}: {err}"
+            );
+            if name == not_utf8 {
+                assert!(err.contains("not valid UTF-8"), "{err}");
+            }
+        }
+    }
+    // The API refuses them too.
+    let a = post_json(
+        &node,
+        "/v1/services",
+        r#"{"name":"../x","replicas":1,"wasm_digest":"sha256:0","wasm_name":"h","ports":[]}"#,
+    );
+    assert_eq!(a.status, 400, "{}", a.body);
+    assert!(a.body.contains("invalid service name"), "{}", a.body);
+    // Nothing was uploaded for any of them, nothing was created.
+    assert!(blob_files(&node).is_empty(), "{:?}", blob_files(&node));
+    assert_eq!(node.ok(&["service", "ls"]).lines().count(), 1);
 }

@@ -162,9 +162,7 @@ pub async fn put_blob(st: &ApiState, mut body: Incoming) -> Result<Response, Api
             Some(Err(e)) => {
                 // The client went away: the writer's temp file is removed
                 // when its result is dropped.
-                return Err(ApiError::bad_request(format!(
-                    "reading the upload: {e}"
-                )));
+                return Err(ApiError::bad_request(format!("reading the upload: {e}")));
             }
             Some(Ok(frame)) => {
                 if let Ok(data) = frame.into_data() {
@@ -187,7 +185,10 @@ pub async fn put_blob(st: &ApiState, mut body: Incoming) -> Result<Response, Api
     let runtime = st.runtime.clone();
     let (digest, size) = tokio::task::spawn_blocking(move || {
         let mut staged = upload.finish()?;
-        let digest = staged.digest().cloned().ok_or(crate::blobs::BlobError::Empty)?;
+        let digest = staged
+            .digest()
+            .cloned()
+            .ok_or(crate::blobs::BlobError::Empty)?;
         let bytes = staged.read_all()?;
         if let Err(e) = runtime.validate(digest.as_str(), &bytes) {
             // Refused before it is stored; no compiled artifact stays either.
@@ -304,12 +305,10 @@ fn check_memory_limit(limit: Option<u64>) -> Result<(), ApiError> {
     }
 }
 
-/// Docker's rule for service names.
+/// Docker's rule for service names (shared with the CLI, which checks
+/// before uploading).
 fn valid_name(name: &str) -> bool {
-    let mut chars = name.chars();
-    matches!(chars.next(), Some(c) if c.is_ascii_alphanumeric())
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
-        && name.len() <= 63
+    swarmlet_proto::valid_service_name(name)
 }
 
 /// Whether something else on this machine holds `port` on the publish address.
@@ -324,8 +323,9 @@ pub async fn create_service(st: &ApiState, body: Incoming) -> Result<Response, A
     check_memory_limit(req.limit_memory)?;
     if !valid_name(&req.name) {
         return Err(ApiError::bad_request(format!(
-            "invalid service name {:?}: use letters, digits, '-', '_' and '.', starting with a letter or digit, at most 63 characters",
-            req.name
+            "invalid service name {:?}: {}",
+            req.name,
+            swarmlet_proto::SERVICE_NAME_RULE
         )));
     }
     // The store refuses duplicates too (it is the authority); checking here

@@ -126,25 +126,30 @@ pub fn nodes(st: &ApiState) -> Result<Response, ApiError> {
 const LINGER: std::time::Duration = std::time::Duration::from_secs(10);
 const LINGER_BYTES: u64 = 1 << 30;
 
+/// How long an upload may send nothing before it is given up (its slot is
+/// one of few: a stalled client must not hold it forever).
+const UPLOAD_IDLE: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// `POST /v1/blobs`: the body is streamed to a temp file while it is hashed
 /// (see `blobs`), checked, validated as a component and only then stored;
 /// the answer comes after the blob is durable.
 pub async fn put_blob(st: &ApiState, mut body: Incoming) -> Result<Response, ApiError> {
+    let result = receive_blob(st, &mut body).await;
+    if result.is_err() {
+        linger(body);
+    }
+    result
+}
+
+async fn receive_blob(st: &ApiState, body: &mut Incoming) -> Result<Response, ApiError> {
     use http_body_util::BodyExt as _;
-    let declared = hyper::body::Body::size_hint(&body).exact();
+    let declared = hyper::body::Body::size_hint(body).exact();
     if declared.is_some_and(|n| n > st.blobs.max_upload()) {
         // Refused before anything is read (a client that sent
         // `Expect: 100-continue` sends nothing more).
-        linger(body);
         return Err(st.blobs.too_large().into());
     }
-    let _slot = match st.blobs.upload_slot().await {
-        Ok(slot) => slot,
-        Err(e) => {
-            linger(body);
-            return Err(e.into());
-        }
-    };
+    let _slot = st.blobs.upload_slot().await?;
     let upload = st.blobs.begin_upload()?;
     // Disk writes happen on a blocking thread; a few chunks in flight at
     // most, so an upload holds little memory however large it is.
@@ -156,15 +161,24 @@ pub async fn put_blob(st: &ApiState, mut body: Incoming) -> Result<Response, Api
         }
         Ok::<_, crate::blobs::BlobError>(upload)
     });
+    // On any early return the writer's result is dropped, which removes
+    // its temp file.
     loop {
-        match body.frame().await {
-            None => break,
-            Some(Err(e)) => {
-                // The client went away: the writer's temp file is removed
-                // when its result is dropped.
+        match tokio::time::timeout(UPLOAD_IDLE, body.frame()).await {
+            Err(_) => {
+                return Err(ApiError::new(
+                    408,
+                    format!(
+                        "the upload sent nothing for {}s; send it again",
+                        UPLOAD_IDLE.as_secs()
+                    ),
+                ))
+            }
+            Ok(None) => break,
+            Ok(Some(Err(e))) => {
                 return Err(ApiError::bad_request(format!("reading the upload: {e}")));
             }
-            Some(Ok(frame)) => {
+            Ok(Some(Ok(frame))) => {
                 if let Ok(data) = frame.into_data() {
                     if tx.send(data).await.is_err() {
                         break; // the writer refused the upload
@@ -174,14 +188,9 @@ pub async fn put_blob(st: &ApiState, mut body: Incoming) -> Result<Response, Api
         }
     }
     drop(tx);
-    let upload = match writer.await {
-        Ok(Ok(upload)) => upload,
-        Ok(Err(e)) => {
-            linger(body);
-            return Err(e.into());
-        }
-        Err(e) => return Err(ApiError::new(500, format!("receiving the upload: {e}"))),
-    };
+    let upload = writer
+        .await
+        .map_err(|e| ApiError::new(500, format!("receiving the upload: {e}")))??;
     let runtime = st.runtime.clone();
     let (digest, size) = tokio::task::spawn_blocking(move || {
         let mut staged = upload.finish()?;

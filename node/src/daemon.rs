@@ -31,6 +31,8 @@ pub struct DaemonConfig {
     pub shutdown_grace: Duration,
     /// Open connections per listener (default: derived from RLIMIT_NOFILE).
     pub max_connections: Option<usize>,
+    /// Largest `.wasm` upload accepted (`--max-upload-size`).
+    pub max_upload_size: u64,
 }
 
 /// The parts that exist once the node is in a swarm.
@@ -220,13 +222,33 @@ fn lock_data_dir(data_dir: &Path) -> anyhow::Result<std::fs::File> {
     Ok(f)
 }
 
+/// Creates the data dir private to the daemon's user (0700, and files
+/// 0600 through the umask) whatever umask the daemon was started with: it
+/// holds the native code the daemon loads (the compile cache).
+fn private_data_dir(data_dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+    // SAFETY: umask(2) has no preconditions; it only narrows new files' modes.
+    unsafe { libc::umask(0o077) };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(data_dir)
+        .and_then(|_| std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700)))
+        .with_context(|| format!("creating the data dir {} (mode 0700)", data_dir.display()))
+}
+
 pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&cfg.data_dir)
-        .with_context(|| format!("creating the data dir {}", cfg.data_dir.display()))?;
+    private_data_dir(&cfg.data_dir)?;
     let _lock = lock_data_dir(&cfg.data_dir)?;
-    let identity = Identity::load_or_create(&cfg.data_dir, cfg.node_name.as_deref())?;
+    let raft_log = raft_path(&cfg.data_dir);
+    let identity = Identity::load_or_create(&cfg.data_dir, cfg.node_name.as_deref(), || {
+        raft_log.exists()
+            && DiskStorage::open(&raft_log)
+                .map(|s| s.is_initialized())
+                .unwrap_or(true)
+    })?;
     let runtime = WasmRuntime::new(cfg.data_dir.join("wasm-cache"), cfg.wasm_timeout)?;
-    let blobs = Arc::new(Blobs::open(&cfg.data_dir)?);
+    let blobs = Arc::new(Blobs::open(&cfg.data_dir, cfg.max_upload_size)?);
     let fd_limit = crate::listen::raise_fd_limit().unwrap_or_else(|e| {
         tracing::warn!("cannot read or raise RLIMIT_NOFILE ({e}); assuming 1024 file descriptors");
         1024
@@ -274,19 +296,31 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     );
     let (closing_tx, closing) = watch::channel(false);
     let listeners = api::Listeners { unix, tcp };
-    let server = tokio::spawn(api::serve(state.clone(), listeners, limits, budget.clone(), closing));
+    let server = tokio::spawn(api::serve(
+        state.clone(),
+        listeners,
+        limits,
+        budget.clone(),
+        closing,
+    ));
 
     wait_for_signal().await;
     // Stop accepting everywhere, let requests in flight finish (connections
     // close after their current request), then stop the rest.
     let grace = cfg.shutdown_grace;
-    tracing::info!(open = budget.open(), "shutting down: waiting up to {grace:?} for requests in flight");
+    tracing::info!(
+        open = budget.open(),
+        "shutting down: waiting up to {grace:?} for requests in flight"
+    );
     let _ = closing_tx.send(true);
     mesh.close_all();
     let _ = server.await;
     let _ = std::fs::remove_file(&sock);
     if tokio::time::timeout(grace, budget.drained()).await.is_err() {
-        tracing::warn!(open = budget.open(), "grace period over; closing connections still busy");
+        tracing::warn!(
+            open = budget.open(),
+            "grace period over; closing connections still busy"
+        );
     }
     let _ = shutdown_tx.send(true);
     tracing::info!("stopped");

@@ -257,8 +257,7 @@ impl Node {
     /// The daemon's resident memory (VmRSS), in bytes.
     pub fn rss(&self) -> u64 {
         let pid = self.pid().expect("daemon running");
-        let status =
-            std::fs::read_to_string(format!("/proc/{pid}/status")).expect("daemon status");
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("daemon status");
         let kib = status
             .lines()
             .find_map(|l| l.strip_prefix("VmRSS:"))

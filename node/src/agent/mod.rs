@@ -314,7 +314,7 @@ async fn load(
     runtime: Arc<WasmRuntime>,
     digest: String,
 ) -> Result<Arc<WasmApp>, String> {
-    let blob = blobs.existing(&digest).map_err(|e| e.to_string())?;
+    let blob = blobs.verified(&digest).map_err(|e| e.to_string())?;
     // Compiling can take a while the first time: keep it off the reactor.
     tokio::task::spawn_blocking(move || runtime.load(&digest, &blob))
         .await

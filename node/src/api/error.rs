@@ -62,7 +62,14 @@ impl From<BlobError> for ApiError {
             BlobError::NotFound(_) => {
                 Self::not_found(format!("{e}; upload it first (POST /v1/blobs)"))
             }
-            BlobError::BadDigest(_) => Self::bad_request(e.to_string()),
+            BlobError::BadDigest(_)
+            | BlobError::Empty
+            | BlobError::NotWasm
+            | BlobError::CoreModule
+            | BlobError::Corrupt { .. } => Self::bad_request(e.to_string()),
+            BlobError::TooLarge { .. } => Self::new(413, e.to_string()),
+            BlobError::Busy(_) => Self::new(503, e.to_string()),
+            BlobError::DiskFull { .. } => Self::new(507, e.to_string()),
             BlobError::Io { .. } => Self::new(500, e.to_string()),
         }
     }

@@ -12,7 +12,7 @@ use swarmlet_proto::{
     ServiceSpec, TaskState, DYNAMIC_PORT_RANGE,
 };
 
-use super::server::{body_bytes, body_json, json, ApiState, Response};
+use super::server::{body_json, json, ApiState, Response};
 use super::ApiError;
 use crate::identity::random_id;
 use crate::orchestrator::now_ms;
@@ -121,21 +121,127 @@ pub fn nodes(st: &ApiState) -> Result<Response, ApiError> {
     Ok(json(200, &views))
 }
 
-pub async fn put_blob(st: &ApiState, body: Incoming) -> Result<Response, ApiError> {
-    let bytes = body_bytes(body).await?;
-    if bytes.is_empty() {
-        return Err(ApiError::bad_request("the uploaded file is empty"));
+/// How long a refused upload's remaining body is read and discarded, so
+/// the client sees the answer instead of a connection reset (nginx's
+/// lingering close); nothing of it is kept.
+const LINGER: std::time::Duration = std::time::Duration::from_secs(10);
+const LINGER_BYTES: u64 = 1 << 30;
+
+/// How long an upload may send nothing before it is given up (its slot is
+/// one of few: a stalled client must not hold it forever).
+const UPLOAD_IDLE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// `POST /v1/blobs`: the body is streamed to a temp file while it is hashed
+/// (see `blobs`), checked, validated as a component and only then stored;
+/// the answer comes after the blob is durable.
+pub async fn put_blob(st: &ApiState, mut body: Incoming) -> Result<Response, ApiError> {
+    let result = receive_blob(st, &mut body).await;
+    if result.is_err() {
+        linger(body);
     }
-    let blobs = st.blobs.clone();
-    let size = bytes.len() as u64;
-    let digest = tokio::task::spawn_blocking(move || blobs.put(&bytes))
+    result
+}
+
+async fn receive_blob(st: &ApiState, body: &mut Incoming) -> Result<Response, ApiError> {
+    use http_body_util::BodyExt as _;
+    let declared = hyper::body::Body::size_hint(body).exact();
+    if declared.is_some_and(|n| n > st.blobs.max_upload()) {
+        // Refused before anything is read (a client that sent
+        // `Expect: 100-continue` sends nothing more).
+        return Err(st.blobs.too_large().into());
+    }
+    let _slot = st.blobs.upload_slot().await?;
+    let upload = st.blobs.begin_upload()?;
+    // Disk writes happen on a blocking thread; a few chunks in flight at
+    // most, so an upload holds little memory however large it is.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(4);
+    let writer = tokio::task::spawn_blocking(move || {
+        let mut upload = upload;
+        while let Some(chunk) = rx.blocking_recv() {
+            upload.write(&chunk)?;
+        }
+        Ok::<_, crate::blobs::BlobError>(upload)
+    });
+    // On any early return the writer's result is dropped, which removes
+    // its temp file.
+    loop {
+        match tokio::time::timeout(UPLOAD_IDLE, body.frame()).await {
+            Err(_) => {
+                return Err(ApiError::new(
+                    408,
+                    format!(
+                        "the upload sent nothing for {}s; send it again",
+                        UPLOAD_IDLE.as_secs()
+                    ),
+                ))
+            }
+            Ok(None) => break,
+            Ok(Some(Err(e))) => {
+                return Err(ApiError::bad_request(format!("reading the upload: {e}")));
+            }
+            Ok(Some(Ok(frame))) => {
+                if let Ok(data) = frame.into_data() {
+                    if tx.send(data).await.is_err() {
+                        break; // the writer refused the upload
+                    }
+                }
+            }
+        }
+    }
+    drop(tx);
+    let upload = writer
         .await
-        .map_err(|e| ApiError::new(500, e.to_string()))??;
-    Ok(json(201, &BlobResponse { digest, size }))
+        .map_err(|e| ApiError::new(500, format!("receiving the upload: {e}")))??;
+    let runtime = st.runtime.clone();
+    let (digest, size) = tokio::task::spawn_blocking(move || {
+        let mut staged = upload.finish()?;
+        let digest = staged
+            .digest()
+            .cloned()
+            .ok_or(crate::blobs::BlobError::Empty)?;
+        let bytes = staged.read_all()?;
+        if let Err(e) = runtime.validate(digest.as_str(), &bytes) {
+            // Refused before it is stored; no compiled artifact stays either.
+            runtime.forget_artifact(digest.as_str());
+            return Err(ApiError::bad_request(e.to_string()));
+        }
+        drop(bytes);
+        let size = staged.size;
+        Ok((staged.commit()?, size))
+    })
+    .await
+    .map_err(|e| ApiError::new(500, format!("storing the upload: {e}")))??;
+    tracing::info!(%digest, size, "component uploaded");
+    Ok(json(
+        201,
+        &BlobResponse {
+            digest: digest.to_string(),
+            size,
+        },
+    ))
+}
+
+/// Reads and discards what is left of a refused request's body, for at
+/// most `LINGER` and `LINGER_BYTES`.
+fn linger(mut body: Incoming) {
+    use http_body_util::BodyExt as _;
+    tokio::spawn(async move {
+        let deadline = tokio::time::Instant::now() + LINGER;
+        let mut read = 0u64;
+        while read < LINGER_BYTES {
+            match tokio::time::timeout_at(deadline, body.frame()).await {
+                Ok(Some(Ok(frame))) => {
+                    read += frame.data_ref().map(|d| d.len() as u64).unwrap_or(0)
+                }
+                _ => return,
+            }
+        }
+    });
 }
 
 pub fn get_blob(st: &ApiState, digest: &str) -> Result<Response, ApiError> {
-    let bytes = st.blobs.get(digest)?;
+    let digest = swarmlet_proto::Digest::parse(digest).map_err(crate::blobs::BlobError::from)?;
+    let bytes = st.blobs.get(digest.as_str())?;
     let mut r = hyper::Response::new(Full::new(Bytes::from(bytes)));
     r.headers_mut().insert(
         http::header::CONTENT_TYPE,
@@ -209,12 +315,10 @@ fn check_memory_limit(limit: Option<u64>) -> Result<(), ApiError> {
     }
 }
 
-/// Docker's rule for service names.
+/// Docker's rule for service names (shared with the CLI, which checks
+/// before uploading).
 fn valid_name(name: &str) -> bool {
-    let mut chars = name.chars();
-    matches!(chars.next(), Some(c) if c.is_ascii_alphanumeric())
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
-        && name.len() <= 63
+    swarmlet_proto::valid_service_name(name)
 }
 
 /// Whether something else on this machine holds `port` on the publish address.
@@ -229,8 +333,9 @@ pub async fn create_service(st: &ApiState, body: Incoming) -> Result<Response, A
     check_memory_limit(req.limit_memory)?;
     if !valid_name(&req.name) {
         return Err(ApiError::bad_request(format!(
-            "invalid service name {:?}: use letters, digits, '-', '_' and '.', starting with a letter or digit, at most 63 characters",
-            req.name
+            "invalid service name {:?}: {}",
+            req.name,
+            swarmlet_proto::SERVICE_NAME_RULE
         )));
     }
     // The store refuses duplicates too (it is the authority); checking here
@@ -246,14 +351,14 @@ pub async fn create_service(st: &ApiState, body: Incoming) -> Result<Response, A
             req.name, other.id
         )));
     }
+    // Canonical from here on: the store, GC and the agent compare strings.
+    let wasm_digest = swarmlet_proto::Digest::parse(&req.wasm_digest)
+        .map_err(crate::blobs::BlobError::from)?
+        .to_string();
     // The component must be one this node can serve: checked before anything is stored.
-    let blob = st.blobs.existing(&req.wasm_digest)?;
+    let blob = st.blobs.existing(&wasm_digest)?;
     let size = std::fs::metadata(&blob).map(|m| m.len()).unwrap_or(0);
-    let (runtime, blobs, digest) = (
-        st.runtime.clone(),
-        st.blobs.clone(),
-        req.wasm_digest.clone(),
-    );
+    let (runtime, blobs, digest) = (st.runtime.clone(), st.blobs.clone(), wasm_digest.clone());
     tokio::task::spawn_blocking(move || {
         let bytes = blobs.get(&digest)?;
         runtime
@@ -277,7 +382,7 @@ pub async fn create_service(st: &ApiState, body: Incoming) -> Result<Response, A
             name: req.name.clone(),
             replicas: req.replicas,
             image: Image::Wasm {
-                digest: req.wasm_digest.clone(),
+                digest: wasm_digest,
                 name: req.wasm_name.clone(),
                 size,
             },

@@ -22,9 +22,6 @@ use crate::identity::Identity;
 use crate::mesh::Mesh;
 use crate::runtime::wasm::WasmRuntime;
 
-/// The largest request body `body_bytes` accepts (a `.wasm` upload).
-pub const MAX_BODY: usize = 256 << 20;
-
 /// The largest JSON request body: a service spec is a few hundred bytes.
 pub const MAX_JSON_BODY: usize = 1 << 20;
 
@@ -71,15 +68,6 @@ pub fn json<T: serde::Serialize>(status: u16, value: &T) -> Response {
 
 fn error_response(e: ApiError) -> Response {
     json(e.status, &ErrorBody { message: e.message })
-}
-
-/// Reads the whole body, refusing more than `MAX_BODY`.
-pub async fn body_bytes(body: Incoming) -> Result<Bytes, ApiError> {
-    Limited::new(body, MAX_BODY)
-        .collect()
-        .await
-        .map(|c| c.to_bytes())
-        .map_err(|e| ApiError::bad_request(format!("reading the request body: {e}")))
 }
 
 /// Reads a JSON body of at most `MAX_JSON_BODY` bytes (413 beyond; 408 if
@@ -151,7 +139,8 @@ async fn route(state: Arc<ApiState>, req: hyper::Request<Incoming>) -> Response 
 }
 
 /// What the cluster port answers to any HTTP request today.
-pub const REMOTE_REFUSED: &str = "remote control of a swarmlet node needs a TLS client certificate, \
+pub const REMOTE_REFUSED: &str =
+    "remote control of a swarmlet node needs a TLS client certificate, \
 which this version does not offer yet; run the command on the node itself (it talks to the \
 unix socket DATA_DIR/swarmlet.sock), e.g. `ssh NODE swarmlet service ls`";
 

@@ -95,6 +95,9 @@ pub struct DaemonArgs {
     /// full, the longest-idle connection makes room (default: from the fd limit, at most 1024)
     #[arg(long)]
     max_connections: Option<usize>,
+    /// Largest .wasm upload accepted (e.g. 64m, 1g; docker's size syntax)
+    #[arg(long, default_value = "64m", value_parser = service::parse_bytes)]
+    max_upload_size: u64,
 }
 
 impl Cli {
@@ -139,6 +142,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 wasm_timeout: a.wasm_timeout,
                 shutdown_grace: a.shutdown_grace,
                 max_connections: a.max_connections,
+                max_upload_size: a.max_upload_size,
             })
             .await
         }

@@ -22,12 +22,16 @@ pub enum ServiceCommand {
     Ls(ListArgs),
     /// List the tasks of a service
     Ps {
+        #[arg(value_parser = ServiceKey)]
         service: String,
         #[command(flatten)]
         list: ListArgs,
     },
     /// Display detailed information on one or more services
-    Inspect { services: Vec<String> },
+    Inspect {
+        #[arg(value_parser = ServiceKey)]
+        services: Vec<String>,
+    },
     /// Scale one or more replicated services (SERVICE=REPLICAS …)
     Scale {
         #[arg(required = true, value_parser = parse_scale)]
@@ -39,7 +43,7 @@ pub enum ServiceCommand {
     /// Remove one or more services
     #[command(alias = "remove")]
     Rm {
-        #[arg(required = true)]
+        #[arg(required = true, value_parser = ServiceKey)]
         services: Vec<String>,
     },
 }
@@ -47,7 +51,7 @@ pub enum ServiceCommand {
 #[derive(Args)]
 pub struct CreateArgs {
     /// Service name
-    #[arg(long)]
+    #[arg(long, value_parser = ServiceKey)]
     name: String,
     /// Number of tasks
     #[arg(long, default_value = "1", allow_negative_numbers = true, value_parser = parse_replicas)]
@@ -147,7 +151,45 @@ fn parse_scale(s: &str) -> Result<(String, u64), String> {
             "invalid scale specifier {s:?}: expected SERVICE=REPLICAS"
         ));
     }
+    if !swarmlet_proto::valid_service_name(name) {
+        return Err(format!(
+            "invalid service name {name:?}: {}",
+            swarmlet_proto::SERVICE_NAME_RULE
+        ));
+    }
     Ok((name.to_string(), parse_replicas(n)?))
+}
+
+/// A service name or ID on the command line, checked before anything is
+/// sent: a name no service can have (not UTF-8, or with '/' or spaces,
+/// which would change the request's URL) gets a clear error at once, and
+/// `create` uploads nothing for it.
+#[derive(Clone)]
+struct ServiceKey;
+
+impl clap::builder::TypedValueParser for ServiceKey {
+    type Value = String;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        _arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<String, clap::Error> {
+        let message = match value.to_str() {
+            Some(s) if swarmlet_proto::valid_service_name(s) => return Ok(s.to_string()),
+            Some(s) => format!("invalid service name {s:?}"),
+            None => format!(
+                "invalid service name {:?}: it is not valid UTF-8",
+                value.to_string_lossy()
+            ),
+        };
+        Err(clap::Error::raw(
+            clap::error::ErrorKind::ValueValidation,
+            format!("{message}: {}\n", swarmlet_proto::SERVICE_NAME_RULE),
+        )
+        .with_cmd(cmd))
+    }
 }
 
 pub async fn run(c: Client, cmd: ServiceCommand) -> anyhow::Result<()> {

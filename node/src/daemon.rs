@@ -27,6 +27,7 @@ pub struct DaemonConfig {
     pub publish_addr: IpAddr,
     pub node_name: Option<String>,
     pub wasm_timeout: Duration,
+    pub wasm_isolation: crate::runtime::wasm::Isolation,
 }
 
 /// The parts that exist once the node is in a swarm.
@@ -197,7 +198,11 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         .with_context(|| format!("creating the data dir {}", cfg.data_dir.display()))?;
     let _lock = lock_data_dir(&cfg.data_dir)?;
     let identity = Identity::load_or_create(&cfg.data_dir, cfg.node_name.as_deref())?;
-    let runtime = WasmRuntime::new(cfg.data_dir.join("wasm-cache"), cfg.wasm_timeout)?;
+    let runtime = WasmRuntime::new(
+        cfg.data_dir.join("wasm-cache"),
+        cfg.wasm_timeout,
+        cfg.wasm_isolation,
+    )?;
     let blobs = Arc::new(Blobs::open(&cfg.data_dir)?);
     let mesh = Mesh::new(cfg.publish_addr);
 

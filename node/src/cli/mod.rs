@@ -2,6 +2,7 @@
 //! command is a client of a daemon's API.
 
 mod format;
+mod info;
 mod service;
 
 use std::net::{IpAddr, SocketAddr};
@@ -13,6 +14,7 @@ use clap::{Args, Parser, Subcommand};
 use swarmlet_proto::api::{InitRequest, InitResponse, NodeView};
 
 use crate::api::client::Client;
+use crate::runtime::wasm::Isolation;
 
 #[derive(Parser)]
 #[command(
@@ -44,6 +46,21 @@ enum Command {
     /// Manage services
     #[command(subcommand)]
     Service(service::ServiceCommand),
+    /// Show how the node runs: identity, swarm, wasm isolation and allocator
+    Info(info::InfoArgs),
+    /// Compile a component for the daemon (it runs this itself)
+    #[command(name = "compile-component", hide = true)]
+    CompileComponent(CompileArgs),
+}
+
+#[derive(Args)]
+struct CompileArgs {
+    /// The daemon's engine settings (JSON)
+    #[arg(long)]
+    engine: String,
+    /// Where to write the compiled artifact
+    #[arg(long)]
+    out: PathBuf,
 }
 
 #[derive(Subcommand)]
@@ -87,6 +104,12 @@ pub struct DaemonArgs {
     /// Longest a wasm guest may take over one request (e.g. 30s, 500ms)
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     wasm_timeout: Duration,
+    /// How guests are isolated: guard-pages (wasmtime's default: guard
+    /// pages, signals-based traps, Spectre mitigations) or no-guard-pages
+    /// (trusted guests only: explicit bounds checks, no Spectre mitigations;
+    /// faster instantiation)
+    #[arg(long, default_value = "guard-pages")]
+    wasm_isolation: Isolation,
 }
 
 impl Cli {
@@ -129,6 +152,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 publish_addr: a.publish_addr,
                 node_name: a.node_name,
                 wasm_timeout: a.wasm_timeout,
+                wasm_isolation: a.wasm_isolation,
             })
             .await
         }
@@ -137,6 +161,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Node(NodeCommand::Ls(a)) => node_ls(client(cli.host)?, a).await,
         Command::Service(c) => service::run(client(cli.host)?, c).await,
+        Command::Info(a) => info::run(client(cli.host)?, a).await,
+        Command::CompileComponent(a) => {
+            std::process::exit(crate::runtime::wasm::child_main(&a.engine, &a.out))
+        }
     }
 }
 

@@ -67,11 +67,28 @@ pub struct Node {
     pub ip: Ipv4Addr,
     pub data_dir: PathBuf,
     child: Option<Child>,
+    launch: Launch,
+}
+
+/// How `spawn` starts the daemon besides the defaults.
+#[derive(Debug, Clone, Default)]
+pub struct Launch {
+    /// Run under `sh -c 'ulimit -v KIB; exec swarmlet daemon …'`.
+    pub ulimit_v_kib: Option<u64>,
+    /// Extra daemon flags.
+    pub args: Vec<String>,
+    /// Extra environment variables.
+    pub env: Vec<(String, String)>,
 }
 
 impl Node {
     /// Starts a daemon on a new data dir and waits for its API.
     pub fn start(name: &str) -> Node {
+        Node::start_with(name, Launch::default())
+    }
+
+    /// Starts a daemon launched as `launch` says.
+    pub fn start_with(name: &str, launch: Launch) -> Node {
         let ip = next_ip();
         let data_dir =
             std::env::temp_dir().join(format!("swarmlet-e2e-{}-{name}-{ip}", std::process::id()));
@@ -82,6 +99,7 @@ impl Node {
             ip,
             data_dir,
             child: None,
+            launch,
         };
         node.spawn();
         node
@@ -103,7 +121,16 @@ impl Node {
             .append(true)
             .open(self.data_dir.join("daemon.log"))
             .expect("daemon log");
-        let child = Command::new(swarmlet_bin())
+        let mut cmd = match self.launch.ulimit_v_kib {
+            Some(kib) => {
+                let mut c = Command::new("sh");
+                c.args(["-c", "ulimit -v \"$0\" && exec \"$@\"", &kib.to_string()])
+                    .arg(swarmlet_bin());
+                c
+            }
+            None => Command::new(swarmlet_bin()),
+        };
+        let child = cmd
             .args(["daemon", "--data-dir"])
             .arg(&self.data_dir)
             .args([
@@ -113,6 +140,8 @@ impl Node {
                 &self.ip.to_string(),
             ])
             .args(["--node-name", &self.name, "--wasm-timeout", "2s"])
+            .args(&self.launch.args)
+            .envs(self.launch.env.iter().map(|(k, v)| (k, v)))
             .env("SWARMLET_LOG", "info,swarmlet=debug")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log fd"))

@@ -213,7 +213,12 @@ impl AddressSpace {
     /// Reads RLIMIT_AS, /proc/cpuinfo's "address sizes" (x86) and the top of
     /// this process's stack (on arm64 the kernel's VA size — 39 bits on a
     /// Raspberry Pi — shows only there).
+    /// `SWARMLET_TEST_UNKNOWN_ADDRESS_SPACE=1` (for tests) pretends nothing
+    /// is known, so the pool's full reservation is tried and must fail over.
     pub fn of_this_process() -> Self {
+        if std::env::var_os("SWARMLET_TEST_UNKNOWN_ADDRESS_SPACE").is_some() {
+            return AddressSpace::default();
+        }
         let mut lim = libc::rlimit {
             rlim_cur: 0,
             rlim_max: 0,

@@ -21,6 +21,7 @@ pub use engine::{gib, Allocator, EngineSettings, Isolation};
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -63,6 +64,8 @@ pub struct WasmRuntime {
     /// One lock per digest being prepared: a second caller waits for the
     /// first one's compile and then reads its artifact.
     preparing: Mutex<HashMap<String, Arc<Mutex<()>>>>,
+    /// Components compiled (not loaded from the cache) since start-up.
+    compiles: AtomicU64,
     timeout: Duration,
 }
 
@@ -99,6 +102,7 @@ impl WasmRuntime {
             cache_dir,
             loaded: Mutex::new(HashMap::new()),
             preparing: Mutex::new(HashMap::new()),
+            compiles: AtomicU64::new(0),
             timeout,
         }))
     }
@@ -198,6 +202,7 @@ impl WasmRuntime {
             return Err(WasmError::NotWasm);
         }
         tracing::info!(%digest, bytes = wasm.len(), "compiling component");
+        self.compiles.fetch_add(1, Ordering::Relaxed);
         let component = match compile::compile_in_child(&self.settings, &wasm, &cached) {
             ChildOutcome::Done => self
                 .deserialize(&cached)
@@ -236,5 +241,41 @@ fn trim_heap() {
     // SAFETY: malloc_trim has no preconditions.
     unsafe {
         libc::malloc_trim(0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sha2::{Digest, Sha256};
+
+    #[test]
+    fn validation_compiles_once_per_digest_and_keeps_nothing_loaded() {
+        let dir = std::env::temp_dir().join(format!("swarmlet-wasm-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let wasm = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../guests/out/hello.wasm"))
+            .expect("guests/out/hello.wasm (guests/build.sh)");
+        let digest = format!("sha256:{}", hex::encode(Sha256::digest(&wasm)));
+        let rt = WasmRuntime::new(dir.join("cache"), Duration::from_secs(1), Isolation::default())
+            .unwrap();
+        std::thread::scope(|s| {
+            for _ in 0..3 {
+                s.spawn(|| rt.validate(&digest, &wasm).unwrap());
+            }
+        });
+        assert_eq!(rt.compiles.load(Ordering::Relaxed), 1);
+        assert!(lock(&rt.loaded).is_empty(), "validation loads nothing");
+        assert!(matches!(
+            rt.validate("sha256:00", b"junk"),
+            Err(WasmError::NotWasm)
+        ));
+
+        // Replicas load what validation cached, without compiling again.
+        let blob = dir.join("blob");
+        std::fs::write(&blob, &wasm).unwrap();
+        rt.load(&digest, &blob).unwrap();
+        assert_eq!(rt.compiles.load(Ordering::Relaxed), 1);
+        assert_eq!(lock(&rt.loaded).len(), 1);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -40,7 +40,10 @@ fn a_node_runs_wasmtimes_default_isolation_and_says_so() {
         "Spectre mitigations: on",
         "Instance allocator: pooling",
     ] {
-        assert!(text.contains(line), "`swarmlet info` lacks {line:?}:\n{text}");
+        assert!(
+            text.contains(line),
+            "`swarmlet info` lacks {line:?}:\n{text}"
+        );
     }
     let e = engine_info(&node);
     assert_eq!(e["isolation"], "guard-pages");
@@ -51,7 +54,11 @@ fn a_node_runs_wasmtimes_default_isolation_and_says_so() {
     assert!(node.ok(&["info"]).contains("Swarm: active"));
     // Compiled in a child process (the daemon only loads the artifact).
     assert_eq!(compiles(&node), 1, "{}", node.log());
-    assert!(!node.log().contains("compiling in the daemon"), "{}", node.log());
+    assert!(
+        !node.log().contains("compiling in the daemon"),
+        "{}",
+        node.log()
+    );
 }
 
 #[test]
@@ -70,7 +77,10 @@ fn no_guard_pages_is_an_opt_in_that_info_reports() {
         "Signals-based traps: off",
         "Spectre mitigations: off",
     ] {
-        assert!(text.contains(line), "`swarmlet info` lacks {line:?}:\n{text}");
+        assert!(
+            text.contains(line),
+            "`swarmlet info` lacks {line:?}:\n{text}"
+        );
     }
     deploy_and_serve(&node);
 
@@ -104,10 +114,15 @@ fn the_node_starts_and_serves_under_small_address_spaces() {
         );
         let e = engine_info(&node);
         assert_eq!(e["allocator"], allocator, "under ulimit -v {limit}: {e}");
-        let space = e["address_space_bytes"].as_u64().expect("address space known");
+        let space = e["address_space_bytes"]
+            .as_u64()
+            .expect("address space known");
         assert!(space <= limit, "{e}");
         let reserved = e["pool_reservation_bytes"].as_u64().unwrap();
-        assert!(reserved <= limit / 2, "the pool leaves room for the rest: {e}");
+        assert!(
+            reserved <= limit / 2,
+            "the pool leaves room for the rest: {e}"
+        );
         assert!(
             node.log().contains(&format!("wasm engine: {allocator}")),
             "the log says which allocator runs:\n{}",
@@ -154,7 +169,12 @@ fn concurrent_creates_of_one_new_component_compile_it_once() {
     });
     let ls = node.ok(&["service", "ls"]);
     assert_eq!(ls.matches("2/2").count(), 3, "{ls}");
-    assert_eq!(compiles(&node), 1, "one compile for one component:\n{}", node.log());
+    assert_eq!(
+        compiles(&node),
+        1,
+        "one compile for one component:\n{}",
+        node.log()
+    );
 }
 
 #[test]
@@ -187,7 +207,8 @@ fn a_deleted_or_damaged_compile_cache_is_rebuilt() {
         matches!(node.get(8080, "/"), Ok((200, _)))
     });
     assert!(
-        node.log().contains("damaged (checksum mismatch); recompiling"),
+        node.log()
+            .contains("damaged (checksum mismatch); recompiling"),
         "{}",
         node.log()
     );

@@ -58,10 +58,15 @@ fn engine(e: &EngineInfo) -> String {
         out += &format!("  Pool slots: {slots}\n");
         out += &format!("  Pool reservation: {}\n", gib(e.pool_reservation_bytes));
     }
-    out += &format!("  Memory reservation: {}\n", gib(e.memory_reservation_bytes));
+    out += &format!(
+        "  Memory reservation: {}\n",
+        gib(e.memory_reservation_bytes)
+    );
     out += &format!(
         " Address space: {}\n",
-        e.address_space_bytes.map(gib).unwrap_or_else(|| "unknown".into())
+        e.address_space_bytes
+            .map(gib)
+            .unwrap_or_else(|| "unknown".into())
     );
     out
 }

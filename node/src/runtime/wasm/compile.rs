@@ -126,7 +126,9 @@ pub(super) fn compile_in_child(settings: &EngineSettings, wasm: &[u8], out: &Pat
         .unwrap_or(Ok(()));
     let output = match child.wait_with_output() {
         Ok(o) => o,
-        Err(e) => return ChildOutcome::Unavailable(format!("waiting for the compiler process: {e}")),
+        Err(e) => {
+            return ChildOutcome::Unavailable(format!("waiting for the compiler process: {e}"))
+        }
     };
     let stderr = String::from_utf8_lossy(&output.stderr).trim().to_string();
     match output.status.code() {
@@ -135,7 +137,11 @@ pub(super) fn compile_in_child(settings: &EngineSettings, wasm: &[u8], out: &Pat
         _ => ChildOutcome::Unavailable(format!(
             "compiler process {}: {}",
             output.status,
-            if stderr.is_empty() { "no message" } else { &stderr }
+            if stderr.is_empty() {
+                "no message"
+            } else {
+                &stderr
+            }
         )),
     }
 }

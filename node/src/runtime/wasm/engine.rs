@@ -186,7 +186,12 @@ impl EngineSettings {
 
 /// A byte count as people read address spaces: `4 GiB`, `160 MiB`, `1.5 TiB`.
 pub fn gib(bytes: u64) -> String {
-    const UNITS: [(&str, u64); 4] = [("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)];
+    const UNITS: [(&str, u64); 4] = [
+        ("TiB", 1 << 40),
+        ("GiB", 1 << 30),
+        ("MiB", 1 << 20),
+        ("KiB", 1 << 10),
+    ];
     for (unit, size) in UNITS {
         if bytes >= size {
             let v = bytes as f64 / size as f64;
@@ -226,7 +231,7 @@ impl AddressSpace {
         // SAFETY: getrlimit writes into the struct we pass.
         let rlimit = (unsafe { libc::getrlimit(libc::RLIMIT_AS, &mut lim) } == 0
             && lim.rlim_cur != libc::RLIM_INFINITY)
-            .then_some(lim.rlim_cur as u64);
+            .then_some(lim.rlim_cur);
         let cpu_bits = std::fs::read_to_string("/proc/cpuinfo")
             .ok()
             .and_then(|s| va_bits_from_cpuinfo(&s));
@@ -256,7 +261,11 @@ impl AddressSpace {
 fn va_bits_from_cpuinfo(cpuinfo: &str) -> Option<u32> {
     let line = cpuinfo.lines().find(|l| l.starts_with("address sizes"))?;
     let virt = line.split(',').find(|p| p.contains("virtual"))?;
-    virt.split_whitespace().next()?.parse().ok().filter(|b| (32..=64).contains(b))
+    virt.split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+        .filter(|b| (32..=64).contains(b))
 }
 
 /// The bits needed to address the end of `[stack]`, which the kernel puts
@@ -276,7 +285,12 @@ pub fn candidates(isolation: Isolation, space: AddressSpace) -> Vec<EngineSettin
     let limit = space.limit();
     let budget = limit.map(|l| l / 2).unwrap_or(u64::MAX);
     let mut out = Vec::new();
-    let full = EngineSettings::new(isolation, Allocator::Pooling { slots: POOL_SLOTS }, true, limit);
+    let full = EngineSettings::new(
+        isolation,
+        Allocator::Pooling { slots: POOL_SLOTS },
+        true,
+        limit,
+    );
     if full.pool_reservation() <= budget {
         out.push(full);
     }
@@ -293,7 +307,12 @@ pub fn candidates(isolation: Isolation, space: AddressSpace) -> Vec<EngineSettin
         }
         slots /= 2;
     }
-    out.push(EngineSettings::new(isolation, Allocator::OnDemand, false, limit));
+    out.push(EngineSettings::new(
+        isolation,
+        Allocator::OnDemand,
+        false,
+        limit,
+    ));
     out
 }
 
@@ -462,7 +481,10 @@ mod tests {
     fn address_sizes_are_read_from_cpuinfo_and_the_stack() {
         let cpuinfo = "processor\t: 0\naddress sizes\t: 46 bits physical, 48 bits virtual\n";
         assert_eq!(va_bits_from_cpuinfo(cpuinfo), Some(48));
-        assert_eq!(va_bits_from_cpuinfo("processor : 0\nFeatures : fp asimd\n"), None);
+        assert_eq!(
+            va_bits_from_cpuinfo("processor : 0\nFeatures : fp asimd\n"),
+            None
+        );
         let maps = "7f12-7f13 r-xp 0 0:0 0 /lib/x.so\n7fffd1c00000-7fffd1c21000 rw-p 00000000 00:00 0                          [stack]";
         assert_eq!(va_bits_from_maps(maps), Some(47));
         let pi = "7fe4a1e000-7fe4a3f000 rw-p 00000000 00:00 0    [stack]";

@@ -195,7 +195,9 @@ impl WasmRuntime {
         match self.deserialize(&cached) {
             Ok(c) => return Ok(c),
             Err(CacheMiss::Absent) => {}
-            Err(e) => tracing::warn!(%digest, "compiled artifact {}: {e}; recompiling", cached.display()),
+            Err(e) => {
+                tracing::warn!(%digest, "compiled artifact {}: {e}; recompiling", cached.display())
+            }
         }
         let wasm = bytes()?;
         if !wasm.starts_with(b"\0asm") {
@@ -253,11 +255,18 @@ mod tests {
     fn validation_compiles_once_per_digest_and_keeps_nothing_loaded() {
         let dir = std::env::temp_dir().join(format!("swarmlet-wasm-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let wasm = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../guests/out/hello.wasm"))
-            .expect("guests/out/hello.wasm (guests/build.sh)");
+        let wasm = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../guests/out/hello.wasm"
+        ))
+        .expect("guests/out/hello.wasm (guests/build.sh)");
         let digest = format!("sha256:{}", hex::encode(Sha256::digest(&wasm)));
-        let rt = WasmRuntime::new(dir.join("cache"), Duration::from_secs(1), Isolation::default())
-            .unwrap();
+        let rt = WasmRuntime::new(
+            dir.join("cache"),
+            Duration::from_secs(1),
+            Isolation::default(),
+        )
+        .unwrap();
         std::thread::scope(|s| {
             for _ in 0..3 {
                 s.spawn(|| rt.validate(&digest, &wasm).unwrap());

@@ -209,6 +209,18 @@ impl Node {
         http_get(SocketAddr::new(IpAddr::V4(self.ip), port), path)
     }
 
+    /// The daemon's resident memory (VmRSS), in bytes.
+    pub fn rss(&self) -> u64 {
+        let pid = self.child.as_ref().expect("daemon running").id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("daemon status");
+        let kib = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .expect("VmRSS in /proc/PID/status");
+        kib * 1024
+    }
+
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();

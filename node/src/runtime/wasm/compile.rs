@@ -74,6 +74,23 @@ pub(super) fn create_private_dir(dir: &Path) -> std::io::Result<()> {
         .create(dir)
 }
 
+/// At start-up: the cache dir exists with mode 0700 whatever made it, and
+/// temp files of writes a crash interrupted are gone (no writer runs yet:
+/// the daemon holds the data dir's lock and starts compiles only later).
+pub(super) fn open_cache_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    create_private_dir(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    for entry in std::fs::read_dir(dir)?.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with('.') && name.contains(".tmp-") {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+    Ok(())
+}
+
 /// Compiles `wasm` with `engine` and caches the artifact at `out`.
 fn compile_here(engine: &wasmtime::Engine, wasm: &[u8], out: &Path) -> Result<(), WasmError> {
     let component = Component::from_binary(engine, wasm)

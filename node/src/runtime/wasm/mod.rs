@@ -91,7 +91,7 @@ impl WasmRuntime {
         // so link all of WASI p2 and then HTTP, as `wasmtime serve -Scli`.
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(engine_err)?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(engine_err)?;
-        compile::create_private_dir(&cache_dir).map_err(|source| WasmError::Io {
+        compile::open_cache_dir(&cache_dir).map_err(|source| WasmError::Io {
             path: cache_dir.display().to_string(),
             source,
         })?;
@@ -261,12 +261,23 @@ mod tests {
         ))
         .expect("guests/out/hello.wasm (guests/build.sh)");
         let digest = format!("sha256:{}", hex::encode(Sha256::digest(&wasm)));
+        // A write a crash interrupted left its temp file.
+        let stale = dir.join("cache").join(".x.cwasm.tmp-1-00");
+        std::fs::create_dir_all(stale.parent().unwrap()).unwrap();
+        std::fs::write(&stale, b"partial").unwrap();
         let rt = WasmRuntime::new(
             dir.join("cache"),
             Duration::from_secs(1),
             Isolation::default(),
         )
         .unwrap();
+        assert!(!stale.exists(), "stale temp file removed at start-up");
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.join("cache"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o700);
         std::thread::scope(|s| {
             for _ in 0..3 {
                 s.spawn(|| rt.validate(&digest, &wasm).unwrap());

@@ -49,7 +49,7 @@ enum Command {
     /// Show how the node runs: identity, swarm, wasm isolation and allocator
     Info(info::InfoArgs),
     /// Compile a component for the daemon (it runs this itself)
-    #[command(name = "compile-component", hide = true)]
+    #[command(name = crate::runtime::wasm::CHILD_COMMAND, hide = true)]
     CompileComponent(CompileArgs),
 }
 

@@ -120,8 +120,8 @@ impl WasmRuntime {
         if lock(&self.loaded).contains_key(digest) {
             return Ok(());
         }
-        let _prepare = self.digest_lock(digest);
-        let _held = lock(&_prepare);
+        let prepare = self.digest_lock(digest);
+        let _held = lock(&prepare);
         let component = self.compile_cached(digest, || Ok(bytes.to_vec()))?;
         self.pre(component).map(drop)
     }

@@ -33,6 +33,7 @@ pub struct DaemonConfig {
     pub max_connections: Option<usize>,
     /// Largest `.wasm` upload accepted (`--max-upload-size`).
     pub max_upload_size: u64,
+    pub wasm_isolation: crate::runtime::wasm::Isolation,
 }
 
 /// The parts that exist once the node is in a swarm.
@@ -247,7 +248,11 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
                 .map(|s| s.is_initialized())
                 .unwrap_or(true)
     })?;
-    let runtime = WasmRuntime::new(cfg.data_dir.join("wasm-cache"), cfg.wasm_timeout)?;
+    let runtime = WasmRuntime::new(
+        cfg.data_dir.join("wasm-cache"),
+        cfg.wasm_timeout,
+        cfg.wasm_isolation,
+    )?;
     let blobs = Arc::new(Blobs::open(&cfg.data_dir, cfg.max_upload_size)?);
     let fd_limit = crate::listen::raise_fd_limit().unwrap_or_else(|e| {
         tracing::warn!("cannot read or raise RLIMIT_NOFILE ({e}); assuming 1024 file descriptors");

@@ -32,6 +32,30 @@ pub struct InfoResponse {
     pub is_leader: bool,
     pub cluster_id: Option<String>,
     pub api_addr: String,
+    /// The wasm engine's isolation and instance allocator.
+    #[serde(default)]
+    pub engine: Option<EngineInfo>,
+}
+
+/// How a node's wasm engine isolates guests and allocates their instances.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EngineInfo {
+    /// `guard-pages` (the default) or `no-guard-pages` (trusted guests).
+    pub isolation: String,
+    pub signals_based_traps: bool,
+    pub spectre_mitigations: bool,
+    /// Guard region around each linear memory (0: explicit bounds checks).
+    pub memory_guard_bytes: u64,
+    /// Address space reserved for each linear memory.
+    pub memory_reservation_bytes: u64,
+    /// `pooling` or `on-demand`.
+    pub allocator: String,
+    /// Instances the pool holds (pooling only).
+    pub pool_slots: Option<u32>,
+    /// Address space the pool reserved at start-up (0 for on-demand).
+    pub pool_reservation_bytes: u64,
+    /// What the machine allows the process (ulimit -v, virtual address bits), if known.
+    pub address_space_bytes: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -29,8 +29,31 @@ pub async fn info(st: &ApiState) -> Result<Response, ApiError> {
             is_leader: cluster.map(|c| c.raft.is_leader()).unwrap_or(false),
             cluster_id: cluster.and_then(|c| c.store.read().cluster_id.clone()),
             api_addr: st.api_addr.to_string(),
+            engine: Some(engine_info(st.runtime.settings())),
         },
     ))
+}
+
+fn engine_info(s: &crate::runtime::wasm::EngineSettings) -> EngineInfo {
+    use crate::runtime::wasm::Allocator;
+    EngineInfo {
+        isolation: s.isolation.name().to_string(),
+        signals_based_traps: s.signals_based_traps,
+        spectre_mitigations: s.spectre_mitigations,
+        memory_guard_bytes: s.memory_guard,
+        memory_reservation_bytes: s.memory_reservation,
+        allocator: match s.allocator {
+            Allocator::Pooling { .. } => "pooling",
+            Allocator::OnDemand => "on-demand",
+        }
+        .to_string(),
+        pool_slots: match s.allocator {
+            Allocator::Pooling { slots } => Some(slots),
+            Allocator::OnDemand => None,
+        },
+        pool_reservation_bytes: s.pool_reservation(),
+        address_space_bytes: s.address_space,
+    }
 }
 
 pub async fn init(st: &ApiState, body: Incoming) -> Result<Response, ApiError> {

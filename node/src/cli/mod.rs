@@ -2,6 +2,7 @@
 //! command is a client of a daemon's API.
 
 mod format;
+mod info;
 mod service;
 
 use std::net::{IpAddr, SocketAddr};
@@ -13,6 +14,7 @@ use clap::{Args, Parser, Subcommand};
 use swarmlet_proto::api::{InitRequest, InitResponse, NodeView};
 
 use crate::api::client::Client;
+use crate::runtime::wasm::Isolation;
 
 #[derive(Parser)]
 #[command(
@@ -45,6 +47,21 @@ enum Command {
     /// Manage services
     #[command(subcommand)]
     Service(service::ServiceCommand),
+    /// Show how the node runs: identity, swarm, wasm isolation and allocator
+    Info(info::InfoArgs),
+    /// Compile a component for the daemon (it runs this itself)
+    #[command(name = crate::runtime::wasm::CHILD_COMMAND, hide = true)]
+    CompileComponent(CompileArgs),
+}
+
+#[derive(Args)]
+struct CompileArgs {
+    /// The daemon's engine settings (JSON)
+    #[arg(long)]
+    engine: String,
+    /// Where to write the compiled artifact
+    #[arg(long)]
+    out: PathBuf,
 }
 
 #[derive(Subcommand)]
@@ -98,6 +115,12 @@ pub struct DaemonArgs {
     /// Largest .wasm upload accepted (e.g. 64m, 1g; docker's size syntax)
     #[arg(long, default_value = "64m", value_parser = service::parse_bytes)]
     max_upload_size: u64,
+    /// How guests are isolated: guard-pages (wasmtime's default: guard
+    /// pages, signals-based traps, Spectre mitigations) or no-guard-pages
+    /// (trusted guests only: explicit bounds checks, no Spectre mitigations;
+    /// faster instantiation)
+    #[arg(long, default_value = "guard-pages")]
+    wasm_isolation: Isolation,
 }
 
 impl Cli {
@@ -143,6 +166,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 shutdown_grace: a.shutdown_grace,
                 max_connections: a.max_connections,
                 max_upload_size: a.max_upload_size,
+                wasm_isolation: a.wasm_isolation,
             })
             .await
         }
@@ -151,6 +175,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Node(NodeCommand::Ls(a)) => node_ls(client(cli.host)?, a).await,
         Command::Service(c) => service::run(client(cli.host)?, c).await,
+        Command::Info(a) => info::run(client(cli.host)?, a).await,
+        Command::CompileComponent(a) => {
+            std::process::exit(crate::runtime::wasm::child_main(&a.engine, &a.out))
+        }
     }
 }
 

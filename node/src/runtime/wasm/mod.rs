@@ -2,35 +2,31 @@
 //! disk), pre-instantiates them, and serves each HTTP request in a fresh
 //! instance, as `wasmtime serve -Scli` does.
 //!
-//! The engine uses the pooling allocator with memories, tables and stacks kept
-//! resident and `PAGEMAP_SCAN` resets: ../shared/GUESTS.md measured 2.8× the
-//! default's requests/s here, because resetting an instance otherwise costs
-//! TLB-shootdown IPIs from `madvise`.
-//!
-//! It also turns off signals-based traps (so explicit bounds checks, no guard
-//! pages). With virtual-memory bounds checks every instantiation `mprotect`s
-//! the memory a guest grew back to `PROT_NONE` and the guest's first
-//! `memory.grow` makes it accessible again: two more TLB shootdowns per
-//! request. `perf` showed them as the largest remaining cost; without them
-//! `hello` went from ~23k to ~34k requests/s here. Explicit bounds checks
-//! cost compute-heavy guests some speed; per-request instantiation is what
-//! dominates an HTTP handler.
+//! `engine.rs` builds the one engine from `EngineSettings` (isolation and an
+//! instance allocator sized for the machine's address space); `compile.rs`
+//! compiles in a child process and keeps the on-disk cache; `app.rs` serves
+//! a request.
 //!
 //! Architecture invariant: a guest can fail only its own request. Traps,
 //! timeouts and pool exhaustion become 5xx responses; nothing a guest does
 //! reaches the node's control plane.
 
 mod app;
+mod compile;
 mod engine;
 
 pub use app::WasmApp;
+pub use compile::{child_main, CHILD_COMMAND};
+pub use engine::{gib, Allocator, EngineSettings, Isolation};
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use app::Host;
+use compile::{CacheMiss, ChildOutcome};
 use wasmtime::component::{Component, Linker};
 use wasmtime::Engine;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
@@ -60,9 +56,16 @@ pub enum WasmError {
 /// One engine per node; components compiled for it are cached by digest.
 pub struct WasmRuntime {
     engine: Engine,
+    settings: EngineSettings,
     linker: Linker<Host>,
     cache_dir: PathBuf,
+    /// Components local replicas use. Only `load` adds to it.
     loaded: Mutex<HashMap<String, Arc<WasmApp>>>,
+    /// One lock per digest being prepared: a second caller waits for the
+    /// first one's compile and then reads its artifact.
+    preparing: Mutex<HashMap<String, Arc<Mutex<()>>>>,
+    /// Components compiled (not loaded from the cache) since start-up.
+    compiles: AtomicU64,
     timeout: Duration,
 }
 
@@ -70,42 +73,81 @@ fn engine_err(e: impl std::fmt::Display) -> WasmError {
     WasmError::Engine(e.to_string())
 }
 
+/// A lock whose holder panicked still guards consistent data here (a map).
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 impl WasmRuntime {
     /// `cache_dir` holds compiled components; `timeout` bounds one request.
-    pub fn new(cache_dir: PathBuf, timeout: Duration) -> Result<Arc<Self>, WasmError> {
-        let engine = engine::build()?;
+    pub fn new(
+        cache_dir: PathBuf,
+        timeout: Duration,
+        isolation: Isolation,
+    ) -> Result<Arc<Self>, WasmError> {
+        let (engine, settings) = engine::build(isolation)?;
         let mut linker = Linker::new(&engine);
         // Components built from Rust import wasi:cli too (std's environment),
         // so link all of WASI p2 and then HTTP, as `wasmtime serve -Scli`.
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(engine_err)?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(engine_err)?;
-        std::fs::create_dir_all(&cache_dir).map_err(|source| WasmError::Io {
+        compile::open_cache_dir(&cache_dir).map_err(|source| WasmError::Io {
             path: cache_dir.display().to_string(),
             source,
         })?;
         Ok(Arc::new(WasmRuntime {
             engine,
+            settings,
             linker,
             cache_dir,
             loaded: Mutex::new(HashMap::new()),
+            preparing: Mutex::new(HashMap::new()),
+            compiles: AtomicU64::new(0),
             timeout,
         }))
     }
 
+    /// How the engine was built (for `swarmlet info`).
+    pub fn settings(&self) -> &EngineSettings {
+        &self.settings
+    }
+
     /// Checks that `bytes` is a `wasi:http/proxy` component this node can
-    /// serve, compiling it (and caching the result under `digest`).
+    /// serve, compiling it (and caching the artifact under `digest`). The
+    /// component is not kept in memory: a refused `service create` leaves
+    /// nothing loaded, and an accepted one is loaded by its replicas.
     pub fn validate(&self, digest: &str, bytes: &[u8]) -> Result<(), WasmError> {
-        self.prepare(digest, || Ok(bytes.to_vec())).map(|_| ())
+        if lock(&self.loaded).contains_key(digest) {
+            return Ok(());
+        }
+        let prepare = self.digest_lock(digest);
+        let _held = lock(&prepare);
+        let component = self.compile_cached(digest, || Ok(bytes.to_vec()))?;
+        self.pre(component).map(drop)
     }
 
     /// The loaded component for `digest`, compiling `blob` on first use.
     pub fn load(&self, digest: &str, blob: &Path) -> Result<Arc<WasmApp>, WasmError> {
-        self.prepare(digest, || {
+        if let Some(app) = lock(&self.loaded).get(digest).cloned() {
+            return Ok(app);
+        }
+        let prepare = self.digest_lock(digest);
+        let _held = lock(&prepare);
+        if let Some(app) = lock(&self.loaded).get(digest).cloned() {
+            return Ok(app);
+        }
+        let component = self.compile_cached(digest, || {
             std::fs::read(blob).map_err(|source| WasmError::Io {
                 path: blob.display().to_string(),
                 source,
             })
-        })
+        })?;
+        let app = Arc::new(WasmApp {
+            pre: self.pre(component)?,
+            timeout: self.timeout,
+        });
+        lock(&self.loaded).insert(digest.to_string(), app.clone());
+        Ok(app)
     }
 
     /// Deletes the compiled artifact of a component that is gone.
@@ -121,69 +163,139 @@ impl WasmRuntime {
 
     /// Forgets a component no local replica uses any more.
     pub fn unload(&self, digest: &str) {
-        if let Ok(mut loaded) = self.loaded.lock() {
-            loaded.remove(digest);
-        }
+        lock(&self.loaded).remove(digest);
+        trim_heap();
     }
 
-    fn prepare(
-        &self,
-        digest: &str,
-        bytes: impl FnOnce() -> Result<Vec<u8>, WasmError>,
-    ) -> Result<Arc<WasmApp>, WasmError> {
-        if let Some(app) = self.loaded.lock().ok().and_then(|l| l.get(digest).cloned()) {
-            return Ok(app);
-        }
-        let component = self.compile_cached(digest, bytes)?;
+    fn digest_lock(&self, digest: &str) -> Arc<Mutex<()>> {
+        let mut preparing = lock(&self.preparing);
+        // Locks nobody holds or waits for are dropped here.
+        preparing.retain(|_, l| Arc::strong_count(l) > 1);
+        preparing.entry(digest.to_string()).or_default().clone()
+    }
+
+    /// Links the component and checks that it is a `wasi:http/proxy`.
+    fn pre(&self, component: Component) -> Result<ProxyPre<Host>, WasmError> {
         let instance_pre = self
             .linker
             .instantiate_pre(&component)
             .map_err(|e| WasmError::Link(format!("{e:#}")))?;
-        let pre = ProxyPre::new(instance_pre).map_err(|e| WasmError::NotProxy(format!("{e:#}")))?;
-        let app = Arc::new(WasmApp {
-            pre,
-            timeout: self.timeout,
-        });
-        if let Ok(mut loaded) = self.loaded.lock() {
-            loaded.insert(digest.to_string(), app.clone());
-        }
-        Ok(app)
+        ProxyPre::new(instance_pre).map_err(|e| WasmError::NotProxy(format!("{e:#}")))
     }
 
+    /// The compiled component: from the cache if its artifact is intact and
+    /// made by this engine, else compiled (in a child process) and cached.
+    /// The caller holds the digest's lock.
     fn compile_cached(
         &self,
         digest: &str,
         bytes: impl FnOnce() -> Result<Vec<u8>, WasmError>,
     ) -> Result<Component, WasmError> {
         let cached = self.artifact_path(digest);
-        if cached.exists() {
-            // SAFETY: the file was written by `Component::serialize` of this
-            // node into its own data dir; wasmtime checks that it was made by
-            // the same version and configuration and refuses it otherwise.
-            match unsafe { Component::deserialize_file(&self.engine, &cached) } {
-                Ok(c) => return Ok(c),
-                Err(e) => {
-                    tracing::info!(%digest, "recompiling component, cached artifact unusable: {e}")
-                }
+        match self.deserialize(&cached) {
+            Ok(c) => return Ok(c),
+            Err(CacheMiss::Absent) => {}
+            Err(e) => {
+                tracing::warn!(%digest, "compiled artifact {}: {e}; recompiling", cached.display())
             }
         }
-        let bytes = bytes()?;
-        if !bytes.starts_with(b"\0asm") {
+        let wasm = bytes()?;
+        if !wasm.starts_with(b"\0asm") {
             return Err(WasmError::NotWasm);
         }
-        let component = Component::from_binary(&self.engine, &bytes)
-            .map_err(|e| WasmError::NotComponent(format!("{e:#}")))?;
-        match component.serialize() {
-            Ok(art) => {
-                let tmp = cached.with_extension("tmp");
-                if let Err(e) =
-                    std::fs::write(&tmp, art).and_then(|_| std::fs::rename(&tmp, &cached))
-                {
+        tracing::info!(%digest, bytes = wasm.len(), "compiling component");
+        self.compiles.fetch_add(1, Ordering::Relaxed);
+        let component = match compile::compile_in_child(&self.settings, &wasm, &cached) {
+            ChildOutcome::Done => self
+                .deserialize(&cached)
+                .map_err(|e| engine_err(format!("the artifact just compiled is {e}")))?,
+            ChildOutcome::Refused(e) => return Err(e),
+            ChildOutcome::Unavailable(why) => {
+                tracing::warn!(%digest, "{why}; compiling in the daemon");
+                let component = Component::from_binary(&self.engine, &wasm)
+                    .map_err(|e| WasmError::NotComponent(format!("{e:#}")))?;
+                if let Err(e) = compile::cache(&component, &cached) {
                     tracing::warn!(%digest, "could not cache the compiled component: {e}");
                 }
+                component
             }
-            Err(e) => tracing::warn!(%digest, "could not serialize the compiled component: {e}"),
-        }
+        };
+        drop(wasm);
+        trim_heap();
         Ok(component)
+    }
+
+    fn deserialize(&self, path: &Path) -> Result<Component, CacheMiss> {
+        let artifact = compile::read_artifact(path)?;
+        // SAFETY: the bytes were written by `Component::serialize` (this
+        // node's compile child or itself) into its own data dir, and their
+        // checksum matches; wasmtime refuses an artifact made by another
+        // version or configuration.
+        unsafe { Component::deserialize(&self.engine, &artifact) }
+            .map_err(|e| CacheMiss::Damaged(format!("not loadable: {e}")))
+    }
+}
+
+/// Gives freed heap back to the system (glibc keeps it otherwise): loading
+/// a component allocates and frees megabytes once.
+fn trim_heap() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim has no preconditions.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sha2::{Digest, Sha256};
+
+    #[test]
+    fn validation_compiles_once_per_digest_and_keeps_nothing_loaded() {
+        let dir = std::env::temp_dir().join(format!("swarmlet-wasm-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let wasm = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../guests/out/hello.wasm"
+        ))
+        .expect("guests/out/hello.wasm (guests/build.sh)");
+        let digest = format!("sha256:{}", hex::encode(Sha256::digest(&wasm)));
+        // A write a crash interrupted left its temp file.
+        let stale = dir.join("cache").join(".x.cwasm.tmp-1-00");
+        std::fs::create_dir_all(stale.parent().unwrap()).unwrap();
+        std::fs::write(&stale, b"partial").unwrap();
+        let rt = WasmRuntime::new(
+            dir.join("cache"),
+            Duration::from_secs(1),
+            Isolation::default(),
+        )
+        .unwrap();
+        assert!(!stale.exists(), "stale temp file removed at start-up");
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.join("cache"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o700);
+        std::thread::scope(|s| {
+            for _ in 0..3 {
+                s.spawn(|| rt.validate(&digest, &wasm).unwrap());
+            }
+        });
+        assert_eq!(rt.compiles.load(Ordering::Relaxed), 1);
+        assert!(lock(&rt.loaded).is_empty(), "validation loads nothing");
+        assert!(matches!(
+            rt.validate("sha256:00", b"junk"),
+            Err(WasmError::NotWasm)
+        ));
+
+        // Replicas load what validation cached, without compiling again.
+        let blob = dir.join("blob");
+        std::fs::write(&blob, &wasm).unwrap();
+        rt.load(&digest, &blob).unwrap();
+        assert_eq!(rt.compiles.load(Ordering::Relaxed), 1);
+        assert_eq!(lock(&rt.loaded).len(), 1);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

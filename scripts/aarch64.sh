@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# Builds swarmlet for a Raspberry Pi (aarch64-unknown-linux-gnu) and runs a
+# node under qemu-user with a Pi's address space (-R 512G: 39-bit virtual
+# addresses, as 64-bit Raspberry Pi OS gives a process): daemon, init,
+# `hello` with 2 replicas, requests through the mesh, `swarmlet info`.
+#
+#   scripts/aarch64.sh              build (cold: ~28 min on 2 cores) and run
+#   scripts/aarch64.sh --no-build   run the binary built before
+#
+# rustup here has only x86_64's std, so this uses Debian's rustc-web with
+# -Zbuild-std, and a cross C compiler (ring and wasmtime build C). The aarch64
+# target dir is its own (a second std and wasmtime), outside the clone, and reused.
+set -euo pipefail
+source "$(dirname "$0")/common.sh"
+cd "$REPO"
+
+TARGET=aarch64-unknown-linux-gnu
+A64_TARGET_DIR=${A64_TARGET_DIR:-/var/tmp/swarmlet-aarch64}
+BIN=$A64_TARGET_DIR/$TARGET/release/swarmlet
+DATA_DIR=${DATA_DIR:-/tmp/swarmlet-aarch64}
+ADDR=${ADDR:-127.0.0.91}
+PORT=${PORT:-18191}
+# The address space of a Pi 4 on 64-bit Pi OS. Never run the daemon under
+# qemu without -R: qemu's bookkeeping of large reservations then costs GiBs.
+QEMU=(qemu-aarch64 -R "${A64_ADDRESS_SPACE:-512G}" -L /usr/aarch64-linux-gnu)
+
+build=1
+for arg in "$@"; do
+    case "$arg" in
+        --no-build) build=0 ;;
+        *) echo "usage: $0 [--no-build]" >&2; exit 2 ;;
+    esac
+done
+
+apt_need rustc-web cargo-web rust-web-src gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user curl
+
+if [ "$build" = 1 ]; then
+    [ -f guests/out/hello.wasm ] || "$REPO/guests/build.sh"
+    (
+        export PATH=/usr/bin:$PATH                 # Debian's cargo/rustc, not rustup's proxies
+        export RUSTC_BOOTSTRAP=1                   # -Zbuild-std on a stable compiler
+        export CARGO_TARGET_DIR=$A64_TARGET_DIR
+        export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc
+        export CC_aarch64_unknown_linux_gnu=aarch64-linux-gnu-gcc
+        export AR_aarch64_unknown_linux_gnu=aarch64-linux-gnu-ar
+        cargo build --release -p swarmlet --target "$TARGET" -Zbuild-std=std,panic_abort
+    )
+fi
+[ -x "$BIN" ] || { echo "no aarch64 binary at $BIN: run without --no-build" >&2; exit 1; }
+if command -v file >/dev/null && ! file "$BIN" | grep -q aarch64; then
+    echo "warning: $BIN does not look like an aarch64 binary" >&2
+fi
+
+rm -rf "$DATA_DIR"
+mkdir -p "$DATA_DIR"
+"${QEMU[@]}" "$BIN" daemon --data-dir "$DATA_DIR" --listen-addr "$ADDR:2377" \
+    --publish-addr "$ADDR" --advertise-addr "$ADDR" >"$DATA_DIR/daemon.log" 2>&1 &
+DAEMON=$!
+cleanup() {
+    kill "$DAEMON" 2>/dev/null || true
+    wait "$DAEMON" 2>/dev/null || true
+}
+trap cleanup EXIT
+fail() {
+    echo "FAILED: $*" >&2
+    echo "---- daemon log ($DATA_DIR/daemon.log) ----" >&2
+    cat "$DATA_DIR/daemon.log" >&2
+    exit 1
+}
+
+# Everything below drives the aarch64 CLI under qemu too.
+sl() { "${QEMU[@]}" "$BIN" -H "unix://$DATA_DIR/swarmlet.sock" "$@"; }
+for _ in $(seq 600); do
+    [ -S "$DATA_DIR/swarmlet.sock" ] && break
+    kill -0 "$DAEMON" 2>/dev/null || fail "the daemon exited before its API answered"
+    sleep 0.1
+done
+[ -S "$DATA_DIR/swarmlet.sock" ] || fail "the daemon's API socket never appeared"
+
+sl info | tee "$DATA_DIR/info.txt"
+grep -q "Isolation: guard-pages" "$DATA_DIR/info.txt" || fail "info does not report guard-pages isolation"
+sl init >/dev/null
+sl service create --name hello --replicas 2 -p "$PORT:80" guests/out/hello.wasm
+ok=0
+for i in $(seq 20); do
+    body=$(curl -sf "http://$ADDR:$PORT/pi$i") || fail "request $i to hello failed"
+    case "$body" in "hello from hello."*) ok=$((ok + 1)) ;; *) fail "unexpected answer: $body" ;; esac
+done
+sl service ls
+echo "aarch64 under qemu -R ${A64_ADDRESS_SPACE:-512G}: $ok/20 requests answered by hello"
+grep "wasm engine" "$DATA_DIR/daemon.log" || true

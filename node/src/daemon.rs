@@ -27,6 +27,8 @@ pub struct DaemonConfig {
     pub publish_addr: IpAddr,
     pub node_name: Option<String>,
     pub wasm_timeout: Duration,
+    /// `--instance-memory-budget`, in bytes; `None`: half of MemTotal.
+    pub instance_memory_budget: Option<u64>,
 }
 
 /// The parts that exist once the node is in a swarm.
@@ -198,6 +200,13 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     let _lock = lock_data_dir(&cfg.data_dir)?;
     let identity = Identity::load_or_create(&cfg.data_dir, cfg.node_name.as_deref())?;
     let runtime = WasmRuntime::new(cfg.data_dir.join("wasm-cache"), cfg.wasm_timeout)?;
+    if let Some(bytes) = cfg.instance_memory_budget {
+        runtime.memory_budget().set_limit(bytes as usize);
+    }
+    tracing::info!(
+        "wasm instance memory budget: {} MiB",
+        runtime.memory_budget().limit() >> 20
+    );
     let blobs = Arc::new(Blobs::open(&cfg.data_dir)?);
     let mesh = Mesh::new(cfg.publish_addr);
 

@@ -87,6 +87,10 @@ pub struct DaemonArgs {
     /// Longest a wasm guest may take over one request (e.g. 30s, 500ms)
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     wasm_timeout: Duration,
+    /// Most linear memory all wasm instances together may hold (e.g. 2g);
+    /// requests beyond it wait briefly, then get 503 [default: half of MemTotal]
+    #[arg(long, value_parser = service::parse_bytes)]
+    instance_memory_budget: Option<u64>,
 }
 
 impl Cli {
@@ -129,6 +133,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 publish_addr: a.publish_addr,
                 node_name: a.node_name,
                 wasm_timeout: a.wasm_timeout,
+                instance_memory_budget: a.instance_memory_budget,
             })
             .await
         }

@@ -21,9 +21,13 @@
 //! reaches the node's control plane.
 
 mod app;
+mod egress;
 mod engine;
+mod limits;
 
-pub use app::WasmApp;
+pub use app::{ServiceSettings, WasmApp, QUEUE_WAIT};
+pub use egress::EgressPolicy;
+pub use limits::MemoryBudget;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -64,6 +68,7 @@ pub struct WasmRuntime {
     cache_dir: PathBuf,
     loaded: Mutex<HashMap<String, Arc<WasmApp>>>,
     timeout: Duration,
+    budget: Arc<MemoryBudget>,
 }
 
 fn engine_err(e: impl std::fmt::Display) -> WasmError {
@@ -89,7 +94,13 @@ impl WasmRuntime {
             cache_dir,
             loaded: Mutex::new(HashMap::new()),
             timeout,
+            budget: MemoryBudget::new(MemoryBudget::default_limit()),
         }))
+    }
+
+    /// The node-wide budget for all instances' linear memory.
+    pub fn memory_budget(&self) -> &MemoryBudget {
+        &self.budget
     }
 
     /// Checks that `bytes` is a `wasi:http/proxy` component this node can
@@ -140,10 +151,7 @@ impl WasmRuntime {
             .instantiate_pre(&component)
             .map_err(|e| WasmError::Link(format!("{e:#}")))?;
         let pre = ProxyPre::new(instance_pre).map_err(|e| WasmError::NotProxy(format!("{e:#}")))?;
-        let app = Arc::new(WasmApp {
-            pre,
-            timeout: self.timeout,
-        });
+        let app = Arc::new(WasmApp::new(pre, self.timeout, self.budget.clone()));
         if let Ok(mut loaded) = self.loaded.lock() {
             loaded.insert(digest.to_string(), app.clone());
         }

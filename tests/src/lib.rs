@@ -66,12 +66,20 @@ pub struct Node {
     pub name: String,
     pub ip: Ipv4Addr,
     pub data_dir: PathBuf,
+    /// Extra `swarmlet daemon` flags (see `start_with`).
+    daemon_args: Vec<String>,
     child: Option<Child>,
 }
 
 impl Node {
     /// Starts a daemon on a new data dir and waits for its API.
     pub fn start(name: &str) -> Node {
+        Node::start_with(name, &[])
+    }
+
+    /// Starts a daemon with extra `swarmlet daemon` flags; a `--wasm-timeout`
+    /// among them replaces the harness's 2s.
+    pub fn start_with(name: &str, daemon_args: &[&str]) -> Node {
         let ip = next_ip();
         let data_dir =
             std::env::temp_dir().join(format!("swarmlet-e2e-{}-{name}-{ip}", std::process::id()));
@@ -81,6 +89,7 @@ impl Node {
             name: name.to_string(),
             ip,
             data_dir,
+            daemon_args: daemon_args.iter().map(|a| a.to_string()).collect(),
             child: None,
         };
         node.spawn();
@@ -112,7 +121,13 @@ impl Node {
                 "--publish-addr",
                 &self.ip.to_string(),
             ])
-            .args(["--node-name", &self.name, "--wasm-timeout", "2s"])
+            .args(["--node-name", &self.name])
+            .args(if self.daemon_args.iter().any(|a| a == "--wasm-timeout") {
+                &[][..]
+            } else {
+                &["--wasm-timeout", "2s"][..]
+            })
+            .args(&self.daemon_args)
             .env("SWARMLET_LOG", "info,swarmlet=debug")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log fd"))

@@ -61,12 +61,16 @@ fn a_client_that_goes_away_frees_its_instance() {
 
 #[test]
 fn instance_memory_stays_under_the_node_budget() {
-    let node = Node::start_with("iso-mem", &["--instance-memory-budget", "64m"]);
+    let node = Node::start_with(
+        "iso-mem",
+        &["--instance-memory-budget", "64m", "--wasm-timeout", "60s"],
+    );
     node.ok(&["init"]);
     node.create("mem", "faulty", &["-p", "8097:80"]);
     // 100 MiB is under the instance limit (128 MiB) but over the node's budget.
     let (status, body) = node.get(8097, "/alloc?mb=100").expect("request to faulty");
-    assert_eq!(status, 500, "growing past the budget must fail: {body}");
+    assert_eq!(status, 503, "growing past the budget must fail: {body}");
+    assert!(body.contains("memory budget"), "{body}");
     let log = node.log();
     assert!(log.contains("instance memory budget exhausted"), "{log}");
     // The failed instance gave its memory back.

@@ -156,7 +156,7 @@ impl WasmApp {
                 },
             },
         );
-        store.limiter(|host| &mut host.limiter);
+        store.limiter_async(|host| &mut host.limiter);
         store.epoch_deadline_callback(|_| Ok(UpdateDeadline::Yield(1)));
         store
     }
@@ -246,6 +246,9 @@ impl WasmApp {
                     }
                     Ok(())
                 }
+                Ok(Err(_)) if store.data().limiter.denied_by_budget() => {
+                    Err(GuestFailure::OverBudget)
+                }
                 Ok(Err(e)) => Err(GuestFailure::Failed(describe(&e))),
                 Err(_) => Err(GuestFailure::TimedOut(timeout)),
             }
@@ -274,6 +277,7 @@ impl WasmApp {
                 tracing::warn!(%replica, "wasm request failed: {failure}");
                 match failure {
                     GuestFailure::TimedOut(_) => text_response(504, format!("{failure}\n")),
+                    GuestFailure::OverBudget => text_response(503, format!("{failure}\n")),
                     GuestFailure::Failed(_) => text_response(500, format!("{failure}\n")),
                 }
             }
@@ -297,4 +301,6 @@ enum GuestFailure {
     TimedOut(Duration),
     #[error("wasm guest failed: {0}")]
     Failed(String),
+    #[error("the node's instance memory budget is in use by other requests; try again later")]
+    OverBudget,
 }

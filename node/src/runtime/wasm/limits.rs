@@ -5,20 +5,28 @@
 //! Every instance's linear memory is counted against the budget as it grows
 //! (wasmtime asks the store's `ResourceLimiter` before each growth, the
 //! initial allocation included) and given back when the instance is dropped.
-//! A growth past the budget fails as on a full machine (the guest's
-//! `memory.grow` returns -1), and new requests wait briefly for memory to be
-//! given back, then answer 503: the daemon's memory stays bounded however
-//! many requests arrive.
+//! A growth past the budget waits briefly (the guest is suspended, not the
+//! thread) for other instances to give memory back, then fails as on a full
+//! machine (the guest's `memory.grow` returns -1) and its request answers
+//! 503; new requests wait likewise before they instantiate: the daemon's
+//! memory stays bounded however many requests arrive.
 //!
 //! Architecture invariant: the linear memory of all live instances together
 //! never exceeds the budget.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::Notify;
-use wasmtime::ResourceLimiter;
+use wasmtime::ResourceLimiterAsync;
+
+/// How long a guest's `memory.grow` waits for budget before it fails:
+/// shorter than a request's wait for a slot, since the guest already holds
+/// memory that others may be waiting for.
+const GROW_WAIT: Duration = Duration::from_millis(500);
 
 /// The node-wide budget for the linear memory of all live instances.
 #[derive(Debug)]
@@ -108,6 +116,7 @@ pub(super) struct InstanceLimiter {
     taken: usize,
     /// Taken for the growth in progress (given back if it fails).
     pending: usize,
+    denied_by_budget: bool,
 }
 
 impl InstanceLimiter {
@@ -117,33 +126,60 @@ impl InstanceLimiter {
             budget,
             taken: 0,
             pending: 0,
+            denied_by_budget: false,
         }
     }
 }
 
-impl ResourceLimiter for InstanceLimiter {
-    fn memory_growing(
-        &mut self,
-        current: usize,
-        desired: usize,
-        maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
+impl InstanceLimiter {
+    /// Whether a growth of this instance failed because the node's budget
+    /// was in use (so its request gets 503, not 500).
+    pub(super) fn denied_by_budget(&self) -> bool {
+        self.denied_by_budget
+    }
+
+    async fn grow(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> bool {
         self.pending = 0;
         if desired > self.memory_limit || maximum.is_some_and(|m| desired > m) {
-            return Ok(false);
+            return false;
         }
         let extra = desired.saturating_sub(current);
-        if !self.budget.try_take(extra) {
-            tracing::warn!(
-                used = self.budget.used(),
-                budget = self.budget.limit(),
-                "instance memory budget exhausted: a guest's memory.grow to {desired} bytes failed"
-            );
-            return Ok(false);
+        // Wait (the guest, not the thread) for other instances to give memory back.
+        let deadline = tokio::time::Instant::now() + GROW_WAIT;
+        while !self.budget.try_take(extra) {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() || !self.budget.wait_for_room(extra, left).await {
+                tracing::warn!(
+                    used = self.budget.used(),
+                    budget = self.budget.limit(),
+                    "instance memory budget exhausted: a guest's memory.grow to {desired} bytes failed"
+                );
+                self.denied_by_budget = true;
+                return false;
+            }
         }
         self.taken += extra;
         self.pending = extra;
-        Ok(true)
+        true
+    }
+}
+
+type GrowFuture<'a> = Pin<Box<dyn Future<Output = wasmtime::Result<bool>> + Send + 'a>>;
+
+// `ResourceLimiterAsync` is declared with `#[async_trait]`; these are its
+// methods written out, so the node needs no async-trait dependency.
+impl ResourceLimiterAsync for InstanceLimiter {
+    fn memory_growing<'a, 'b>(
+        &'a mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> GrowFuture<'b>
+    where
+        'a: 'b,
+        Self: 'b,
+    {
+        Box::pin(async move { Ok(self.grow(current, desired, maximum).await) })
     }
 
     fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
@@ -154,13 +190,17 @@ impl ResourceLimiter for InstanceLimiter {
         Ok(())
     }
 
-    fn table_growing(
-        &mut self,
+    fn table_growing<'a, 'b>(
+        &'a mut self,
         _current: usize,
         desired: usize,
         maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
-        Ok(maximum.is_none_or(|m| desired <= m))
+    ) -> GrowFuture<'b>
+    where
+        'a: 'b,
+        Self: 'b,
+    {
+        Box::pin(async move { Ok(maximum.is_none_or(|m| desired <= m)) })
     }
 }
 
@@ -174,20 +214,34 @@ impl Drop for InstanceLimiter {
 mod tests {
     use super::*;
 
-    #[test]
-    fn growth_stops_at_the_budget_and_dropping_gives_it_back() {
+    #[tokio::test]
+    async fn growth_stops_at_the_budget_and_dropping_gives_it_back() {
         let budget = MemoryBudget::new(10 << 20);
         let mut a = InstanceLimiter::new(8 << 20, budget.clone());
         let mut b = InstanceLimiter::new(8 << 20, budget.clone());
-        assert!(a.memory_growing(0, 6 << 20, None).unwrap());
-        assert!(!a.memory_growing(6 << 20, 9 << 20, None).unwrap(), "over its own limit");
-        assert!(!b.memory_growing(0, 6 << 20, None).unwrap(), "over the budget");
-        assert!(b.memory_growing(0, 4 << 20, None).unwrap());
+        assert!(a.grow(0, 6 << 20, None).await);
+        assert!(!a.grow(6 << 20, 9 << 20, None).await, "over its own limit");
+        assert!(!a.denied_by_budget());
+        assert!(!b.grow(0, 6 << 20, None).await, "over the budget");
+        assert!(b.denied_by_budget());
+        assert!(b.grow(0, 4 << 20, None).await);
         assert_eq!(budget.used(), 10 << 20);
         drop(a);
         assert_eq!(budget.used(), 4 << 20);
         b.memory_grow_failed(wasmtime::Error::msg("no")).unwrap();
         assert_eq!(budget.used(), 0);
         assert!(MemoryBudget::default_limit() > 0);
+    }
+
+    #[tokio::test]
+    async fn a_growth_waits_for_memory_given_back() {
+        let budget = MemoryBudget::new(10 << 20);
+        let mut a = InstanceLimiter::new(8 << 20, budget.clone());
+        let mut b = InstanceLimiter::new(8 << 20, budget.clone());
+        assert!(a.grow(0, 8 << 20, None).await);
+        let waiting = tokio::spawn(async move { b.grow(0, 8 << 20, None).await });
+        tokio::task::yield_now().await;
+        drop(a);
+        assert!(waiting.await.unwrap(), "b should get the memory a gave back");
     }
 }

@@ -77,19 +77,30 @@ fn outgoing_requests_reach_only_what_the_service_allows() {
     // Allowed: the listed local test server, named literally.
     let (status, body) = fetch(&node, 8091, &format!("http://{}/x", allowed.addr));
     assert_eq!(status, 200, "{body}");
-    assert!(body.contains("status 200") && body.contains("from-test-server"), "{body}");
+    assert!(
+        body.contains("status 200") && body.contains("from-test-server"),
+        "{body}"
+    );
 
     // Denied: the node's API port, the service's own published port, another
     // local service, a port of the allowed host that is not listed, a host
     // that is not listed at all.
     let ip = node.ip;
     assert_denied(&node, 8091, &format!("http://{ip}:2377/v1/services"));
-    assert_denied(&node, 8091, &format!("http://{ip}:8091/?url=http://{ip}:8091/"));
+    assert_denied(
+        &node,
+        8091,
+        &format!("http://{ip}:8091/?url=http://{ip}:8091/"),
+    );
     assert_denied(&node, 8091, &format!("http://{ip}:8092/"));
     assert_denied(&node, 8091, &format!("http://{}/", unlisted.addr));
     assert_denied(&node, 8091, "http://api.example.com/");
     assert_denied(&node, 8091, &format!("https://{}/", allowed.addr));
-    assert_eq!(unlisted.hits.load(Ordering::SeqCst), 0, "a denied request reached the server");
+    assert_eq!(
+        unlisted.hits.load(Ordering::SeqCst),
+        0,
+        "a denied request reached the server"
+    );
 
     let log = node.log();
     assert!(
@@ -107,7 +118,11 @@ fn a_wildcard_never_reaches_the_node_itself() {
     let node = Node::start("egress-wild");
     node.ok(&["init"]);
     let server = TestServer::start();
-    node.create("wild", "fetch", &["-p", "8093:80", "--allow-outbound", "*://*:*"]);
+    node.create(
+        "wild",
+        "fetch",
+        &["-p", "8093:80", "--allow-outbound", "*://*:*"],
+    );
 
     // Loopback by address and by a name that resolves to it: the check is on
     // the resolved address, and `*` does not name the host.
@@ -116,7 +131,11 @@ fn a_wildcard_never_reaches_the_node_itself() {
     assert_denied(&node, 8093, &format!("http://localhost:{port}/"));
     assert_denied(&node, 8093, &format!("http://{}:2377/v1/services", node.ip));
     assert_denied(&node, 8093, "http://169.254.169.254/latest/meta-data/");
-    assert_eq!(server.hits.load(Ordering::SeqCst), 0, "a denied request reached the server");
+    assert_eq!(
+        server.hits.load(Ordering::SeqCst),
+        0,
+        "a denied request reached the server"
+    );
     let log = node.log();
     assert!(
         log.contains("is this node or a local address"),
@@ -130,7 +149,11 @@ fn a_bad_allow_outbound_pattern_is_refused_and_shown_when_good() {
     node.ok(&["init"]);
     let wasm = swarmlet_e2e::guest("fetch");
     let wasm = wasm.to_string_lossy();
-    for bad in ["api.example.com", "ftp://example.com", "https://example.com/v1"] {
+    for bad in [
+        "api.example.com",
+        "ftp://example.com",
+        "https://example.com/v1",
+    ] {
         let err = node.fails(&[
             "service",
             "create",

@@ -24,12 +24,15 @@ fn a_service_full_of_slow_requests_leaves_the_others_serving() {
     node.create("slow", "faulty", &["-p", "8094:80"]);
     node.create("hello", "hello", &["-p", "8095:80"]);
 
-    let held: Vec<TcpStream> = (0..300).map(|_| send_and_hold(&node, 8094, "/sleep")).collect();
+    let held: Vec<TcpStream> = (0..300)
+        .map(|_| send_and_hold(&node, 8094, "/sleep"))
+        .collect();
 
     // The slow service is at its limit: it answers 503 itself...
-    node.wait_until("the slow service to answer 503 at its limit", || {
-        matches!(node.get(8094, "/"), Ok((503, body)) if body.contains("concurrent requests"))
-    });
+    node.wait_until(
+        "the slow service to answer 503 at its limit",
+        || matches!(node.get(8094, "/"), Ok((503, body)) if body.contains("concurrent requests")),
+    );
     // ...and every other service still answers.
     for i in 0..20 {
         let (status, body) = node.get(8095, &format!("/{i}")).expect("request to hello");
@@ -37,16 +40,21 @@ fn a_service_full_of_slow_requests_leaves_the_others_serving() {
     }
     drop(held);
     // Its clients are gone: their guests are cancelled and it serves again.
-    node.wait_until("the slow service to answer again once its clients left", || {
-        matches!(node.get(8094, "/"), Ok((200, _)))
-    });
+    node.wait_until(
+        "the slow service to answer again once its clients left",
+        || matches!(node.get(8094, "/"), Ok((200, _))),
+    );
 }
 
 #[test]
 fn a_client_that_goes_away_frees_its_instance() {
     let node = Node::start_with("iso-cancel", &["--wasm-timeout", "300s"]);
     node.ok(&["init"]);
-    node.create("one", "faulty", &["-p", "8096:80", "--max-concurrent-requests", "1"]);
+    node.create(
+        "one",
+        "faulty",
+        &["-p", "8096:80", "--max-concurrent-requests", "1"],
+    );
 
     let spinning = send_and_hold(&node, 8096, "/spin");
     node.wait_until("the one slot to be taken by /spin", || {
@@ -83,7 +91,9 @@ fn counts(node: &Node, port: u16, n: usize) -> Vec<u64> {
         .map(|_| {
             let (status, body) = node.get(port, "/").expect("request to counter");
             assert_eq!(status, 200, "{body}");
-            body.trim().parse().unwrap_or_else(|_| panic!("not a count: {body:?}"))
+            body.trim()
+                .parse()
+                .unwrap_or_else(|_| panic!("not a count: {body:?}"))
         })
         .collect()
 }
@@ -93,10 +103,17 @@ fn instances_are_fresh_per_request_unless_reuse_is_asked_for() {
     let node = Node::start("iso-reuse");
     node.ok(&["init"]);
     node.create("fresh", "counter", &["-p", "8098:80"]);
-    node.create("reused", "counter", &["-p", "8099:80", "--instance-reuse", "5"]);
+    node.create(
+        "reused",
+        "counter",
+        &["-p", "8099:80", "--instance-reuse", "5"],
+    );
 
     let fresh = counts(&node, 8098, 10);
-    assert!(fresh.iter().all(|&c| c == 1), "a fresh instance per request: {fresh:?}");
+    assert!(
+        fresh.iter().all(|&c| c == 1),
+        "a fresh instance per request: {fresh:?}"
+    );
 
     let reused = counts(&node, 8099, 20);
     assert!(
@@ -109,5 +126,8 @@ fn instances_are_fresh_per_request_unless_reuse_is_asked_for() {
     );
     let inspect: serde_json::Value =
         serde_json::from_str(&node.ok(&["service", "inspect", "reused"])).expect("JSON");
-    assert_eq!(inspect[0]["service"]["spec"]["instance_reuse"], 5, "{inspect}");
+    assert_eq!(
+        inspect[0]["service"]["spec"]["instance_reuse"], 5,
+        "{inspect}"
+    );
 }

@@ -166,6 +166,10 @@ impl WasmApp {
     }
 
     fn put_idle(&self, replica: String, idle: Idle) {
+        // An idle instance keeps its memory: not when others may need it.
+        if self.budget.used() > self.budget.limit() / 4 * 3 {
+            return;
+        }
         if let Ok(mut map) = self.idle.lock() {
             let list = map.entry(replica).or_default();
             if list.len() < IDLE_MAX {

@@ -106,18 +106,22 @@ enum Named {
 
 fn parse_pattern(p: &str) -> Result<Allowed, PatternError> {
     let bad = |why| PatternError::Invalid(p.to_string(), why);
-    let (scheme, rest) = p
-        .split_once("://")
-        .ok_or_else(|| bad("it has no scheme"))?;
+    let (scheme, rest) = p.split_once("://").ok_or_else(|| bad("it has no scheme"))?;
     let scheme = match scheme.to_ascii_lowercase().as_str() {
         "http" => Some("http"),
         "https" => Some("https"),
         "*" => None,
-        _ => return Err(bad("guests make HTTP requests only, so the scheme is http, https or *")),
+        _ => {
+            return Err(bad(
+                "guests make HTTP requests only, so the scheme is http, https or *",
+            ))
+        }
     };
     let rest = rest.strip_suffix('/').unwrap_or(rest);
     if rest.contains('/') || rest.contains('?') || rest.contains('@') {
-        return Err(bad("it names a path or user; give only scheme://host[:port]"));
+        return Err(bad(
+            "it names a path or user; give only scheme://host[:port]",
+        ));
     }
     // Split host and port; an IPv6 host is in brackets.
     let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
@@ -229,7 +233,9 @@ fn local_addresses() -> Vec<IpAddr> {
                 match i32::from((*addr).sa_family) {
                     libc::AF_INET => {
                         let sin = &*(addr as *const libc::sockaddr_in);
-                        out.push(IpAddr::from(u32::from_be(sin.sin_addr.s_addr).to_be_bytes()));
+                        out.push(IpAddr::from(
+                            u32::from_be(sin.sin_addr.s_addr).to_be_bytes(),
+                        ));
                     }
                     libc::AF_INET6 => {
                         let sin6 = &*(addr as *const libc::sockaddr_in6);
@@ -274,9 +280,8 @@ impl WasiHttpHooks for Egress {
         mut request: http::Request<WasiBody>,
         options: Option<RequestOptions>,
         _fut: IoFuture,
-    ) -> Box<
-        dyn Future<Output = Result<(http::Response<WasiBody>, IoFuture), HttpError>> + Send,
-    > {
+    ) -> Box<dyn Future<Output = Result<(http::Response<WasiBody>, IoFuture), HttpError>> + Send>
+    {
         let policy = self.policy.clone();
         let service = self.service.clone();
         Box::new(async move {
@@ -289,7 +294,8 @@ impl WasiHttpHooks for Egress {
                 }
             }
             let options = bounded(options);
-            let (res, io) = wasmtime_wasi_http::default_send_request(request, Some(options)).await?;
+            let (res, io) =
+                wasmtime_wasi_http::default_send_request(request, Some(options)).await?;
             Ok((
                 res.map(http_body_util::BodyExt::boxed_unsync),
                 Box::new(io) as IoFuture,
@@ -329,7 +335,10 @@ async fn resolve_allowed(
         }
     };
     let host = uri.host().ok_or(Denied::NoHost)?.to_ascii_lowercase();
-    let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
     let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
     let scheme = if https { "https" } else { "http" };
     let shown = format!("{scheme}://{}", uri.authority().map_or("", |a| a.as_str()));
@@ -387,11 +396,29 @@ mod tests {
 
     #[test]
     fn patterns_as_spin_writes_them() {
-        let p = policy(&["https://api.example.com", "http://*.corp.test:8080", "*://10.0.0.5:*"]);
-        assert_eq!(p.check("https", "api.example.com", 443), Some(Named::Literally));
-        assert_eq!(p.check("http", "api.example.com", 443), None, "scheme differs");
-        assert_eq!(p.check("https", "api.example.com", 8443), None, "default port only");
-        assert_eq!(p.check("http", "a.b.corp.test", 8080), Some(Named::ByWildcard));
+        let p = policy(&[
+            "https://api.example.com",
+            "http://*.corp.test:8080",
+            "*://10.0.0.5:*",
+        ]);
+        assert_eq!(
+            p.check("https", "api.example.com", 443),
+            Some(Named::Literally)
+        );
+        assert_eq!(
+            p.check("http", "api.example.com", 443),
+            None,
+            "scheme differs"
+        );
+        assert_eq!(
+            p.check("https", "api.example.com", 8443),
+            None,
+            "default port only"
+        );
+        assert_eq!(
+            p.check("http", "a.b.corp.test", 8080),
+            Some(Named::ByWildcard)
+        );
         assert_eq!(p.check("http", "corp.test", 8080), None, "subdomains only");
         assert_eq!(p.check("https", "10.0.0.5", 1234), Some(Named::Literally));
         assert_eq!(policy(&[]).check("https", "example.com", 443), None);
@@ -424,7 +451,16 @@ mod tests {
     #[test]
     fn the_node_itself_is_internal() {
         let local: Vec<IpAddr> = vec!["192.168.1.7".parse().unwrap()];
-        for ip in ["127.0.0.1", "127.15.0.3", "0.0.0.0", "169.254.1.1", "::1", "fe80::1", "::ffff:127.0.0.1", "192.168.1.7"] {
+        for ip in [
+            "127.0.0.1",
+            "127.15.0.3",
+            "0.0.0.0",
+            "169.254.1.1",
+            "::1",
+            "fe80::1",
+            "::ffff:127.0.0.1",
+            "192.168.1.7",
+        ] {
             assert!(is_internal(ip.parse().unwrap(), &local), "{ip}");
         }
         for ip in ["192.168.1.8", "93.184.216.34", "2001:db8::1"] {

@@ -242,6 +242,9 @@ mod tests {
         let waiting = tokio::spawn(async move { b.grow(0, 8 << 20, None).await });
         tokio::task::yield_now().await;
         drop(a);
-        assert!(waiting.await.unwrap(), "b should get the memory a gave back");
+        assert!(
+            waiting.await.unwrap(),
+            "b should get the memory a gave back"
+        );
     }
 }

@@ -46,6 +46,25 @@ impl TestServer {
     }
 }
 
+/// A raw `POST path` with a JSON body to the daemon's API socket.
+fn api_post(node: &Node, path: &str, json: &str) -> (u16, String) {
+    let mut s = std::os::unix::net::UnixStream::connect(node.socket()).expect("API socket");
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: swarmlet\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{json}",
+        json.len()
+    )
+    .expect("send to the API");
+    let mut text = String::new();
+    s.read_to_string(&mut text).expect("read the API's answer");
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, text)
+}
+
 fn fetch(node: &Node, port: u16, url: &str) -> (u16, String) {
     node.get(port, &format!("/?url={url}"))
         .unwrap_or_else(|e| panic!("request to the fetch guest for {url}: {e}"))
@@ -168,6 +187,17 @@ fn a_bad_allow_outbound_pattern_is_refused_and_shown_when_good() {
             "{bad}: {err}"
         );
     }
+    // The daemon checks too, whatever the client: a clear 400.
+    let (status, body) = api_post(
+        &node,
+        "/v1/services",
+        r#"{"name":"bad","replicas":1,"wasm_digest":"sha256:00","wasm_name":"x.wasm","ports":[],"allow_outbound":["http://ok.example.com","api.example.com"]}"#,
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body.contains("api.example.com") && body.contains("scheme"),
+        "{body}"
+    );
     assert!(!node.ok(&["service", "ls"]).contains("bad"));
 
     node.create(

@@ -253,6 +253,9 @@ impl WasmApp {
                 Ok(Err(_)) if store.data().limiter.denied_by_budget() => {
                     Err(GuestFailure::OverBudget)
                 }
+                Ok(Err(e)) if e.is::<wasmtime::PoolConcurrencyLimitError>() => {
+                    Err(GuestFailure::NodeFull(e.to_string()))
+                }
                 Ok(Err(e)) => Err(GuestFailure::Failed(describe(&e))),
                 Err(_) => Err(GuestFailure::TimedOut(timeout)),
             }
@@ -281,7 +284,9 @@ impl WasmApp {
                 tracing::warn!(%replica, "wasm request failed: {failure}");
                 match failure {
                     GuestFailure::TimedOut(_) => text_response(504, format!("{failure}\n")),
-                    GuestFailure::OverBudget => text_response(503, format!("{failure}\n")),
+                    GuestFailure::OverBudget | GuestFailure::NodeFull(_) => {
+                        text_response(503, format!("{failure}\n"))
+                    }
                     GuestFailure::Failed(_) => text_response(500, format!("{failure}\n")),
                 }
             }
@@ -307,4 +312,6 @@ enum GuestFailure {
     Failed(String),
     #[error("the node's instance memory budget is in use by other requests; try again later")]
     OverBudget,
+    #[error("this node runs as many wasm instances as it can ({0}); try again later")]
+    NodeFull(String),
 }

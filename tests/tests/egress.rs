@@ -218,3 +218,25 @@ fn a_bad_allow_outbound_pattern_is_refused_and_shown_when_good() {
         "{inspect}"
     );
 }
+
+#[test]
+fn a_guest_allowed_to_call_itself_cannot_loop_without_bound() {
+    let node = Node::start_with("egress-loop", &["--wasm-timeout", "60s"]);
+    node.ok(&["init"]);
+    let me = format!("http://{}:8100", node.ip);
+    node.create(
+        "looper",
+        "fetch",
+        &["-p", "8100:80", "--allow-outbound", &me],
+    );
+    // Each level fetches the rest of the chain from itself: 20 levels asked,
+    // the host stops the chain after 8 guests.
+    let chain = format!("{me}/?url=").repeat(20);
+    let (status, body) = fetch(&node, 8100, &format!("{chain}{me}/"));
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains("status 508") && body.contains("request loop"),
+        "the chain should end in a 508 from the host: {body}"
+    );
+    assert!(node.log().contains("request loop"), "{}", node.log());
+}

@@ -24,7 +24,7 @@ use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::bindings::{Proxy, ProxyPre};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
-use super::egress::{Egress, EgressPolicy};
+use super::egress::{incoming_hops, Egress, EgressPolicy, MAX_HOPS};
 use super::limits::{InstanceLimiter, MemoryBudget};
 use super::MAX_MEMORY;
 use crate::body::{text_response, Body, BoxError};
@@ -153,6 +153,7 @@ impl WasmApp {
                 egress: Egress {
                     service: settings.service.clone(),
                     policy: settings.egress.clone(),
+                    hops: 0,
                 },
             },
         );
@@ -188,6 +189,14 @@ impl WasmApp {
         permit: OwnedSemaphorePermit,
         req: hyper::Request<Incoming>,
     ) -> hyper::Response<Body> {
+        let hops = incoming_hops(req.headers());
+        if hops >= MAX_HOPS {
+            tracing::warn!(service = %settings.service, hops, "request loop: refusing a request that passed through {hops} guests");
+            return text_response(
+                508,
+                format!("request loop: this request already passed through {hops} wasm guests\n"),
+            );
+        }
         let reuse = settings.instance_reuse > 1;
         let reused = if reuse { self.take_idle(replica) } else { None };
         let (mut store, proxy, served) = match reused {
@@ -205,6 +214,7 @@ impl WasmApp {
             }
         };
         store.set_epoch_deadline(1);
+        store.data_mut().egress.hops = hops;
 
         let (sender, receiver) = tokio::sync::oneshot::channel();
         let (req_res, out_res) = {

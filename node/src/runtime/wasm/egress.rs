@@ -270,6 +270,26 @@ enum Denied {
 pub(super) struct Egress {
     pub(super) service: Arc<str>,
     pub(super) policy: Arc<EgressPolicy>,
+    /// How many guests the request being served has passed through
+    /// (`swarmlet-hops` of the incoming request).
+    pub(super) hops: u32,
+}
+
+/// Counts the guests a request chain has passed through on its way here: set
+/// by the host on every outgoing request (the guest cannot choose it), so a
+/// guest allowed to call this node (itself, by a literal allow entry) cannot
+/// fan one request out without bound.
+pub const HOPS_HEADER: &str = "swarmlet-hops";
+/// A request that has passed through this many guests is refused (508).
+pub const MAX_HOPS: u32 = 8;
+
+/// The `swarmlet-hops` of an incoming request (0 when absent or malformed).
+pub(super) fn incoming_hops(headers: &http::HeaderMap) -> u32 {
+    headers
+        .get(HOPS_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 type IoFuture = Box<dyn Future<Output = Result<(), HttpError>> + Send>;
@@ -284,6 +304,10 @@ impl WasiHttpHooks for Egress {
     {
         let policy = self.policy.clone();
         let service = self.service.clone();
+        request.headers_mut().insert(
+            HOPS_HEADER,
+            http::HeaderValue::from(self.hops.saturating_add(1)),
+        );
         Box::new(async move {
             let target = request.uri().to_string();
             match resolve_allowed(&policy, &mut request).await {

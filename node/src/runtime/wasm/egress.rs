@@ -6,7 +6,9 @@
 //! Even an allowed pattern never reaches this node itself (loopback,
 //! link-local, unspecified, multicast or any address of this machine's
 //! interfaces, so neither the API nor a published port) unless the pattern
-//! names that host literally: the check is made on the resolved address, and
+//! names that address literally (`http://127.0.0.1:8080`, `http://[::1]:80`)
+//! or is `localhost` for loopback: a wildcard or a DNS name that resolves
+//! there is refused, since the check is made on the resolved address; and
 //! plain-http requests are sent to exactly the address that was checked.
 //!
 //! wasmtime-wasi-http's default `send_request` connects anywhere; this is its
@@ -72,8 +74,8 @@ impl EgressPolicy {
     }
 
     /// Whether `scheme://host:port` is allowed, and if so whether some
-    /// matching entry names `host` literally (which is what makes the node's
-    /// own and loopback addresses reachable).
+    /// matching entry names this node's or a loopback address itself (an IP
+    /// literal, or `localhost`), which is what makes them reachable.
     fn check(&self, scheme: &str, host: &str, port: u16) -> Option<Named> {
         let mut found = None;
         for a in &self.allowed {
@@ -86,7 +88,13 @@ impl EgressPolicy {
                     Named::ByWildcard
                 }
                 HostPattern::Subdomains(_) => continue,
-                HostPattern::Exact(h) if h == host => Named::Literally,
+                HostPattern::Exact(h) if h == host => {
+                    if h == "localhost" || h.parse::<IpAddr>().is_ok() {
+                        Named::Literally
+                    } else {
+                        Named::ByName
+                    }
+                }
                 HostPattern::Exact(_) => continue,
             };
             if named == Named::Literally {
@@ -100,7 +108,10 @@ impl EgressPolicy {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Named {
+    /// By its IP address, or `localhost`: may be internal.
     Literally,
+    /// By a DNS name: what it resolves to must not be internal.
+    ByName,
     ByWildcard,
 }
 
@@ -260,7 +271,7 @@ enum Denied {
     Scheme(String),
     #[error("{0} is not in the service's --allow-outbound list")]
     NotAllowed(String),
-    #[error("{0} is this node or a local address ({1}); only an --allow-outbound entry naming that host reaches it")]
+    #[error("{0} is this node or a local address ({1}); only an --allow-outbound entry naming that address (or localhost) reaches it")]
     Internal(String, IpAddr),
     #[error("{0} did not resolve: {1}")]
     Resolve(String, String),
@@ -384,7 +395,9 @@ async fn resolve_allowed(
     let local = local_addresses();
     let mut first_internal = None;
     let chosen = addrs.iter().find(|a| {
-        if named == Named::Literally || !is_internal(a.ip(), &local) {
+        // `localhost` is named literally, but only for loopback.
+        let named_here = named == Named::Literally && (host != "localhost" || a.ip().is_loopback());
+        if named_here || !is_internal(a.ip(), &local) {
             return true;
         }
         first_internal.get_or_insert(a.ip());
@@ -427,7 +440,7 @@ mod tests {
         ]);
         assert_eq!(
             p.check("https", "api.example.com", 443),
-            Some(Named::Literally)
+            Some(Named::ByName)
         );
         assert_eq!(
             p.check("http", "api.example.com", 443),
@@ -452,6 +465,10 @@ mod tests {
         );
         assert_eq!(
             policy(&["http://[::1]:80"]).check("http", "::1", 80),
+            Some(Named::Literally)
+        );
+        assert_eq!(
+            policy(&["http://localhost:8080"]).check("http", "localhost", 8080),
             Some(Named::Literally)
         );
     }

@@ -29,6 +29,8 @@ fn service(i: usize, replicas: u64) -> Service {
             },
             ports: vec![],
             limits: Default::default(),
+            allow_outbound: Vec::new(),
+            instance_reuse: 0,
         },
         version: 1,
         created_at_ms: 0,

@@ -34,6 +34,8 @@ pub struct DaemonConfig {
     /// Largest `.wasm` upload accepted (`--max-upload-size`).
     pub max_upload_size: u64,
     pub wasm_isolation: crate::runtime::wasm::Isolation,
+    /// `--instance-memory-budget`, in bytes; `None`: half of MemTotal.
+    pub instance_memory_budget: Option<u64>,
 }
 
 /// The parts that exist once the node is in a swarm.
@@ -253,6 +255,13 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         cfg.wasm_timeout,
         cfg.wasm_isolation,
     )?;
+    if let Some(bytes) = cfg.instance_memory_budget {
+        runtime.memory_budget().set_limit(bytes as usize);
+    }
+    tracing::info!(
+        "wasm instance memory budget: {} MiB",
+        runtime.memory_budget().limit() >> 20
+    );
     let blobs = Arc::new(Blobs::open(&cfg.data_dir, cfg.max_upload_size)?);
     let fd_limit = crate::listen::raise_fd_limit().unwrap_or_else(|e| {
         tracing::warn!("cannot read or raise RLIMIT_NOFILE ({e}); assuming 1024 file descriptors");

@@ -88,6 +88,15 @@ pub struct CreateServiceRequest {
     /// `--limit-memory`, in bytes.
     #[serde(default)]
     pub limit_memory: Option<u64>,
+    /// `--allow-outbound`, repeatable.
+    #[serde(default)]
+    pub allow_outbound: Vec<String>,
+    /// `--instance-reuse N`.
+    #[serde(default)]
+    pub instance_reuse: Option<u32>,
+    /// `--max-concurrent-requests N`.
+    #[serde(default)]
+    pub max_concurrent_requests: Option<u32>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]

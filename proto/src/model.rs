@@ -103,6 +103,15 @@ pub struct ServiceSpec {
     pub ports: Vec<PortConfig>,
     #[serde(default)]
     pub limits: Limits,
+    /// Where a replica's outgoing `wasi:http` requests may go
+    /// (`--allow-outbound`, patterns as Spin's `allowed_outbound_hosts`);
+    /// empty: nowhere.
+    #[serde(default)]
+    pub allow_outbound: Vec<String>,
+    /// `--instance-reuse N`: one instance serves up to N requests, one
+    /// after another. 0 or 1: a fresh instance per request (the default).
+    #[serde(default)]
+    pub instance_reuse: u32,
 }
 
 /// Resource limits of every replica (`--limit-memory`).
@@ -110,6 +119,10 @@ pub struct ServiceSpec {
 pub struct Limits {
     /// Most linear memory one wasm instance may grow to, in bytes.
     pub memory_bytes: Option<u64>,
+    /// Most requests this service serves at once on one node
+    /// (`--max-concurrent-requests`); `None`: the node's default.
+    #[serde(default)]
+    pub concurrent_requests: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

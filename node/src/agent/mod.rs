@@ -24,9 +24,9 @@ use swarmlet_proto::{DesiredState, Task, TaskState, TaskStatus};
 use tokio::sync::{mpsc, watch};
 
 use crate::blobs::Blobs;
-use crate::mesh::{Backend, Mesh};
+use crate::mesh::{Backend, Mesh, ServiceBackends, DEFAULT_CONCURRENT_REQUESTS};
 use crate::raft::RaftHandle;
-use crate::runtime::wasm::{WasmApp, WasmRuntime};
+use crate::runtime::wasm::{ServiceSettings, WasmApp, WasmRuntime};
 use crate::store::Store;
 use report::Reporter;
 
@@ -285,20 +285,40 @@ impl Agent {
     }
 
     fn publish(&self, local: &HashMap<String, Local>) {
-        let mut by_service: HashMap<String, (String, Vec<Backend>)> = HashMap::new();
+        // Per-service settings (limits, egress, reuse) come from the spec.
+        let state = self.store.read();
+        let mut by_service: HashMap<String, ServiceBackends> = HashMap::new();
         for l in local.values() {
-            by_service
+            let spec = state.services.get(&l.service_id).map(|s| &s.spec);
+            let entry = by_service
                 .entry(l.service_id.clone())
-                .or_insert_with(|| (l.service_name.clone(), Vec::new()))
-                .1
-                .push(Backend::LocalWasm {
-                    replica: l.name.clone(),
-                    app: l.app.clone(),
-                    memory_limit: l.memory_limit,
+                .or_insert_with(|| ServiceBackends {
+                    name: l.service_name.clone(),
+                    max_concurrent: spec
+                        .and_then(|s| s.limits.concurrent_requests)
+                        .unwrap_or(DEFAULT_CONCURRENT_REQUESTS),
+                    list: Vec::new(),
                 });
+            let settings = match spec {
+                Some(spec) => ServiceSettings::from_spec(spec),
+                // The service is being removed: serve as before until its
+                // replicas stop, with nothing allowed out.
+                None => ServiceSettings {
+                    service: l.service_name.as_str().into(),
+                    memory_limit: l.memory_limit,
+                    egress: Default::default(),
+                    instance_reuse: 0,
+                },
+            };
+            entry.list.push(Backend::LocalWasm {
+                replica: l.name.clone(),
+                app: l.app.clone(),
+                settings: Arc::new(settings),
+            });
         }
-        for (_, list) in by_service.values_mut() {
-            list.sort_by(|a, b| match (a, b) {
+        drop(state);
+        for s in by_service.values_mut() {
+            s.list.sort_by(|a, b| match (a, b) {
                 (Backend::LocalWasm { replica: x, .. }, Backend::LocalWasm { replica: y, .. }) => {
                     x.cmp(y)
                 }

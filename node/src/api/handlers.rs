@@ -323,6 +323,23 @@ fn check_replicas(replicas: u64) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// `--allow-outbound`, `--instance-reuse` and `--max-concurrent-requests`.
+fn check_request_settings(req: &CreateServiceRequest) -> Result<(), ApiError> {
+    crate::runtime::wasm::EgressPolicy::parse(&req.allow_outbound)
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    if req.instance_reuse == Some(0) {
+        return Err(ApiError::bad_request(
+            "--instance-reuse 0 is not a count of requests; give 2 or more to reuse an instance, or leave it out for a fresh instance per request",
+        ));
+    }
+    if req.max_concurrent_requests == Some(0) {
+        return Err(ApiError::bad_request(
+            "--max-concurrent-requests 0 would refuse every request; give 1 or more",
+        ));
+    }
+    Ok(())
+}
+
 fn check_memory_limit(limit: Option<u64>) -> Result<(), ApiError> {
     let max = crate::runtime::wasm::MAX_MEMORY as u64;
     match limit {
@@ -354,6 +371,7 @@ pub async fn create_service(st: &ApiState, body: Incoming) -> Result<Response, A
     let req: CreateServiceRequest = body_json(body).await?;
     check_replicas(req.replicas)?;
     check_memory_limit(req.limit_memory)?;
+    check_request_settings(&req)?;
     if !valid_name(&req.name) {
         return Err(ApiError::bad_request(format!(
             "invalid service name {:?}: {}",
@@ -412,7 +430,10 @@ pub async fn create_service(st: &ApiState, body: Incoming) -> Result<Response, A
             ports,
             limits: Limits {
                 memory_bytes: req.limit_memory,
+                concurrent_requests: req.max_concurrent_requests,
             },
+            allow_outbound: req.allow_outbound.clone(),
+            instance_reuse: req.instance_reuse.unwrap_or(0),
         },
         version: 1,
         created_at_ms: now,

@@ -121,6 +121,10 @@ pub struct DaemonArgs {
     /// faster instantiation)
     #[arg(long, default_value = "guard-pages")]
     wasm_isolation: Isolation,
+    /// Most linear memory all wasm instances together may hold (e.g. 2g);
+    /// requests beyond it wait briefly, then get 503 [default: half of MemTotal]
+    #[arg(long, value_parser = service::parse_bytes)]
+    instance_memory_budget: Option<u64>,
 }
 
 impl Cli {
@@ -167,6 +171,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 max_connections: a.max_connections,
                 max_upload_size: a.max_upload_size,
                 wasm_isolation: a.wasm_isolation,
+                instance_memory_budget: a.instance_memory_budget,
             })
             .await
         }

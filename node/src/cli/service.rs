@@ -62,11 +62,31 @@ pub struct CreateArgs {
     /// Memory limit of each replica's instance (e.g. 64M, 1g, 1048576)
     #[arg(long, value_parser = parse_bytes)]
     limit_memory: Option<u64>,
+    /// Let the guest make outgoing HTTP requests to this (repeatable):
+    /// scheme://host[:port], `*` for any scheme, host or port, `*.example.com`
+    /// for subdomains. Without it every outgoing request is denied.
+    #[arg(long = "allow-outbound", value_name = "PATTERN", value_parser = parse_allow_outbound)]
+    allow_outbound: Vec<String>,
+    /// Serve up to N requests, one after another, with one instance (state
+    /// in the guest's memory is then shared between them). Default: a fresh
+    /// instance per request
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    instance_reuse: Option<u32>,
+    /// Most requests this service serves at once on a node; more wait
+    /// briefly, then get 503 [default: 100]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    max_concurrent_requests: Option<u32>,
     /// Exit immediately instead of waiting for the service to converge
     #[arg(short, long)]
     detach: bool,
     /// The component to run: a .wasm file
     image: PathBuf,
+}
+
+fn parse_allow_outbound(s: &str) -> Result<String, String> {
+    crate::runtime::wasm::EgressPolicy::parse(&[s.to_string()])
+        .map(|_| s.to_string())
+        .map_err(|e| e.to_string())
 }
 
 fn parse_replicas(s: &str) -> Result<u64, String> {
@@ -268,6 +288,9 @@ async fn create(c: &Client, a: CreateArgs) -> anyhow::Result<()> {
         wasm_name,
         ports: a.publish,
         limit_memory: a.limit_memory,
+        allow_outbound: a.allow_outbound,
+        instance_reuse: a.instance_reuse,
+        max_concurrent_requests: a.max_concurrent_requests,
     };
     let v: ServiceView = c.post("/v1/services", &req).await?;
     println!("{}", v.service.id);

@@ -20,8 +20,15 @@ use std::sync::{Arc, Mutex};
 use arc_swap::ArcSwap;
 use hyper::body::Incoming;
 
+use tokio::sync::Semaphore;
+
 use crate::body::{text_response, Body};
-use crate::runtime::wasm::WasmApp;
+use crate::runtime::wasm::{ServiceSettings, WasmApp, QUEUE_WAIT};
+
+/// Requests one service serves at once on this node unless its
+/// `--max-concurrent-requests` says otherwise: well under the instance
+/// pool's 1000 slots, so one busy service leaves room for the others.
+pub const DEFAULT_CONCURRENT_REQUESTS: u32 = 100;
 
 /// Where a request can be sent.
 #[derive(Clone)]
@@ -30,15 +37,26 @@ pub enum Backend {
     LocalWasm {
         replica: String,
         app: Arc<WasmApp>,
-        memory_limit: Option<usize>,
+        settings: Arc<ServiceSettings>,
     },
 }
 
-/// The replicas of one service, with a round-robin cursor.
+/// What the agent tells the mesh about one service on this node.
+pub struct ServiceBackends {
+    pub name: String,
+    /// `--max-concurrent-requests` (or the default).
+    pub max_concurrent: u32,
+    pub list: Vec<Backend>,
+}
+
+/// The replicas of one service, with a round-robin cursor and the
+/// service's concurrency slots (shared by its replicas on this node).
 pub struct Backends {
     service: String,
     list: Vec<Backend>,
     next: AtomicUsize,
+    max_concurrent: u32,
+    slots: Arc<Semaphore>,
 }
 
 impl Backends {
@@ -90,19 +108,27 @@ impl Mesh {
         self.publish_addr
     }
 
-    /// Replaces the replica set of every service (called by the agent).
-    pub fn set_backends(&self, by_service: HashMap<String, (String, Vec<Backend>)>) {
+    /// Replaces the replica set of every service (called by the agent). A
+    /// service keeps its concurrency slots (and the requests holding them)
+    /// across replacements unless its limit changed.
+    pub fn set_backends(&self, by_service: HashMap<String, ServiceBackends>) {
+        let old = self.backends.load();
         let table = by_service
             .into_iter()
-            .map(|(id, (service, list))| {
-                (
-                    id,
-                    Arc::new(Backends {
-                        service,
-                        list,
-                        next: AtomicUsize::new(0),
-                    }),
-                )
+            .map(|(id, s)| {
+                let slots = old
+                    .get(&id)
+                    .filter(|b| b.max_concurrent == s.max_concurrent)
+                    .map(|b| b.slots.clone())
+                    .unwrap_or_else(|| Arc::new(Semaphore::new(s.max_concurrent as usize)));
+                let backends = Backends {
+                    service: s.name,
+                    list: s.list,
+                    next: AtomicUsize::new(0),
+                    max_concurrent: s.max_concurrent,
+                    slots,
+                };
+                (id, Arc::new(backends))
             })
             .collect();
         self.backends.store(Arc::new(table));
@@ -157,20 +183,40 @@ impl Mesh {
         service_name: &str,
         req: hyper::Request<Incoming>,
     ) -> hyper::Response<Body> {
-        let table = self.backends.load();
-        let Some(backend) = table.get(service_id).and_then(|b| b.pick()) else {
-            let name = table
-                .get(service_id)
-                .map(|b| b.service.as_str())
-                .unwrap_or(service_name);
+        let table = self.backends.load_full();
+        let Some(backends) = table.get(service_id) else {
+            return text_response(
+                503,
+                format!("service {service_name} has no running replica\n"),
+            );
+        };
+        let Some(backend) = backends.pick() else {
+            let name = &backends.service;
             return text_response(503, format!("service {name} has no running replica\n"));
+        };
+        // Each service has its own slots: a busy one waits and then answers
+        // 503 itself, while the others keep the rest of the node.
+        let permit = match tokio::time::timeout(QUEUE_WAIT, backends.slots.clone().acquire_owned())
+            .await
+        {
+            Ok(Ok(permit)) => permit,
+            _ => {
+                tracing::warn!(service = %backends.service, limit = backends.max_concurrent, "service at its concurrency limit: answering 503");
+                return text_response(
+                    503,
+                    format!(
+                        "service {} is serving its limit of {} concurrent requests; try again later\n",
+                        backends.service, backends.max_concurrent
+                    ),
+                );
+            }
         };
         match backend {
             Backend::LocalWasm {
                 replica,
                 app,
-                memory_limit,
-            } => app.handle(replica, *memory_limit, req).await,
+                settings,
+            } => app.handle(replica, settings, permit, req).await,
         }
     }
 }

@@ -167,6 +167,8 @@ mod tests {
                     },
                     ports: vec![],
                     limits: Default::default(),
+                    allow_outbound: Vec::new(),
+                    instance_reuse: 0,
                 },
                 version: 1,
                 created_at_ms: 0,

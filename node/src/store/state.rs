@@ -245,6 +245,8 @@ mod tests {
                     protocol: Protocol::Tcp,
                 }],
                 limits: Default::default(),
+                allow_outbound: Vec::new(),
+                instance_reuse: 0,
             },
             version: 1,
             created_at_ms: 0,

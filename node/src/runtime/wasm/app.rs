@@ -1,26 +1,78 @@
 //! One loaded component (`WasmApp`) and how it serves a request: a fresh
-//! instance per request, with the per-request host state (`Host`).
+//! instance per request (or, with `--instance-reuse N`, one instance for up
+//! to N requests one after another), with the per-instance host state
+//! (`Host`): the service's egress policy and its memory limits.
+//!
+//! Architecture invariant: a request's guest runs only while someone waits
+//! for it: if the client goes away before the response head, the guest's
+//! call is dropped (cancelled) and its instance freed. Once the head is sent
+//! the guest may finish streaming its body, bounded by the request timeout.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
+use swarmlet_proto::ServiceSpec;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::task::JoinHandle;
 use wasmtime::component::ResourceTable;
-use wasmtime::{Store, StoreLimits, StoreLimitsBuilder, UpdateDeadline};
+use wasmtime::{Store, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
-use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::p2::bindings::{Proxy, ProxyPre};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
+use super::egress::{incoming_hops, Egress, EgressPolicy, MAX_HOPS};
+use super::limits::{InstanceLimiter, MemoryBudget};
 use super::MAX_MEMORY;
 use crate::body::{text_response, Body, BoxError};
 
-/// Per-request host state.
+/// How long a request waits for room (a concurrency slot, instance memory)
+/// before it is answered 503.
+pub const QUEUE_WAIT: Duration = Duration::from_secs(2);
+
+/// Most idle instances kept per replica for `--instance-reuse`.
+const IDLE_MAX: usize = 16;
+
+/// How a service's requests are served, from its spec.
+#[derive(Debug, Clone)]
+pub struct ServiceSettings {
+    /// The service's name, for the log.
+    pub service: Arc<str>,
+    /// `--limit-memory`: an instance's linear memory cap.
+    pub memory_limit: Option<usize>,
+    /// `--allow-outbound`.
+    pub egress: Arc<EgressPolicy>,
+    /// `--instance-reuse`: requests one instance serves (0 and 1: one).
+    pub instance_reuse: u32,
+}
+
+impl ServiceSettings {
+    pub fn from_spec(spec: &ServiceSpec) -> Self {
+        // Validated when the service was created; a list that no longer
+        // parses (an older node's rules) denies everything rather than more.
+        let egress = EgressPolicy::parse(&spec.allow_outbound).unwrap_or_else(|e| {
+            tracing::warn!(service = %spec.name, "denying all outgoing requests: {e}");
+            EgressPolicy::default()
+        });
+        ServiceSettings {
+            service: spec.name.as_str().into(),
+            memory_limit: spec.limits.memory_bytes.map(|b| b as usize),
+            egress: Arc::new(egress),
+            instance_reuse: spec.instance_reuse,
+        }
+    }
+}
+
+/// Per-instance host state.
 pub(super) struct Host {
     wasi: WasiCtx,
     http: WasiHttpCtx,
     table: ResourceTable,
-    limits: StoreLimits,
+    limiter: InstanceLimiter,
+    egress: Egress,
 }
 
 impl WasiView for Host {
@@ -37,28 +89,53 @@ impl WasiHttpView for Host {
         WasiHttpCtxView {
             ctx: &mut self.http,
             table: &mut self.table,
-            hooks: Default::default(),
+            hooks: &mut self.egress,
         }
     }
+}
+
+/// An instance between requests (`--instance-reuse`).
+struct Idle {
+    store: Store<Host>,
+    proxy: Proxy,
+    served: u32,
 }
 
 /// A loaded, pre-instantiated component, shared by all local replicas of a service.
 pub struct WasmApp {
     pub(super) pre: ProxyPre<Host>,
     pub(super) timeout: Duration,
+    pub(super) budget: Arc<MemoryBudget>,
+    /// Idle instances by replica name (`--instance-reuse` only).
+    idle: Mutex<HashMap<String, Vec<Idle>>>,
+}
+
+/// Aborts the guest's task when the request is dropped (its client went
+/// away) before the guest answered.
+struct AbortOnDrop<T>(Option<JoinHandle<T>>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        if let Some(task) = self.0.take() {
+            if !task.is_finished() {
+                tracing::debug!("client went away: cancelling its guest call");
+            }
+            task.abort();
+        }
+    }
 }
 
 impl WasmApp {
-    /// Serves one request in a fresh instance. `replica` names the replica
-    /// (the guest sees it as `SWARMLET_TASK_NAME`); `memory_limit` caps the
-    /// instance's linear memory (`--limit-memory`): a guest that grows past
-    /// it sees `memory.grow` fail, as on a full machine.
-    pub async fn handle(
-        &self,
-        replica: &str,
-        memory_limit: Option<usize>,
-        req: hyper::Request<Incoming>,
-    ) -> hyper::Response<Body> {
+    pub(super) fn new(pre: ProxyPre<Host>, timeout: Duration, budget: Arc<MemoryBudget>) -> Self {
+        WasmApp {
+            pre,
+            timeout,
+            budget,
+            idle: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn new_store(&self, replica: &str, settings: &ServiceSettings) -> Store<Host> {
         let wasi = WasiCtx::builder()
             .env("SWARMLET_TASK_NAME", replica)
             .inherit_stderr()
@@ -69,14 +146,75 @@ impl WasmApp {
                 wasi,
                 http: WasiHttpCtx::new(),
                 table: ResourceTable::new(),
-                limits: StoreLimitsBuilder::new()
-                    .memory_size(memory_limit.unwrap_or(MAX_MEMORY))
-                    .build(),
+                limiter: InstanceLimiter::new(
+                    settings.memory_limit.unwrap_or(MAX_MEMORY),
+                    self.budget.clone(),
+                ),
+                egress: Egress {
+                    service: settings.service.clone(),
+                    policy: settings.egress.clone(),
+                    hops: 0,
+                },
             },
         );
-        store.limiter(|host| &mut host.limits);
-        store.set_epoch_deadline(1);
+        store.limiter_async(|host| &mut host.limiter);
         store.epoch_deadline_callback(|_| Ok(UpdateDeadline::Yield(1)));
+        store
+    }
+
+    fn take_idle(&self, replica: &str) -> Option<Idle> {
+        self.idle.lock().ok()?.get_mut(replica)?.pop()
+    }
+
+    fn put_idle(&self, replica: String, idle: Idle) {
+        // An idle instance keeps its memory: not when others may need it.
+        if self.budget.used() > self.budget.limit() / 4 * 3 {
+            return;
+        }
+        if let Ok(mut map) = self.idle.lock() {
+            let list = map.entry(replica).or_default();
+            if list.len() < IDLE_MAX {
+                list.push(idle);
+            }
+        }
+    }
+
+    /// Serves one request. `replica` names the replica (the guest sees it as
+    /// `SWARMLET_TASK_NAME`); `permit` is the service's concurrency slot,
+    /// held until the guest is done.
+    pub async fn handle(
+        self: &Arc<Self>,
+        replica: &str,
+        settings: &ServiceSettings,
+        permit: OwnedSemaphorePermit,
+        req: hyper::Request<Incoming>,
+    ) -> hyper::Response<Body> {
+        let hops = incoming_hops(req.headers());
+        if hops >= MAX_HOPS {
+            tracing::warn!(service = %settings.service, hops, "request loop: refusing a request that passed through {hops} guests");
+            return text_response(
+                508,
+                format!("request loop: this request already passed through {hops} wasm guests\n"),
+            );
+        }
+        let reuse = settings.instance_reuse > 1;
+        let reused = if reuse { self.take_idle(replica) } else { None };
+        let (mut store, proxy, served) = match reused {
+            Some(i) => (i.store, Some(i.proxy), i.served),
+            None => {
+                // A fresh instance needs at least its first page of memory.
+                if !self.budget.wait_for_room(64 << 10, QUEUE_WAIT).await {
+                    tracing::warn!(service = %settings.service, "instance memory budget full: answering 503");
+                    return text_response(
+                        503,
+                        "the node's instance memory budget is in use by other requests; try again later\n",
+                    );
+                }
+                (self.new_store(replica, settings), None, 0)
+            }
+        };
+        store.set_epoch_deadline(1);
+        store.data_mut().egress.hops = hops;
 
         let (sender, receiver) = tokio::sync::oneshot::channel();
         let (req_res, out_res) = {
@@ -90,29 +228,62 @@ impl WasmApp {
             (Ok(r), Ok(o)) => (r, o),
             (Err(e), _) | (_, Err(e)) => return text_response(400, format!("bad request: {e}\n")),
         };
-        let pre = self.pre.clone();
+        let app = self.clone();
         let timeout = self.timeout;
+        let keep_for = reuse.then(|| (replica.to_string(), settings.instance_reuse));
         // The guest runs in its own task so it may keep streaming the body
         // after the response head is sent; the timeout bounds all of it.
         let task = tokio::spawn(async move {
+            let _permit = permit;
             let run = async {
-                let proxy = pre.instantiate_async(&mut store).await?;
+                let proxy = match proxy {
+                    Some(p) => p,
+                    None => app.pre.instantiate_async(&mut store).await?,
+                };
                 proxy
                     .wasi_http_incoming_handler()
                     .call_handle(&mut store, req, out)
-                    .await
+                    .await?;
+                Ok::<_, wasmtime::Error>(proxy)
             };
             match tokio::time::timeout(timeout, run).await {
-                Ok(r) => r.map_err(|e| GuestFailure::Failed(describe(&e))),
+                Ok(Ok(proxy)) => {
+                    if let Some((replica, max)) = keep_for {
+                        if served + 1 < max {
+                            let idle = Idle {
+                                store,
+                                proxy,
+                                served: served + 1,
+                            };
+                            app.put_idle(replica, idle);
+                        }
+                    }
+                    Ok(())
+                }
+                Ok(Err(_)) if store.data().limiter.denied_by_budget() => {
+                    Err(GuestFailure::OverBudget)
+                }
+                Ok(Err(e)) if e.is::<wasmtime::PoolConcurrencyLimitError>() => {
+                    Err(GuestFailure::NodeFull(e.to_string()))
+                }
+                Ok(Err(e)) => Err(GuestFailure::Failed(describe(&e))),
                 Err(_) => Err(GuestFailure::TimedOut(timeout)),
             }
         });
+        let mut guard = AbortOnDrop(Some(task));
         match receiver.await {
-            Ok(Ok(resp)) => resp.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed_unsync()),
+            Ok(Ok(resp)) => {
+                // The head is out: let the guest finish its body.
+                guard.0.take();
+                resp.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed_unsync())
+            }
             Ok(Err(code)) => {
                 text_response(502, format!("guest answered with an error: {code:?}\n"))
             }
             Err(_) => {
+                let Some(task) = guard.0.take() else {
+                    return text_response(500, "guest task lost\n");
+                };
                 let failure = match task.await {
                     Ok(Ok(())) => {
                         GuestFailure::Failed("guest returned without setting a response".into())
@@ -123,6 +294,9 @@ impl WasmApp {
                 tracing::warn!(%replica, "wasm request failed: {failure}");
                 match failure {
                     GuestFailure::TimedOut(_) => text_response(504, format!("{failure}\n")),
+                    GuestFailure::OverBudget | GuestFailure::NodeFull(_) => {
+                        text_response(503, format!("{failure}\n"))
+                    }
                     GuestFailure::Failed(_) => text_response(500, format!("{failure}\n")),
                 }
             }
@@ -146,4 +320,8 @@ enum GuestFailure {
     TimedOut(Duration),
     #[error("wasm guest failed: {0}")]
     Failed(String),
+    #[error("the node's instance memory budget is in use by other requests; try again later")]
+    OverBudget,
+    #[error("this node runs as many wasm instances as it can ({0}); try again later")]
+    NodeFull(String),
 }

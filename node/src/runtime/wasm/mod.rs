@@ -13,11 +13,15 @@
 
 mod app;
 mod compile;
+mod egress;
 mod engine;
+mod limits;
 
-pub use app::WasmApp;
+pub use app::{ServiceSettings, WasmApp, QUEUE_WAIT};
 pub use compile::{child_main, CHILD_COMMAND};
+pub use egress::EgressPolicy;
 pub use engine::{gib, Allocator, EngineSettings, Isolation};
+pub use limits::MemoryBudget;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -67,6 +71,7 @@ pub struct WasmRuntime {
     /// Components compiled (not loaded from the cache) since start-up.
     compiles: AtomicU64,
     timeout: Duration,
+    budget: Arc<MemoryBudget>,
 }
 
 fn engine_err(e: impl std::fmt::Display) -> WasmError {
@@ -104,12 +109,18 @@ impl WasmRuntime {
             preparing: Mutex::new(HashMap::new()),
             compiles: AtomicU64::new(0),
             timeout,
+            budget: MemoryBudget::new(MemoryBudget::default_limit()),
         }))
     }
 
     /// How the engine was built (for `swarmlet info`).
     pub fn settings(&self) -> &EngineSettings {
         &self.settings
+    }
+
+    /// The node-wide budget for all instances' linear memory.
+    pub fn memory_budget(&self) -> &MemoryBudget {
+        &self.budget
     }
 
     /// Checks that `bytes` is a `wasi:http/proxy` component this node can
@@ -142,10 +153,11 @@ impl WasmRuntime {
                 source,
             })
         })?;
-        let app = Arc::new(WasmApp {
-            pre: self.pre(component)?,
-            timeout: self.timeout,
-        });
+        let app = Arc::new(WasmApp::new(
+            self.pre(component)?,
+            self.timeout,
+            self.budget.clone(),
+        ));
         lock(&self.loaded).insert(digest.to_string(), app.clone());
         Ok(app)
     }

@@ -129,11 +129,9 @@ impl DiskStorage {
         let db = open_db(path)?;
         // Create the tables only once: a start must not need to write (on a
         // full disk the node still starts, serves, and refuses changes).
-        let has_tables = {
-            let rtx = db.begin_read()?;
-            let found = rtx.open_table(ENTRIES).is_ok() && rtx.open_table(META).is_ok();
-            found
-        };
+        let rtx = db.begin_read()?;
+        let has_tables = rtx.open_table(ENTRIES).is_ok() && rtx.open_table(META).is_ok();
+        drop(rtx);
         if !has_tables {
             let tx = db.begin_write()?;
             {

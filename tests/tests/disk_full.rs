@@ -75,9 +75,14 @@ fn a_full_disk_refuses_changes_keeps_serving_and_recovers() {
     };
     let mut node = probe;
     node.spawn();
+    let filler = node.data_dir.join("filler");
+    // init on a full disk: refused, nothing half-made; it works once there is space.
+    fill(&filler);
+    let err = node.fails(&["init"]);
+    assert!(err.contains("no space left under DATA_DIR"), "{err}");
+    std::fs::remove_file(&filler).unwrap();
     node.ok(&["init"]);
     node.create("hello", "hello", &["--replicas", "2", "-p", "8080:80"]);
-    let filler = node.data_dir.join("filler");
     fill(&filler);
 
     // Changes big enough to need new pages in the raft file (the tasks of

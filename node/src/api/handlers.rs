@@ -92,7 +92,17 @@ pub async fn init(st: &ApiState, body: Incoming) -> Result<Response, ApiError> {
     first.nodes.insert(node.id.clone(), node);
     let cluster = crate::daemon::start_cluster(st, Some(first))
         .await
-        .map_err(|e| ApiError::new(500, format!("starting raft: {e:#}")))?
+        .map_err(|e| match e.downcast_ref::<crate::raft::StorageError>() {
+            // Nothing was saved (the first snapshot is one write); init can be run again.
+            Some(se) if se.is_disk_full() => ApiError::new(
+                507,
+                format!(
+                    "no space left under DATA_DIR {}: nothing was saved; free some space and run \"swarmlet init\" again",
+                    st.data_dir.display()
+                ),
+            ),
+            _ => ApiError::new(500, format!("starting raft: {e:#}")),
+        })?
         .ok_or_else(|| ApiError::new(500, "raft did not start"))?;
     let cluster = st.cluster.get_or_init(|| async { cluster }).await;
     cluster.wait_leader().await;

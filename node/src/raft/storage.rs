@@ -127,12 +127,19 @@ impl DiskStorage {
     /// Opens (or creates) the raft file and loads it into memory.
     pub fn open(path: &Path) -> Result<Self, StorageError> {
         let db = open_db(path)?;
-        let tx = db.begin_write()?;
-        {
-            tx.open_table(ENTRIES)?;
-            tx.open_table(META)?;
+        // Create the tables only once: a start must not need to write (on a
+        // full disk the node still starts, serves, and refuses changes).
+        let rtx = db.begin_read()?;
+        let has_tables = rtx.open_table(ENTRIES).is_ok() && rtx.open_table(META).is_ok();
+        drop(rtx);
+        if !has_tables {
+            let tx = db.begin_write()?;
+            {
+                tx.open_table(ENTRIES)?;
+                tx.open_table(META)?;
+            }
+            tx.commit()?;
         }
-        tx.commit()?;
 
         let mem = MemStorage::new();
         let mut snapshot = Snapshot::default();

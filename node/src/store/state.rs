@@ -27,6 +27,17 @@ pub enum StoreError {
     },
 }
 
+/// How many characters of an ID `service ls` prints.
+pub const SHORT_ID_LEN: usize = 12;
+
+/// Whether `name` could be taken for the service ID `id` as a user copies
+/// it from `service ls`: at least the printed length and a prefix of it.
+/// Shorter names win over ID prefixes in lookups (as docker's), so they
+/// may be anything.
+fn id_clash(id: &str, name: &str) -> bool {
+    name.len() >= SHORT_ID_LEN && id.starts_with(name)
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct State {
     pub cluster_id: Option<String>,
@@ -53,11 +64,11 @@ impl State {
     }
 
     /// A fresh service ID that does not start with any existing service's
-    /// name (see `StoreError::NameIsIdPrefix`).
+    /// ID-like name (see `StoreError::NameIsIdPrefix`).
     pub fn new_service_id(&self, random: impl Fn() -> String) -> String {
         loop {
             let id = random();
-            if !self.services.values().any(|s| id.starts_with(&s.spec.name)) {
+            if !self.services.values().any(|s| id_clash(&id, &s.spec.name)) {
                 return id;
             }
         }
@@ -97,11 +108,11 @@ impl State {
                         other.id.clone(),
                     ));
                 }
-                // A lookup key must never be both a name and an ID prefix.
+                // An ID as `service ls` prints it must never also be a name.
                 if let Some(clash) = self.services.values().find(|s| {
-                    s.id.starts_with(&service.spec.name) || service.id.starts_with(&s.spec.name)
+                    id_clash(&s.id, &service.spec.name) || id_clash(&service.id, &s.spec.name)
                 }) {
-                    let (name, id) = if clash.id.starts_with(&service.spec.name) {
+                    let (name, id) = if id_clash(&clash.id, &service.spec.name) {
                         (service.spec.name.clone(), clash.id.clone())
                     } else {
                         (clash.spec.name.clone(), service.id.clone())
@@ -322,23 +333,32 @@ mod tests {
         // A new ID that starts with an existing name: refused, and
         // new_service_id never picks one.
         st.apply(&env(Command::CreateService {
-            service: service("bbbb", "ab", 3),
+            service: service("bbbb", "abcdefabcdef", 3),
         }))
         .unwrap();
         let err = st.apply(&env(Command::CreateService {
-            service: service("ab12", "api", 4),
+            service: service("abcdefabcdef99", "api", 4),
         }));
         assert!(matches!(err, Err(StoreError::NameIsIdPrefix { .. })));
         let ids = std::cell::Cell::new(0);
         let id = st.new_service_id(|| {
             ids.set(ids.get() + 1);
             if ids.get() == 1 {
-                "ab99".into()
+                "abcdefabcdef99".into()
             } else {
                 "cd99".into()
             }
         });
         assert_eq!(id, "cd99");
+        // Short names are names, whatever IDs begin with them.
+        st.apply(&env(Command::CreateService {
+            service: service("b22ada14cb2a", "b", 5),
+        }))
+        .unwrap();
+        st.apply(&env(Command::CreateService {
+            service: service("b0b0", "db", 6),
+        }))
+        .unwrap();
         assert_eq!(
             st.find_service("80c18e807e5e")
                 .map(|s| s.spec.name.as_str()),

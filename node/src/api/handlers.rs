@@ -198,7 +198,13 @@ async fn receive_blob(st: &ApiState, body: &mut Incoming) -> Result<Response, Ap
     // On any early return the writer's result is dropped, which removes
     // its temp file.
     loop {
-        match tokio::time::timeout(UPLOAD_IDLE, body.frame()).await {
+        let next = tokio::select! {
+            next = tokio::time::timeout(UPLOAD_IDLE, body.frame()) => next,
+            // The writer refused the upload (junk, too large, disk full):
+            // answer now, not when the client sends its next bytes.
+            _ = tx.closed() => break,
+        };
+        match next {
             Err(_) => {
                 return Err(ApiError::new(
                     408,

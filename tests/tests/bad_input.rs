@@ -140,7 +140,7 @@ fn unreachable_daemon_says_where_it_looked() {
         err.contains("cannot connect to the swarmlet daemon at unix:///nonexistent/swarmlet.sock"),
         "{err}"
     );
-    assert!(err.contains("-H IP:PORT"), "{err}");
+    assert!(err.contains("-H unix:///path/to/swarmlet.sock"), "{err}");
 }
 
 #[test]

@@ -250,19 +250,31 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     );
     let (closing_tx, closing) = watch::channel(false);
     let listeners = api::Listeners { unix, tcp };
-    let server = tokio::spawn(api::serve(state.clone(), listeners, limits, budget.clone(), closing));
+    let server = tokio::spawn(api::serve(
+        state.clone(),
+        listeners,
+        limits,
+        budget.clone(),
+        closing,
+    ));
 
     wait_for_signal().await;
     // Stop accepting everywhere, let requests in flight finish (connections
     // close after their current request), then stop the rest.
     let grace = cfg.shutdown_grace;
-    tracing::info!(open = budget.open(), "shutting down: waiting up to {grace:?} for requests in flight");
+    tracing::info!(
+        open = budget.open(),
+        "shutting down: waiting up to {grace:?} for requests in flight"
+    );
     let _ = closing_tx.send(true);
     mesh.close_all();
     let _ = server.await;
     let _ = std::fs::remove_file(&sock);
     if tokio::time::timeout(grace, budget.drained()).await.is_err() {
-        tracing::warn!(open = budget.open(), "grace period over; closing connections still busy");
+        tracing::warn!(
+            open = budget.open(),
+            "grace period over; closing connections still busy"
+        );
     }
     let _ = shutdown_tx.send(true);
     tracing::info!("stopped");

@@ -113,8 +113,10 @@ impl Node {
     /// answers until it closes the connection (send `Connection: close`).
     /// A write cut short by the daemon's answer is not an error.
     pub fn api_raw(&self, request: &[u8]) -> String {
-        let mut s = std::os::unix::net::UnixStream::connect(self.socket()).expect("connect to the API socket");
-        s.set_read_timeout(Some(Duration::from_secs(60))).expect("set read timeout");
+        let mut s = std::os::unix::net::UnixStream::connect(self.socket())
+            .expect("connect to the API socket");
+        s.set_read_timeout(Some(Duration::from_secs(60)))
+            .expect("set read timeout");
         // The daemon may answer (431, 413) and close before reading it all.
         let _ = s.write_all(request);
         let mut buf = Vec::new();

@@ -71,7 +71,11 @@ fn the_cluster_port_serves_no_client_api_and_the_socket_is_0660() {
     assert_hello(&node, 8080);
 
     // The CLI pointed at the cluster port says why and what to do.
-    for host in [cluster.clone(), node.ip.to_string(), format!("tcp://{cluster}")] {
+    for host in [
+        cluster.clone(),
+        node.ip.to_string(),
+        format!("tcp://{cluster}"),
+    ] {
         for env in [false, true] {
             let mut cmd = std::process::Command::new(swarmlet_bin());
             if env {
@@ -282,7 +286,12 @@ fn ten_thousand_headers_or_a_megabyte_header_line_are_refused() {
         )
         .as_bytes(),
     );
-    assert_eq!(status_of(&resp), Some(413), "{}", &resp[..resp.len().min(300)]);
+    assert_eq!(
+        status_of(&resp),
+        Some(413),
+        "{}",
+        &resp[..resp.len().min(300)]
+    );
     assert!(resp.contains("larger than 1024 KiB"), "{resp}");
     assert_hello(&node, 8080);
 }
@@ -305,7 +314,10 @@ fn read_response(s: &mut TcpStream) -> std::io::Result<String> {
         let mut body = Vec::new();
         while !body.ends_with(b"0\r\n\r\n") {
             if s.read(&mut byte)? == 0 {
-                return Err(std::io::Error::new(ErrorKind::UnexpectedEof, "closed mid-body"));
+                return Err(std::io::Error::new(
+                    ErrorKind::UnexpectedEof,
+                    "closed mid-body",
+                ));
             }
             body.push(byte[0]);
         }
@@ -330,16 +342,20 @@ fn a_removed_services_keep_alive_connections_are_closed() {
 
     // An idle keep-alive connection to hello.
     let mut idle = TcpStream::connect((node.ip, 8080)).unwrap();
-    idle.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    idle.write_all(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    idle.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    idle.write_all(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
     let first = read_response(&mut idle).expect("first response");
     assert!(first.contains("hello from hello.1"), "{first}");
 
     // A keep-alive connection to faulty with a slow request in flight
     // (/sleep: cut by the 2s wasm timeout with a 504).
     let mut busy = TcpStream::connect((node.ip, 8081)).unwrap();
-    busy.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    busy.write_all(b"GET /sleep HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    busy.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    busy.write_all(b"GET /sleep HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
 
     node.ok(&["service", "rm", "hello", "faulty"]);
     node.wait_until("the removed ports to stop accepting", || {
@@ -363,7 +379,11 @@ fn a_removed_services_keep_alive_connections_are_closed() {
     let _ = busy.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
     let mut rest = Vec::new();
     let _ = busy.read_to_end(&mut rest);
-    assert!(rest.is_empty(), "closed after its request: {}", String::from_utf8_lossy(&rest));
+    assert!(
+        rest.is_empty(),
+        "closed after its request: {}",
+        String::from_utf8_lossy(&rest)
+    );
 }
 
 /// Sends GET /sleep in a thread on a keep-alive connection that has already
@@ -401,10 +421,7 @@ fn sigterm_lets_a_request_in_flight_finish_then_exits_0() {
 #[test]
 fn sigterm_cuts_a_request_in_flight_at_the_grace_period_and_exits_0() {
     // The request would take a minute; the grace period is 1s.
-    let mut node = Node::start_with(
-        "n1",
-        &["--wasm-timeout", "120s", "--shutdown-grace", "1s"],
-    );
+    let mut node = Node::start_with("n1", &["--wasm-timeout", "120s", "--shutdown-grace", "1s"]);
     node.ok(&["init"]);
     node.create("faulty", "faulty", &["-p", "8081:80"]);
     let answer = sleep_request(&node, 8081);

@@ -174,7 +174,10 @@ mod tests {
     fn a_tcp_host_is_refused_with_the_tls_reason_before_connecting() {
         for host in ["10.0.0.5", "10.0.0.5:2377", "tcp://10.0.0.5:2377", "node1"] {
             let err = Client::new(host).expect_err(host).to_string();
-            assert!(err.contains("needs a TLS client certificate"), "{host}: {err}");
+            assert!(
+                err.contains("needs a TLS client certificate"),
+                "{host}: {err}"
+            );
             assert!(err.contains("ssh NODE swarmlet"), "{host}: {err}");
         }
         assert!(Client::new("unix:///run/swarmlet.sock").is_ok());

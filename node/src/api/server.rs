@@ -151,7 +151,8 @@ async fn route(state: Arc<ApiState>, req: hyper::Request<Incoming>) -> Response 
 }
 
 /// What the cluster port answers to any HTTP request today.
-pub const REMOTE_REFUSED: &str = "remote control of a swarmlet node needs a TLS client certificate, \
+pub const REMOTE_REFUSED: &str =
+    "remote control of a swarmlet node needs a TLS client certificate, \
 which this version does not offer yet; run the command on the node itself (it talks to the \
 unix socket DATA_DIR/swarmlet.sock), e.g. `ssh NODE swarmlet service ls`";
 

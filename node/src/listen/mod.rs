@@ -154,5 +154,7 @@ pub fn raise_fd_limit() -> std::io::Result<usize> {
         }
     }
     // RLIM_INFINITY is u64::MAX: any budget larger than memory allows is moot.
-    Ok(usize::try_from(lim.rlim_cur).unwrap_or(usize::MAX).min(1 << 20))
+    Ok(usize::try_from(lim.rlim_cur)
+        .unwrap_or(usize::MAX)
+        .min(1 << 20))
 }

@@ -173,7 +173,9 @@ pub async fn serve(
         limits,
         budget,
         |req: hyper::Request<Incoming>| async move {
-            tracing::info!(method = %req.method(), path = %req.uri().path(), "refused an API request on the cluster port");
+            // debug, not info: anyone on the network can send these, and
+            // each would otherwise add a line to the node's log.
+            tracing::debug!(method = %req.method(), path = %req.uri().path(), "refused an API request on the cluster port");
             json(
                 403,
                 &ErrorBody {

@@ -7,7 +7,10 @@
 //! - an **idle keep-alive timeout**, built here (`serve.rs`): hyper 1 has no
 //!   keep-alive timeout of its own (its header-read timer restarts when a
 //!   connection waits for its next request, so it bounds idle time only as long
-//!   as a slow head may take);
+//!   as a slow head may take); and a **send timeout**: a response that waits
+//!   30 s for a client that reads nothing closes its connection (a connection
+//!   with a request in flight is never evicted, so this bounds how long one
+//!   can be held);
 //! - a **cap on connections per listener** (`table.rs`); when it is full a new
 //!   connection evicts the connection that has been idle (or still reading its
 //!   head) the longest instead of being refused, as nginx reuses keep-alive
@@ -48,6 +51,9 @@ pub struct Limits {
     pub header_read_timeout: Duration,
     /// Longest a keep-alive connection may wait, silent, for its next request.
     pub idle_timeout: Duration,
+    /// Longest a response may wait for the client to read (a client that
+    /// stops reading would otherwise hold its connection, never idle, forever).
+    pub send_timeout: Duration,
     pub max_headers: usize,
     /// Bytes of request line + headers.
     pub max_header_size: usize,
@@ -67,6 +73,7 @@ impl Limits {
         Limits {
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(5),
+            send_timeout: Duration::from_secs(30),
             max_headers: 100,
             max_header_size: 32 << 10,
             max_buf_size: 64 << 10,

@@ -7,7 +7,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::server::conn::http1;
@@ -130,23 +130,77 @@ impl Drop for Open {
     }
 }
 
-/// What the driver of one connection watches.
-#[derive(Default)]
+/// What the driver of one connection watches. Times are milliseconds
+/// since `born`.
 struct Activity {
+    born: Instant,
     /// Requests in flight.
     busy: AtomicU32,
     /// Bytes arrived since the connection last became idle (a request head
     /// is coming: hyper's header-read timeout governs it, not the idle one).
     heard: AtomicBool,
-    /// Bumped at every return to idle, so a timer knows it is still the same idle spell.
-    epoch: AtomicU64,
+    /// Requests completed.
+    served: AtomicU64,
+    /// When the connection last became idle.
+    idle_since: AtomicU64,
+    /// Since when a write has been waiting for the client to read (+1; 0:
+    /// no write waiting).
+    write_blocked_since: AtomicU64,
     changed: tokio::sync::Notify,
 }
 
 impl Activity {
+    fn new() -> Activity {
+        Activity {
+            born: Instant::now(),
+            busy: AtomicU32::new(0),
+            heard: AtomicBool::new(false),
+            served: AtomicU64::new(0),
+            idle_since: AtomicU64::new(0),
+            write_blocked_since: AtomicU64::new(0),
+            changed: tokio::sync::Notify::new(),
+        }
+    }
+
+    fn now(&self) -> u64 {
+        u64::try_from(self.born.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
     fn quiet(&self) -> bool {
         self.busy.load(Ordering::SeqCst) == 0 && !self.heard.load(Ordering::SeqCst)
     }
+
+    /// Quiet for at least `d` since the last response.
+    fn idle_for(&self, d: Duration) -> bool {
+        self.quiet()
+            && self
+                .now()
+                .saturating_sub(self.idle_since.load(Ordering::SeqCst))
+                >= millis(d)
+    }
+
+    /// A write has waited at least `d` for the client to read.
+    fn write_stalled_for(&self, d: Duration) -> bool {
+        match self.write_blocked_since.load(Ordering::SeqCst) {
+            0 => false,
+            since => self.now().saturating_sub(since - 1) >= millis(d),
+        }
+    }
+
+    fn note_write<T>(&self, r: &Poll<T>) {
+        if r.is_pending() {
+            if self.write_blocked_since.load(Ordering::Relaxed) == 0 {
+                self.write_blocked_since
+                    .store(self.now() + 1, Ordering::Relaxed);
+            }
+        } else if self.write_blocked_since.load(Ordering::Relaxed) != 0 {
+            self.write_blocked_since.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 async fn serve_conn<S, H, Fut, B>(
@@ -167,7 +221,7 @@ async fn serve_conn<S, H, Fut, B>(
     let fd = stream.as_raw_fd();
     let evicted = conn.evicted.clone();
     let conn = Arc::new(conn);
-    let act = Arc::new(Activity::default());
+    let act = Arc::new(Activity::new());
     let svc = {
         let act = act.clone();
         hyper::service::service_fn(move |req| {
@@ -201,14 +255,16 @@ async fn serve_conn<S, H, Fut, B>(
     // the request in flight.
     let mut closing_asked = false;
     let mut shutting = false;
+    // How often the timeouts below are checked.
+    let tick = limits.idle_timeout.min(limits.send_timeout);
     loop {
-        let epoch = act.epoch.load(Ordering::SeqCst);
+        let served = act.served.load(Ordering::SeqCst);
         let changed = act.changed.notified();
         // A request in flight, or the first one of a new connection (hyper
         // serves it, then closes): graceful shutdown now. A request arriving
         // on an idle keep-alive connection: once it has started, since hyper
         // closes an idle connection at once.
-        if closing_asked && !shutting && (act.busy.load(Ordering::SeqCst) > 0 || epoch == 0) {
+        if closing_asked && !shutting && (act.busy.load(Ordering::SeqCst) > 0 || served == 0) {
             http.as_mut().graceful_shutdown();
             shutting = true;
         }
@@ -229,9 +285,13 @@ async fn serve_conn<S, H, Fut, B>(
                 }
                 closing_asked = true;
             }
-            _ = tokio::time::sleep(limits.idle_timeout) => {
-                if act.quiet() && act.epoch.load(Ordering::SeqCst) == epoch {
+            _ = tokio::time::sleep(tick) => {
+                if act.idle_for(limits.idle_timeout) {
                     tracing::debug!("closing a keep-alive connection idle for {:?}", limits.idle_timeout);
+                    return;
+                }
+                if act.write_stalled_for(limits.send_timeout) {
+                    tracing::debug!("closing a connection whose client read nothing for {:?}", limits.send_timeout);
                     return;
                 }
             }
@@ -263,7 +323,8 @@ struct Done {
 impl Drop for Done {
     fn drop(&mut self) {
         self.act.heard.store(false, Ordering::SeqCst);
-        self.act.epoch.fetch_add(1, Ordering::SeqCst);
+        self.act.idle_since.store(self.act.now(), Ordering::SeqCst);
+        self.act.served.fetch_add(1, Ordering::SeqCst);
         self.act.busy.fetch_sub(1, Ordering::SeqCst);
         self.conn.idle();
         self.act.changed.notify_one();
@@ -324,14 +385,20 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.act.note_write(&r);
+        r
     }
     fn poll_write_vectored(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.act.note_write(&r);
+        r
     }
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
@@ -341,5 +408,64 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
     }
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use http_body_util::Full;
+    use tokio::io::AsyncWriteExt;
+
+    /// Polls `f` every 20 ms, at most `n` times.
+    async fn poll_until(n: usize, f: impl Fn() -> bool) -> bool {
+        for _ in 0..n {
+            if f() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        f()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_client_that_stops_reading_its_response_is_cut_after_the_send_timeout() {
+        let budget = Budget::new(1024);
+        let mut limits = Limits::new(&budget, None);
+        limits.send_timeout = Duration::from_millis(200);
+        limits.idle_timeout = Duration::from_secs(600);
+        let listener = tokio::net::TcpListener::bind("127.11.0.1:0")
+            .await
+            .expect("bind a loopback port");
+        let addr = listener.local_addr().expect("local addr");
+        let (_closing_tx, closing) = watch::channel(false);
+        // A 64 MiB response: far more than the socket buffers hold.
+        let big = Bytes::from(vec![b'x'; 64 << 20]);
+        tokio::spawn(serve(
+            "test".to_string(),
+            listener,
+            limits,
+            budget.clone(),
+            move |_req| {
+                let big = big.clone();
+                async move { hyper::Response::new(Full::new(big)) }
+            },
+            closing,
+        ));
+        let mut client = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        client
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .expect("send a request");
+        // The client never reads.
+        assert!(
+            poll_until(500, || budget.open() == 1).await,
+            "the connection was never accepted"
+        );
+        assert!(
+            poll_until(1500, || budget.open() == 0).await,
+            "the daemon kept a connection whose client reads nothing"
+        );
     }
 }

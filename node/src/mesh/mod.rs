@@ -1,9 +1,10 @@
 //! The routing mesh: every published port listens on this node and spreads
 //! HTTP requests over the service's running replicas.
 //!
-//! Two tables drive it, both swapped atomically so the request path takes no
-//! lock: which service each published port belongs to (from the store) and
-//! which replicas each service has (from the agent). Today every backend is a
+//! Each published port's listener serves one service, fixed when it opens
+//! (listeners open and close with the store's services); which replicas each
+//! service has (from the agent) is one table swapped atomically, so the
+//! request path takes no lock. Today every backend is a
 //! local wasm replica, called in-process; remote nodes and L4 container
 //! backends plug in as further `Backend` kinds.
 //!

@@ -232,12 +232,26 @@ fn private_data_dir(data_dir: &Path) -> anyhow::Result<()> {
     use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
     // SAFETY: umask(2) has no preconditions; it only narrows new files' modes.
     unsafe { libc::umask(0o077) };
+    // With a `swarmlet` group, its members may traverse the dir (0710) to
+    // reach the API socket (0660) inside; every other file stays 0600.
+    let group = crate::listen::socket_group();
+    let mode = if group.is_some() { 0o710 } else { 0o700 };
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(data_dir)
-        .and_then(|_| std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700)))
-        .with_context(|| format!("creating the data dir {} (mode 0700)", data_dir.display()))
+        .and_then(|_| {
+            if let Some(gid) = group {
+                std::os::unix::fs::chown(data_dir, None, Some(gid))?;
+            }
+            std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(mode))
+        })
+        .with_context(|| {
+            format!(
+                "creating the data dir {} (mode {mode:o})",
+                data_dir.display()
+            )
+        })
 }
 
 pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {

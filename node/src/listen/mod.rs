@@ -37,7 +37,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use serve::{serve, Accept};
-pub use unix::{bind_socket, SocketError};
+pub use unix::{bind_socket, socket_group, SocketError};
 
 /// File descriptors kept for everything that is not a connection: the raft
 /// file, blobs, compile cache, listeners, wasmtime, stdio.

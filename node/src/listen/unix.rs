@@ -34,7 +34,7 @@ pub fn bind_socket(path: &Path) -> Result<tokio::net::UnixListener, SocketError>
     let std_listener = std::os::unix::net::UnixListener::bind(tmp).map_err(err)?;
     let placed = (|| {
         std::fs::set_permissions(tmp, std::fs::Permissions::from_mode(0o660))?;
-        if let Some(gid) = group_id(SOCKET_GROUP) {
+        if let Some(gid) = socket_group() {
             let c = CString::new(tmp.as_os_str().as_bytes())
                 .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
             // SAFETY: chown on a NUL-terminated path we own; uid -1 keeps the owner.
@@ -51,6 +51,11 @@ pub fn bind_socket(path: &Path) -> Result<tokio::net::UnixListener, SocketError>
     }
     std_listener.set_nonblocking(true).map_err(err)?;
     tokio::net::UnixListener::from_std(std_listener).map_err(err)
+}
+
+/// The group that may use the API socket, if it exists on this machine.
+pub fn socket_group() -> Option<libc::gid_t> {
+    group_id(SOCKET_GROUP)
 }
 
 /// The id of group `name`, if it exists.

@@ -164,7 +164,13 @@ async fn receive_blob(st: &ApiState, body: &mut Incoming) -> Result<Response, Ap
     // On any early return the writer's result is dropped, which removes
     // its temp file.
     loop {
-        match tokio::time::timeout(UPLOAD_IDLE, body.frame()).await {
+        let frame = tokio::select! {
+            // The writer refused the upload (junk header, over the cap, disk
+            // full): answer now, without waiting for more of the body.
+            _ = tx.closed() => break,
+            frame = tokio::time::timeout(UPLOAD_IDLE, body.frame()) => frame,
+        };
+        match frame {
             Err(_) => {
                 return Err(ApiError::new(
                     408,

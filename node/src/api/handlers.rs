@@ -164,13 +164,13 @@ async fn receive_blob(st: &ApiState, body: &mut Incoming) -> Result<Response, Ap
     // On any early return the writer's result is dropped, which removes
     // its temp file.
     loop {
-        let frame = tokio::select! {
-            // The writer refused the upload (junk header, over the cap, disk
-            // full): answer now, without waiting for more of the body.
+        let next = tokio::select! {
+            next = tokio::time::timeout(UPLOAD_IDLE, body.frame()) => next,
+            // The writer refused the upload (junk, too large, disk full):
+            // answer now, not when the client sends its next bytes.
             _ = tx.closed() => break,
-            frame = tokio::time::timeout(UPLOAD_IDLE, body.frame()) => frame,
         };
-        match frame {
+        match next {
             Err(_) => {
                 return Err(ApiError::new(
                     408,

@@ -85,6 +85,9 @@ pub struct Blobs {
     data_dir: PathBuf,
     max_upload: u64,
     uploads: tokio::sync::Semaphore,
+    /// Held while an upload is read back and validated: one component in
+    /// memory at a time (the compiler uses both cores anyway).
+    validating: Mutex<()>,
     verified: Mutex<HashMap<Digest, Stamp>>,
 }
 
@@ -133,6 +136,7 @@ impl Blobs {
             data_dir: data_dir.to_path_buf(),
             max_upload,
             uploads: tokio::sync::Semaphore::new(CONCURRENT_UPLOADS),
+            validating: Mutex::new(()),
             verified: Mutex::new(HashMap::new()),
         })
     }
@@ -384,7 +388,18 @@ impl Staged {
         self.digest.as_ref()
     }
 
-    /// The uploaded bytes (at most the size cap), for validation.
+    /// Runs `check` on the uploaded bytes (at most the size cap), one
+    /// upload at a time, so concurrent uploads never hold more than one
+    /// component in memory.
+    pub fn validate<T>(&mut self, check: impl FnOnce(&Digest, &[u8]) -> T) -> Result<T, BlobError> {
+        let blobs = self.blobs.clone();
+        let _one = blobs.validating.lock().unwrap_or_else(|e| e.into_inner());
+        let digest = self.digest.clone().ok_or(BlobError::Empty)?;
+        let bytes = self.read_all()?;
+        Ok(check(&digest, &bytes))
+    }
+
+    /// The uploaded bytes (at most the size cap).
     pub fn read_all(&mut self) -> Result<Vec<u8>, BlobError> {
         use std::io::Seek;
         let tmp = self.tmp.clone().unwrap_or_default();

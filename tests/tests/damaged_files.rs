@@ -108,7 +108,10 @@ fn a_damaged_blob_fails_its_task_with_the_reason_and_a_reupload_repairs_it() {
     node.spawn();
 
     node.wait_until("the task to fail naming the damaged file", || {
-        let ps = node.ok(&["service", "ps", "hello"]);
+        // Not `ok`: right after a restart the API may not have replayed the
+        // log yet (issue 7 item 6, another change).
+        let ps =
+            String::from_utf8_lossy(&node.cli(&["service", "ps", "hello"]).stdout).into_owned();
         ps.contains("Failed")
             && ps.contains(&blob.display().to_string())
             && ps.contains("upload the same .wasm file again")
@@ -144,12 +147,29 @@ fn a_crash_before_an_upload_is_acknowledged_leaves_it_whole_or_absent() {
     let wasm = std::fs::read(guest("hello")).unwrap();
     for (point, expect_blob) in [("blobs.before_commit", false), ("blobs.after_write", true)] {
         let mut node = Node::start("n1");
+        // The API's answer means start-up is done: a kill while the daemon
+        // is still creating raft.redb leaves a file it cannot open again
+        // (a raft storage issue, reported, not what this test is about).
+        let err = node.fails(&["service", "ls"]);
+        assert!(err.contains("swarmlet init"), "{err}");
         node.kill9();
+        let log_path = node.data_dir.join(format!("{point}.log"));
+        let log = std::fs::File::create(&log_path).unwrap();
         let mut child = daemon(&node, &[("SWARMLET_CRASH_AT", point)])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
             .spawn()
             .expect("start swarmlet daemon");
         let sock = node.socket();
-        node.wait_until("the daemon's socket", || UnixStream::connect(&sock).is_ok());
+        node.wait_until("the daemon's socket", || {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!(
+                    "{point}: the daemon exited ({status}) before uploading:\n{}",
+                    std::fs::read_to_string(&log_path).unwrap_or_default()
+                );
+            }
+            UnixStream::connect(&sock).is_ok()
+        });
         let mut s = UnixStream::connect(&sock).unwrap();
         write!(
             s,

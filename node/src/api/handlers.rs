@@ -234,19 +234,15 @@ async fn receive_blob(st: &ApiState, body: &mut Incoming) -> Result<Response, Ap
     let runtime = st.runtime.clone();
     let (digest, size) = tokio::task::spawn_blocking(move || {
         let mut staged = upload.finish()?;
-        let digest = staged
-            .digest()
-            .cloned()
-            .ok_or(crate::blobs::BlobError::Empty)?;
-        let bytes = staged.read_all()?;
-        if let Err(e) = runtime.validate(digest.as_str(), &bytes) {
-            // Refused before it is stored; no compiled artifact stays either.
-            runtime.forget_artifact(digest.as_str());
-            return Err(ApiError::bad_request(e.to_string()));
-        }
-        drop(bytes);
+        staged.validate(|digest, bytes| {
+            runtime.validate(digest.as_str(), bytes).map_err(|e| {
+                // Refused before it is stored; no compiled artifact stays either.
+                runtime.forget_artifact(digest.as_str());
+                ApiError::bad_request(e.to_string())
+            })
+        })??;
         let size = staged.size;
-        Ok((staged.commit()?, size))
+        Ok::<_, ApiError>((staged.commit()?, size))
     })
     .await
     .map_err(|e| ApiError::new(500, format!("storing the upload: {e}")))??;

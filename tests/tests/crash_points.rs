@@ -102,3 +102,39 @@ fn a_crash_between_a_proposals_append_and_its_apply() {
 fn a_crash_after_a_create_is_applied_but_not_yet_answered() {
     create_crashing_at("raft.after_apply");
 }
+
+#[test]
+fn a_crash_while_the_raft_file_is_first_created_leaves_a_node_that_starts() {
+    // The very first start of a node creates DATA_DIR/raft.redb; a daemon
+    // killed in the middle must not leave a file it can never open again.
+    let mut node = Node::new("n1");
+    std::fs::create_dir_all(&node.data_dir).unwrap();
+    let out = std::process::Command::new(swarmlet_e2e::swarmlet_bin())
+        .args(["daemon", "--data-dir"])
+        .arg(&node.data_dir)
+        .args(["--listen-addr", &node.cluster_addr()])
+        .args(["--publish-addr", &node.ip.to_string()])
+        .env("SWARMLET_CRASH_AT", "raft.before_create_rename")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("SWARMLET_CRASH_AT=raft.before_create_rename"),
+        "the daemon should have stopped at the crash point: {err}"
+    );
+    assert!(
+        !node.data_dir.join("raft.redb").exists(),
+        "no half-written raft file"
+    );
+    node.spawn();
+    node.ok(&["init"]);
+    serves_a_new_service(&node, "hello", 8080);
+    let leftovers: Vec<_> = std::fs::read_dir(&node.data_dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".tmp-"))
+        .collect();
+    assert!(leftovers.is_empty(), "temp files left: {leftovers:?}");
+}

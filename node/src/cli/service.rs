@@ -369,7 +369,17 @@ async fn converge(c: &Client, id: &str) -> anyhow::Result<()> {
                 t.task.desired_state == DesiredState::Shutdown && !t.task.state.is_terminal()
             })
             .count();
-        let done = running == desired && stopping == 0;
+        // Slots above the count whose tasks the orchestrator has not yet
+        // told to stop (right after a scale-down): not converged either.
+        let surplus = tasks
+            .iter()
+            .filter(|t| {
+                t.task.slot > desired
+                    && t.task.desired_state == DesiredState::Running
+                    && !t.task.state.is_terminal()
+            })
+            .count();
+        let done = running == desired && stopping == 0 && surplus == 0;
         let mut out = std::io::stdout().lock();
         if tty {
             if drawn > 0 {

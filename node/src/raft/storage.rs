@@ -353,7 +353,57 @@ impl DiskStorage {
     }
 }
 
+/// Creates a new raft file whole or not at all: built under a temp name,
+/// then renamed into place (and the directory fsynced). A daemon killed
+/// while redb writes a new file's first pages would otherwise leave a
+/// `raft.redb` that can never be opened again, on a node that never ran
+/// `init`.
+fn create_db(path: &Path) -> Result<(), StorageError> {
+    remove_stale_temps(path);
+    let tmp = crate::fsutil::temp_path(path);
+    let build = || -> Result<(), StorageError> {
+        let db = Database::create(&tmp).map_err(|source| StorageError::Open {
+            path: tmp.display().to_string(),
+            source: Box::new(source),
+        })?;
+        let tx = db.begin_write()?;
+        {
+            tx.open_table(ENTRIES)?;
+            tx.open_table(META)?;
+        }
+        tx.commit()?;
+        drop(db);
+        crate::fault::point("raft.before_create_rename");
+        std::fs::rename(&tmp, path)
+            .and_then(|_| crate::fsutil::sync_parent(path))
+            .map_err(|io| StorageError::Db(Box::new(redb::Error::Io(io))))
+    };
+    let result = build();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Removes temp files an interrupted `create_db` left beside `path`.
+fn remove_stale_temps(path: &Path) {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return;
+    };
+    let prefix = format!(".{}.tmp-", name.to_string_lossy());
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_name().to_string_lossy().starts_with(&prefix) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+}
+
 fn open_db(path: &Path) -> Result<Database, StorageError> {
+    if !path.exists() {
+        create_db(path)?;
+    }
     // redb asserts on some damaged files instead of returning an error; a
     // damaged raft file must stop the daemon with a message, not a panic.
     let opened = std::panic::catch_unwind(|| Database::create(path)).map_err(|panic| {

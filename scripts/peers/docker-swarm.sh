@@ -94,7 +94,11 @@ D info >/dev/null
 D swarm init --advertise-addr 127.0.0.1:2378 --listen-addr 127.0.0.1:2378 >/dev/null
 tar -C "$(dirname "$W")/rootfs" -c . | D import -c 'CMD ["/usr/sbin/nginx","-g","daemon off;"]' - localnginx:1 >/dev/null
 D service create -q --no-resolve-image --name pub --publish mode=host,published=18081,target=80 localnginx:1 >/dev/null
-wait_running pub 1
-for _ in $(seq 200); do curl -sf -o /dev/null http://127.0.0.1:18081/ && break; sleep 0.05; done
-read -r rps p50 p99 < <(wrk_median http://127.0.0.1:18081/)
-echo "DOCKER_NAT_RPS=$rps DOCKER_NAT_P50=$p50 DOCKER_NAT_P99=$p99"
+if wait_running pub 1 && for _ in $(seq 200); do curl -sf -o /dev/null http://127.0.0.1:18081/ && break; sleep 0.05; done \
+    && curl -sf -o /dev/null http://127.0.0.1:18081/; then
+    read -r rps p50 p99 < <(wrk_median http://127.0.0.1:18081/)
+    echo "DOCKER_NAT_RPS=${rps:-n/a} DOCKER_NAT_P50=${p50:-n/a} DOCKER_NAT_P99=${p99:-n/a}"
+else
+    echo "note: Docker with --userland-proxy=false did not answer on 127.0.0.1:18081 (kernel NAT does not hairpin loopback here)" >&2
+    echo "DOCKER_NAT_RPS=n/a DOCKER_NAT_P50=n/a DOCKER_NAT_P99=n/a"
+fi

@@ -461,3 +461,44 @@ pub fn replicas_seen(node: &Node, port: u16, n: usize) -> std::collections::BTre
     }
     seen
 }
+
+/// A tmpfs mounted for a test (needs root), unmounted when dropped: a small
+/// file system the test can fill for real.
+pub struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `size` (e.g. `64m`) at `dir`. Without the
+    /// capability to mount, the test is skipped (`None`, said on stderr),
+    /// except in CI (`CI=true`), where that fails it.
+    pub fn mount(dir: &Path, size: &str) -> Option<Tmpfs> {
+        std::fs::create_dir_all(dir).expect("create the mount point");
+        let out = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(dir)
+            .output()
+            .expect("run mount");
+        if out.status.success() {
+            return Some(Tmpfs(dir.to_path_buf()));
+        }
+        let why = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "cannot mount a tmpfs for a full-disk test ({why}); CI must run the e2e tests as root"
+        );
+        eprintln!("SKIPPED: cannot mount a tmpfs (needs root): {why}");
+        None
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}

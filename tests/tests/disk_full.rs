@@ -5,49 +5,9 @@
 //! restart, and a restart on the freed disk is fine.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 
-use swarmlet_e2e::Node;
-
-/// A tmpfs mounted for the test, unmounted when dropped.
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    /// Mounts a tmpfs of `size` at `dir`. Without the capability to mount
-    /// the test is skipped, except in CI (`CI=true`), where that fails it.
-    fn mount(dir: &Path, size: &str) -> Option<Tmpfs> {
-        std::fs::create_dir_all(dir).expect("create the mount point");
-        let out = Command::new("mount")
-            .args([
-                "-t",
-                "tmpfs",
-                "-o",
-                &format!("size={size},mode=0700"),
-                "tmpfs",
-            ])
-            .arg(dir)
-            .output()
-            .expect("run mount");
-        if out.status.success() {
-            return Some(Tmpfs(dir.to_path_buf()));
-        }
-        let why = String::from_utf8_lossy(&out.stderr).into_owned();
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "cannot mount a tmpfs for the full-disk test ({why}); CI must run the e2e tests as root"
-        );
-        eprintln!("SKIPPED: cannot mount a tmpfs (needs root): {why}");
-        None
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-        let _ = std::fs::remove_dir(&self.0);
-    }
-}
+use swarmlet_e2e::{Node, Tmpfs};
 
 /// Writes `path` until the file system says it is full.
 fn fill(path: &Path) {

@@ -32,7 +32,7 @@ fn render(i: &InfoResponse) -> String {
     } else {
         out += "Swarm: inactive\n";
     }
-    out += &format!(" API: {}\n", i.api_addr);
+    out += &format!(" Cluster port: {}\n", i.api_addr);
     if let Some(e) = &i.engine {
         out += &engine(e);
     }

@@ -196,6 +196,39 @@ impl Node {
         }
     }
 
+    /// Runs `swarmlet daemon` on this node's data dir, addresses and name
+    /// (none of the harness's extra flags), with `env`, expecting it to stop
+    /// by itself without serving: a damaged file, a crash point at start-up.
+    /// Returns what it printed on stderr; fails if it does not stop within
+    /// the harness's bound or exits successfully.
+    pub fn refuses_to_start(&self, env: &[(&str, &str)]) -> String {
+        let log_path = self.data_dir.join("refused-start.log");
+        let log = std::fs::File::create(&log_path).expect("refused-start log");
+        let mut child = Command::new(swarmlet_bin())
+            .args(["daemon", "--data-dir"])
+            .arg(&self.data_dir)
+            .args(["--listen-addr", &self.cluster_addr()])
+            .args(["--publish-addr", &self.ip.to_string()])
+            .args(["--node-name", &self.name])
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start swarmlet daemon");
+        let mut status = None;
+        self.wait_until("the daemon to stop by itself", || {
+            status = child.try_wait().expect("wait for daemon");
+            status.is_some()
+        });
+        let stderr = std::fs::read_to_string(&log_path).unwrap_or_default();
+        assert!(
+            !status.is_some_and(|s| s.success()),
+            "the daemon should have refused to start:\n{stderr}"
+        );
+        stderr
+    }
+
     /// `spawn` with extra environment for this start of the daemon.
     pub fn spawn_with_env(&mut self, env: &[(&str, &str)]) {
         assert!(self.child.is_none(), "daemon already running");

@@ -109,16 +109,7 @@ fn a_crash_while_the_raft_file_is_first_created_leaves_a_node_that_starts() {
     // killed in the middle must not leave a file it can never open again.
     let mut node = Node::new("n1");
     std::fs::create_dir_all(&node.data_dir).unwrap();
-    let out = std::process::Command::new(swarmlet_e2e::swarmlet_bin())
-        .args(["daemon", "--data-dir"])
-        .arg(&node.data_dir)
-        .args(["--listen-addr", &node.cluster_addr()])
-        .args(["--publish-addr", &node.ip.to_string()])
-        .env("SWARMLET_CRASH_AT", "raft.before_create_rename")
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = node.refuses_to_start(&[("SWARMLET_CRASH_AT", "raft.before_create_rename")]);
     assert!(
         err.contains("SWARMLET_CRASH_AT=raft.before_create_rename"),
         "the daemon should have stopped at the crash point: {err}"

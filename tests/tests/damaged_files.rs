@@ -5,38 +5,8 @@
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
-use std::process::{Command, Stdio};
 
-use swarmlet_e2e::{guest, swarmlet_bin, Node};
-
-/// `swarmlet daemon` on `node`'s data dir and address, with `env`.
-fn daemon(node: &Node, env: &[(&str, &str)]) -> Command {
-    let mut c = Command::new(swarmlet_bin());
-    c.args(["daemon", "--data-dir"])
-        .arg(&node.data_dir)
-        .args(["--listen-addr", &node.cluster_addr()])
-        .args(["--publish-addr", &node.ip.to_string()])
-        .args(["--node-name", &node.name])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    for (k, v) in env {
-        c.env(k, v);
-    }
-    c
-}
-
-/// Starts the daemon on `node`'s data dir and expects it to refuse to
-/// start; returns what it printed.
-fn refuses_to_start(node: &Node) -> String {
-    let out = daemon(node, &[]).output().expect("run swarmlet daemon");
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(
-        !out.status.success(),
-        "the daemon should have refused to start:\n{stderr}"
-    );
-    stderr
-}
+use swarmlet_e2e::{guest, Node};
 
 fn blob_dir_files(node: &Node) -> Vec<String> {
     std::fs::read_dir(node.data_dir.join("blobs/sha256"))
@@ -64,17 +34,17 @@ fn a_damaged_or_missing_node_json_stops_the_daemon_with_what_to_do() {
     let good = std::fs::read(&path).unwrap();
 
     std::fs::write(&path, &good[..good.len() / 2]).unwrap();
-    let err = refuses_to_start(&node);
+    let err = node.refuses_to_start(&[]);
     assert!(
         err.contains(&path.display().to_string()) && err.contains("restore it from a backup"),
         "{err}"
     );
     std::fs::write(&path, b"").unwrap();
-    let err = refuses_to_start(&node);
+    let err = node.refuses_to_start(&[]);
     assert!(err.contains("node.json is damaged (it is empty)"), "{err}");
 
     std::fs::remove_file(&path).unwrap();
-    let err = refuses_to_start(&node);
+    let err = node.refuses_to_start(&[]);
     assert!(
         err.contains("node.json is missing") && err.contains("raft.redb"),
         "{err}"
@@ -147,29 +117,13 @@ fn a_crash_before_an_upload_is_acknowledged_leaves_it_whole_or_absent() {
     let wasm = std::fs::read(guest("hello")).unwrap();
     for (point, expect_blob) in [("blobs.before_commit", false), ("blobs.after_write", true)] {
         let mut node = Node::start("n1");
-        // The API's answer means start-up is done: a kill while the daemon
-        // is still creating raft.redb leaves a file it cannot open again
-        // (a raft storage issue, reported, not what this test is about).
+        // The API's answer means start-up is done, so the kill below lands
+        // after it (a kill during the first start is crash_points' test).
         let err = node.fails(&["service", "ls"]);
         assert!(err.contains("swarmlet init"), "{err}");
         node.kill9();
-        let log_path = node.data_dir.join(format!("{point}.log"));
-        let log = std::fs::File::create(&log_path).unwrap();
-        let mut child = daemon(&node, &[("SWARMLET_CRASH_AT", point)])
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("start swarmlet daemon");
+        node.spawn_with_env(&[("SWARMLET_CRASH_AT", point)]);
         let sock = node.socket();
-        node.wait_until("the daemon's socket", || {
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!(
-                    "{point}: the daemon exited ({status}) before uploading:\n{}",
-                    std::fs::read_to_string(&log_path).unwrap_or_default()
-                );
-            }
-            UnixStream::connect(&sock).is_ok()
-        });
         let mut s = UnixStream::connect(&sock).unwrap();
         write!(
             s,
@@ -185,7 +139,7 @@ fn a_crash_before_an_upload_is_acknowledged_leaves_it_whole_or_absent() {
             "{point}: the upload must not be acknowledged: {}",
             String::from_utf8_lossy(&answer)
         );
-        let status = child.wait().unwrap();
+        let status = node.wait_exit(point);
         assert!(!status.success(), "{point}: the daemon should have aborted");
 
         node.spawn();

@@ -84,23 +84,7 @@ fn a_damaged_raft_file_stops_the_daemon_with_a_message_naming_it() {
     f.set_len(8192).unwrap();
     drop(f);
 
-    let mut child = std::process::Command::new(swarmlet_e2e::swarmlet_bin())
-        .args(["daemon", "--data-dir"])
-        .arg(&node.data_dir)
-        .args(["--listen-addr", &node.cluster_addr()])
-        .args(["--publish-addr", &node.ip.to_string()])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut status = None;
-    node.wait_until("the daemon to stop on the damaged file", || {
-        status = child.try_wait().unwrap();
-        status.is_some()
-    });
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
-    assert!(!status.unwrap().success(), "{stderr}");
+    let stderr = node.refuses_to_start(&[]);
     assert!(
         stderr.contains(&raft_file.display().to_string()),
         "names the file: {stderr}"

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{DesiredState, Node, Service, Task, TaskState};
+use crate::model::{Availability, DesiredState, Node, NodeRole, Service, Task, TaskState};
 
 /// What is written to the raft log. `at_ms` is the proposer's wall clock,
 /// so that applying an entry is deterministic on every replica.
@@ -58,6 +58,28 @@ pub enum Command {
     /// for a whole batch of reports, not one per task).
     UpdateTaskStatuses {
         updates: Vec<TaskStatus>,
+    },
+    /// A client write carrying an idempotency key: applied once; a retry
+    /// with the same key (after a leader change left its fate unknown) is
+    /// refused as a duplicate and changes nothing.
+    Idempotent {
+        key: String,
+        command: Box<Command>,
+    },
+    /// `node rm`: the node leaves the store (a manager's raft membership is
+    /// removed by a configuration change first).
+    RemoveNode {
+        node_id: String,
+    },
+    /// `node promote` / `node demote`.
+    SetNodeRole {
+        node_id: String,
+        role: NodeRole,
+    },
+    /// `node update --availability`.
+    SetNodeAvailability {
+        node_id: String,
+        availability: Availability,
     },
 }
 

@@ -51,6 +51,8 @@ pub fn guest(name: &str) -> PathBuf {
     p
 }
 
+pub mod swarm;
+
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
 /// A fresh loopback address for one node of one test.

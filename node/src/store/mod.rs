@@ -6,6 +6,7 @@
 //! Readers take a cheap read lock and subscribe to `changes()` to learn that
 //! something was applied.
 
+pub mod entry;
 mod state;
 
 pub use state::{State, StoreError};

@@ -25,7 +25,17 @@ pub enum StoreError {
         version: u64,
         current: u64,
     },
+    /// The same client write was applied before (its retry after a leader
+    /// change): it changed nothing now.
+    #[error("this change was already applied (request {0})")]
+    AlreadyApplied(String),
+    #[error("node {0} not found")]
+    NoSuchNode(String),
 }
+
+/// How long an idempotency key is remembered: a client retries within
+/// seconds; a day covers any retry a person would make by hand.
+const REQUEST_KEY_TTL_MS: u64 = 24 * 3600 * 1000;
 
 /// How many characters of an ID `service ls` prints.
 pub const SHORT_ID_LEN: usize = 12;
@@ -44,6 +54,10 @@ pub struct State {
     pub nodes: BTreeMap<String, Node>,
     pub services: BTreeMap<String, Service>,
     pub tasks: BTreeMap<String, Task>,
+    /// Idempotency keys of applied client writes, with when they were
+    /// applied (the entry's time), forgotten after `REQUEST_KEY_TTL_MS`.
+    #[serde(default)]
+    pub request_keys: BTreeMap<String, u64>,
 }
 
 impl State {
@@ -88,8 +102,11 @@ impl State {
     }
 
     pub(super) fn apply(&mut self, entry: &Envelope) -> Result<(), StoreError> {
-        let now = entry.at_ms;
-        match &entry.command {
+        self.apply_command(&entry.command, entry.at_ms)
+    }
+
+    fn apply_command(&mut self, command: &Command, now: u64) -> Result<(), StoreError> {
+        match command {
             Command::InitCluster { cluster_id, node } => {
                 if self.cluster_id.is_some() {
                     return Err(StoreError::AlreadyInitialized);
@@ -217,8 +234,72 @@ impl State {
                     }
                 }
             }
+            Command::Idempotent { key, command } => {
+                self.request_keys
+                    .retain(|_, at| at.saturating_add(REQUEST_KEY_TTL_MS) > now);
+                if self.request_keys.contains_key(key) {
+                    return Err(StoreError::AlreadyApplied(key.clone()));
+                }
+                self.apply_command(command, now)?;
+                self.request_keys.insert(key.clone(), now);
+            }
+            Command::RemoveNode { node_id } => {
+                self.nodes
+                    .remove(node_id)
+                    .ok_or_else(|| StoreError::NoSuchNode(node_id.clone()))?;
+                // Its tasks are replaced elsewhere by the orchestrator.
+                for t in self
+                    .tasks
+                    .values_mut()
+                    .filter(|t| t.node_id.as_deref() == Some(node_id.as_str()))
+                {
+                    if t.desired_state != DesiredState::Shutdown {
+                        t.desired_state = DesiredState::Shutdown;
+                        t.updated_at_ms = now;
+                    }
+                    if !t.state.is_terminal() {
+                        t.state = TaskState::Shutdown;
+                        t.message = "its node was removed from the swarm".into();
+                        t.updated_at_ms = now;
+                    }
+                }
+            }
+            Command::SetNodeRole { node_id, role } => {
+                let n = self
+                    .nodes
+                    .get_mut(node_id)
+                    .ok_or_else(|| StoreError::NoSuchNode(node_id.clone()))?;
+                n.role = *role;
+            }
+            Command::SetNodeAvailability {
+                node_id,
+                availability,
+            } => {
+                let n = self
+                    .nodes
+                    .get_mut(node_id)
+                    .ok_or_else(|| StoreError::NoSuchNode(node_id.clone()))?;
+                n.availability = *availability;
+            }
         }
         Ok(())
+    }
+
+    /// Looks a node up by exact ID, hostname, or unique ID prefix, as
+    /// docker's `node inspect/rm/promote` do.
+    pub fn find_node(&self, key: &str) -> Option<&Node> {
+        if let Some(n) = self.nodes.get(key) {
+            return Some(n);
+        }
+        let mut named = self.nodes.values().filter(|n| n.hostname == key);
+        if let (Some(n), None) = (named.next(), named.next()) {
+            return Some(n);
+        }
+        let mut prefixed = self.nodes.values().filter(|n| n.id.starts_with(key));
+        match (prefixed.next(), prefixed.next()) {
+            (Some(n), None) if !key.is_empty() => Some(n),
+            _ => None,
+        }
     }
 }
 
@@ -298,6 +379,44 @@ mod tests {
             })
         );
         assert_eq!(st.services.len(), 1);
+    }
+
+    #[test]
+    fn a_retried_write_applies_once_and_keys_expire() {
+        let mut st = State::default();
+        let create = |id: &str, at_ms: u64, port: u16| Envelope {
+            proposal_id: 0,
+            at_ms,
+            command: Command::Idempotent {
+                key: "k1".into(),
+                command: Box::new(Command::CreateService {
+                    service: service(id, &format!("web{id}"), port),
+                }),
+            },
+        };
+        st.apply(&create("a", 1, 1)).unwrap();
+        assert_eq!(
+            st.apply(&create("b", 2, 2)),
+            Err(StoreError::AlreadyApplied("k1".into()))
+        );
+        assert_eq!(st.services.len(), 1, "the retry created nothing");
+        // A refused write does not use its key up.
+        let dup = Envelope {
+            proposal_id: 0,
+            at_ms: 3,
+            command: Command::Idempotent {
+                key: "k2".into(),
+                command: Box::new(Command::ScaleService {
+                    service_id: "nope".into(),
+                    replicas: 1,
+                }),
+            },
+        };
+        assert!(st.apply(&dup).is_err());
+        assert!(!st.request_keys.contains_key("k2"));
+        // A day later the key is forgotten.
+        st.apply(&create("c", 2 + REQUEST_KEY_TTL_MS, 3)).unwrap();
+        assert_eq!(st.services.len(), 2);
     }
 
     #[test]

@@ -134,3 +134,18 @@ pub struct ServiceStatus {
     pub service: ServiceView,
     pub tasks: Vec<TaskView>,
 }
+
+/// `POST /v1/nodes/{id}/role`: `node promote` / `node demote`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeRoleRequest {
+    pub role: crate::NodeRole,
+    /// Demote even if the managers left could not form a quorum.
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// `POST /v1/nodes/{id}/availability`: `node update --availability`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeAvailabilityRequest {
+    pub availability: crate::Availability,
+}

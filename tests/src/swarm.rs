@@ -97,13 +97,19 @@ impl Swarm {
         for i in 2..=managers {
             let n = Node::start_with(&format!("{prefix}-m{i}"), args);
             let out = join(&n, &manager_token, &swarm.managers[0]);
-            assert!(out.contains("This node joined a swarm as a manager"), "{out}");
+            assert!(
+                out.contains("This node joined a swarm as a manager"),
+                "{out}"
+            );
             swarm.managers.push(n);
         }
         for i in 1..=workers {
             let n = Node::start_with(&format!("{prefix}-w{i}"), args);
             let out = join(&n, &worker_token, &swarm.managers[0]);
-            assert!(out.contains("This node joined a swarm as a worker"), "{out}");
+            assert!(
+                out.contains("This node joined a swarm as a worker"),
+                "{out}"
+            );
             swarm.workers.push(n);
         }
         swarm.wait_all_ready();
@@ -120,21 +126,24 @@ impl Swarm {
     pub fn wait_all_ready(&self) {
         let total = self.managers.len() + self.workers.len();
         for m in self.managers.iter().filter(|m| m.pid().is_some()) {
-            eventually(&format!("{total} Ready nodes and one leader on {}", m.name), || {
-                let rows = node_rows(m)?;
-                let ready = rows.iter().filter(|r| r.status == "Ready").count();
-                let leaders = rows.iter().filter(|r| r.manager_status == "Leader").count();
-                let managers = rows.iter().filter(|r| r.role == "manager").count();
-                if rows.len() == total
-                    && ready == total
-                    && leaders == 1
-                    && managers == self.managers.len()
-                {
-                    Ok(())
-                } else {
-                    Err(format!("{rows:?}"))
-                }
-            });
+            eventually(
+                &format!("{total} Ready nodes and one leader on {}", m.name),
+                || {
+                    let rows = node_rows(m)?;
+                    let ready = rows.iter().filter(|r| r.status == "Ready").count();
+                    let leaders = rows.iter().filter(|r| r.manager_status == "Leader").count();
+                    let managers = rows.iter().filter(|r| r.role == "manager").count();
+                    if rows.len() == total
+                        && ready == total
+                        && leaders == 1
+                        && managers == self.managers.len()
+                    {
+                        Ok(())
+                    } else {
+                        Err(format!("{rows:?}"))
+                    }
+                },
+            );
         }
     }
 

@@ -56,10 +56,17 @@ fn five_nodes_join_and_every_manager_sees_them() {
         let rows = node_rows(m).expect("node ls");
         assert_eq!(rows.len(), 5, "{rows:?}");
         let me: Vec<_> = rows.iter().filter(|r| r.is_self).collect();
-        assert_eq!(me.len(), 1, "one row marked as the answering node: {rows:?}");
+        assert_eq!(
+            me.len(),
+            1,
+            "one row marked as the answering node: {rows:?}"
+        );
         assert_eq!(me[0].hostname, m.name, "{rows:?}");
         for w in &swarm.workers {
-            let row = rows.iter().find(|r| r.hostname == w.name).expect("worker row");
+            let row = rows
+                .iter()
+                .find(|r| r.hostname == w.name)
+                .expect("worker row");
             assert_eq!(row.role, "worker", "{rows:?}");
             assert_eq!(row.manager_status, "", "{rows:?}");
         }
@@ -77,11 +84,27 @@ fn five_nodes_join_and_every_manager_sees_them() {
     let good = join_token(&swarm.managers[0], "worker");
     let (head, secret) = good.rsplit_once('-').expect("token has a secret");
     let wrong_secret = format!("{head}-{}", "0".repeat(secret.len()));
-    let err = stranger.fails(&["join", "--token", &wrong_secret, &swarm.managers[1].cluster_addr()]);
+    let err = stranger.fails(&[
+        "join",
+        "--token",
+        &wrong_secret,
+        &swarm.managers[1].cluster_addr(),
+    ]);
     assert!(err.contains("secret"), "{err}");
     let parts: Vec<&str> = good.split('-').collect();
-    let wrong_ca = format!("{}-{}-{}-{}", parts[0], parts[1], "1".repeat(parts[2].len()), parts[3]);
-    let err = stranger.fails(&["join", "--token", &wrong_ca, &swarm.managers[0].cluster_addr()]);
+    let wrong_ca = format!(
+        "{}-{}-{}-{}",
+        parts[0],
+        parts[1],
+        "1".repeat(parts[2].len()),
+        parts[3]
+    );
+    let err = stranger.fails(&[
+        "join",
+        "--token",
+        &wrong_ca,
+        &swarm.managers[0].cluster_addr(),
+    ]);
     assert!(err.contains("CA"), "{err}");
     for m in &swarm.managers {
         assert_eq!(node_rows(m).expect("node ls").len(), 5, "nothing was added");
@@ -100,7 +123,9 @@ fn the_leader_dies_and_no_acknowledged_write_is_lost() {
     swarm.managers[old].kill9();
     let new = swarm.leader();
     assert_ne!(new, old);
-    let survivor = (0..3).find(|&i| i != old && i != new).expect("a third manager");
+    let survivor = (0..3)
+        .find(|&i| i != old && i != new)
+        .expect("a third manager");
     for i in [new, survivor] {
         let ls = swarm.managers[i].ok(&["service", "ls"]);
         for s in ["s0", "s1", "s2"] {
@@ -161,7 +186,11 @@ fn a_dead_workers_replicas_come_back_elsewhere() {
         }
     });
     let on = running_on(&swarm.managers[0], "web", 6);
-    assert_eq!(on.len(), 6, "no duplicates after the node came back: {on:?}");
+    assert_eq!(
+        on.len(),
+        6,
+        "no duplicates after the node came back: {on:?}"
+    );
 }
 
 #[test]

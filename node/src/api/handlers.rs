@@ -130,30 +130,6 @@ fn parse_advertise(a: &str, default_port: u16) -> Result<SocketAddr, ApiError> {
         })
 }
 
-pub fn nodes(st: &ApiState) -> Result<Response, ApiError> {
-    let cluster = st.cluster()?;
-    let state = cluster.store.read();
-    let leader = cluster.raft.is_leader();
-    let views: Vec<NodeView> = state
-        .nodes
-        .values()
-        .map(|n| {
-            let is_self = n.id == st.identity.node_id;
-            NodeView {
-                node: n.clone(),
-                status: "Ready".into(),
-                manager_status: match (n.role, is_self && leader) {
-                    (NodeRole::Manager, true) => "Leader".into(),
-                    (NodeRole::Manager, false) => "Reachable".into(),
-                    (NodeRole::Worker, _) => String::new(),
-                },
-                is_self,
-            }
-        })
-        .collect();
-    Ok(json(200, &views))
-}
-
 /// How long a refused upload's remaining body is read and discarded, so
 /// the client sees the answer instead of a connection reset (nginx's
 /// lingering close); nothing of it is kept.

@@ -5,6 +5,7 @@
 pub mod client;
 mod error;
 mod handlers;
+mod nodes;
 mod server;
 
 pub use error::ApiError;

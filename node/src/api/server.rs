@@ -14,8 +14,8 @@ use hyper::body::Incoming;
 use swarmlet_proto::api::ErrorBody;
 use tokio::sync::watch;
 
-use super::handlers;
 use super::ApiError;
+use super::{handlers, nodes};
 use crate::blobs::Blobs;
 use crate::daemon::Cluster;
 use crate::identity::Identity;
@@ -109,7 +109,11 @@ async fn route(state: Arc<ApiState>, req: hyper::Request<Incoming>) -> Response 
     let result = match (&method, segs.as_slice()) {
         (&Method::GET, ["v1", "info"]) => handlers::info(&state).await,
         (&Method::POST, ["v1", "swarm", "init"]) => handlers::init(&state, body).await,
-        (&Method::GET, ["v1", "nodes"]) => handlers::nodes(&state),
+        (&Method::GET, ["v1", "nodes"]) => nodes::list(&state),
+        (&Method::GET, ["v1", "nodes", key]) => nodes::inspect(&state, key),
+        (&Method::POST, ["v1", "nodes", key, "availability"]) => {
+            nodes::set_availability(&state, key, body).await
+        }
         (&Method::POST, ["v1", "blobs"]) => handlers::put_blob(&state, body).await,
         (&Method::GET, ["v1", "blobs", digest]) => handlers::get_blob(&state, digest),
         (&Method::GET, ["v1", "services"]) => handlers::services(&state),

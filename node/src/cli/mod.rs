@@ -3,6 +3,7 @@
 
 mod format;
 mod info;
+mod node;
 mod service;
 
 use std::net::{IpAddr, SocketAddr};
@@ -11,7 +12,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
-use swarmlet_proto::api::{InitRequest, InitResponse, NodeView};
+use swarmlet_proto::api::{InitRequest, InitResponse};
 
 use crate::api::client::Client;
 use crate::runtime::wasm::Isolation;
@@ -43,7 +44,7 @@ enum Command {
     Swarm(SwarmCommand),
     /// Manage nodes
     #[command(subcommand)]
-    Node(NodeCommand),
+    Node(node::NodeCommand),
     /// Manage services
     #[command(subcommand)]
     Service(service::ServiceCommand),
@@ -68,13 +69,6 @@ struct CompileArgs {
 enum SwarmCommand {
     /// Create a new swarm with the local daemon as its first manager
     Init(InitArgs),
-}
-
-#[derive(Subcommand)]
-enum NodeCommand {
-    /// List the nodes of the swarm
-    #[command(alias = "list")]
-    Ls(format::ListArgs),
 }
 
 #[derive(Args)]
@@ -178,7 +172,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Init(a) | Command::Swarm(SwarmCommand::Init(a)) => {
             init(client(cli.host)?, a).await
         }
-        Command::Node(NodeCommand::Ls(a)) => node_ls(client(cli.host)?, a).await,
+        Command::Node(c) => node::run(client(cli.host)?, c).await,
         Command::Service(c) => service::run(client(cli.host)?, c).await,
         Command::Info(a) => info::run(client(cli.host)?, a).await,
         Command::CompileComponent(a) => {
@@ -209,41 +203,5 @@ async fn init(c: Client, a: InitArgs) -> anyhow::Result<()> {
     println!();
     println!("    swarmlet service create --name hello --replicas 3 -p 8080:80 ./hello.wasm");
     println!();
-    Ok(())
-}
-
-async fn node_ls(c: Client, a: format::ListArgs) -> anyhow::Result<()> {
-    let nodes: Vec<NodeView> = c.get("/v1/nodes").await?;
-    if a.json() {
-        return format::print_json(&nodes);
-    }
-    if a.quiet {
-        nodes.iter().for_each(|n| println!("{}", n.node.id));
-        return Ok(());
-    }
-    let rows = nodes
-        .iter()
-        .map(|n| {
-            vec![
-                format!("{}{}", n.node.id, if n.is_self { " *" } else { "" }),
-                n.node.hostname.clone(),
-                n.status.clone(),
-                n.node.availability.to_string(),
-                n.manager_status.clone(),
-                env!("CARGO_PKG_VERSION").to_string(),
-            ]
-        })
-        .collect();
-    format::print_table(
-        &[
-            "ID",
-            "HOSTNAME",
-            "STATUS",
-            "AVAILABILITY",
-            "MANAGER STATUS",
-            "ENGINE VERSION",
-        ],
-        rows,
-    );
     Ok(())
 }

@@ -1,0 +1,65 @@
+//! `/v1/nodes…`: what `node ls / inspect / update / rm / promote / demote`
+//! ask of a manager.
+
+use hyper::body::Incoming;
+use swarmlet_proto::api::{NodeAvailabilityRequest, NodeView};
+use swarmlet_proto::{Command, Node, NodeRole};
+
+use super::server::{body_json, json, ApiState, Response};
+use super::ApiError;
+use crate::daemon::Cluster;
+
+/// How `node ls` shows one node to the manager `st`.
+fn view(st: &ApiState, cluster: &Cluster, n: &Node) -> NodeView {
+    let is_self = n.id == st.identity.node_id;
+    let leader = cluster.raft.is_leader();
+    NodeView {
+        node: n.clone(),
+        status: "Ready".into(),
+        manager_status: match (n.role, is_self && leader) {
+            (NodeRole::Manager, true) => "Leader".into(),
+            (NodeRole::Manager, false) => "Reachable".into(),
+            (NodeRole::Worker, _) => String::new(),
+        },
+        is_self,
+    }
+}
+
+pub fn list(st: &ApiState) -> Result<Response, ApiError> {
+    let cluster = st.cluster()?;
+    let state = cluster.store.read();
+    let views: Vec<NodeView> = state.nodes.values().map(|n| view(st, cluster, n)).collect();
+    Ok(json(200, &views))
+}
+
+fn find(cluster: &Cluster, key: &str) -> Result<Node, ApiError> {
+    cluster.store.read().find_node(key).cloned().ok_or_else(|| {
+        ApiError::not_found(format!(
+            "node {key} not found; \"swarmlet node ls\" lists the nodes"
+        ))
+    })
+}
+
+pub fn inspect(st: &ApiState, key: &str) -> Result<Response, ApiError> {
+    let cluster = st.cluster()?;
+    let n = find(cluster, key)?;
+    Ok(json(200, &view(st, cluster, &n)))
+}
+
+pub async fn set_availability(
+    st: &ApiState,
+    key: &str,
+    body: Incoming,
+) -> Result<Response, ApiError> {
+    let cluster = st.cluster()?;
+    let req: NodeAvailabilityRequest = body_json(body).await?;
+    let n = find(cluster, key)?;
+    cluster
+        .raft
+        .propose(Command::SetNodeAvailability {
+            node_id: n.id.clone(),
+            availability: req.availability,
+        })
+        .await?;
+    Ok(json(200, &serde_json::json!({ "id": n.id })))
+}

@@ -306,9 +306,8 @@ impl Network {
 /// The handle nft prints for an added rule (`... # handle 7`).
 fn rule_handle(out: &Output) -> u64 {
     let text = String::from_utf8_lossy(&out.stdout);
-    text.rsplit("# handle ")
-        .next()
-        .and_then(|h| h.trim().parse().ok())
+    text.lines()
+        .find_map(|l| l.split_once("# handle ")?.1.split_whitespace().next()?.parse().ok())
         .unwrap_or_else(|| panic!("nft printed no rule handle: {text}"))
 }
 

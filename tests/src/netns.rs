@@ -166,7 +166,9 @@ impl Network {
                     std::env::var("CI").as_deref() != Ok("true"),
                     "cannot create network namespaces ({why}); CI must run the e2e tests as root with iproute2 and nftables installed (scripts/setup.sh)"
                 );
-                eprintln!("SKIPPED: cannot create network namespaces (needs root, ip and nft): {why}");
+                eprintln!(
+                    "SKIPPED: cannot create network namespaces (needs root, ip and nft): {why}"
+                );
                 return None;
             }
         };
@@ -209,7 +211,9 @@ impl Network {
             let veth = format!("{}v{i}", net.prefix);
             must(
                 "ip",
-                &["link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &ns],
+                &[
+                    "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &ns,
+                ],
             );
             must("ip", &["link", "set", &veth, "master", &br, "up"]);
             let addr = format!("{}/24", net.ip(i));
@@ -223,7 +227,11 @@ impl Network {
         must(
             "nft",
             &[
-                "add", "chain", "bridge", &t, "cut",
+                "add",
+                "chain",
+                "bridge",
+                &t,
+                "cut",
                 "{ type filter hook forward priority 0; policy accept; }",
             ],
         );
@@ -282,8 +290,17 @@ impl Network {
             let out = must(
                 "nft",
                 &[
-                    "--echo", "--handle", "add", "rule", "bridge", &self.table, "cut", "ip", dir,
-                    &ip, "drop",
+                    "--echo",
+                    "--handle",
+                    "add",
+                    "rule",
+                    "bridge",
+                    &self.table,
+                    "cut",
+                    "ip",
+                    dir,
+                    &ip,
+                    "drop",
                 ],
             );
             cuts[i].push(rule_handle(&out));
@@ -307,7 +324,14 @@ impl Network {
 fn rule_handle(out: &Output) -> u64 {
     let text = String::from_utf8_lossy(&out.stdout);
     text.lines()
-        .find_map(|l| l.split_once("# handle ")?.1.split_whitespace().next()?.parse().ok())
+        .find_map(|l| {
+            l.split_once("# handle ")?
+                .1
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
         .unwrap_or_else(|| panic!("nft printed no rule handle: {text}"))
 }
 

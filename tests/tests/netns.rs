@@ -71,7 +71,11 @@ fn a_cut_node_is_unreachable_until_healed_and_nothing_is_left_after_drop() {
     // The test process (root namespace, on the bridge) reaches it too.
     let direct = format!("{}:{PORT}", net.ip(0));
     assert!(
-        Command::new(PROBE).args(["connect", &direct, "5000"]).status().expect("probe").success(),
+        Command::new(PROBE)
+            .args(["connect", &direct, "5000"])
+            .status()
+            .expect("probe")
+            .success(),
         "the host does not reach node 0"
     );
 
@@ -91,15 +95,23 @@ fn a_cut_node_is_unreachable_until_healed_and_nothing_is_left_after_drop() {
     drop(net);
     let status = server.wait().expect("the server was reaped");
     assert!(!status.success(), "the server should have been killed");
-    let listed = Command::new("ip").args(["netns", "list"]).output().expect("ip netns list");
+    let listed = Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .expect("ip netns list");
     let listed = String::from_utf8_lossy(&listed.stdout);
     for ns in &namespaces {
         assert!(
-            !listed.lines().any(|l| l.split_whitespace().next() == Some(ns)),
+            !listed
+                .lines()
+                .any(|l| l.split_whitespace().next() == Some(ns)),
             "namespace {ns} left behind: {listed}"
         );
     }
-    assert!(!exists("ip", &["link", "show", &bridge]), "bridge {bridge} left behind");
+    assert!(
+        !exists("ip", &["link", "show", &bridge]),
+        "bridge {bridge} left behind"
+    );
     assert!(
         !exists("nft", &["list", "table", "bridge", &table]),
         "nft table {table} left behind"
@@ -109,9 +121,7 @@ fn a_cut_node_is_unreachable_until_healed_and_nothing_is_left_after_drop() {
 #[test]
 fn a_panicking_test_leaves_nothing_behind() {
     let made = std::panic::catch_unwind(|| -> Option<()> {
-        let Some(net) = Network::create(1) else {
-            return None;
-        };
+        let net = Network::create(1)?;
         let names = net.names();
         net.cut(0);
         std::panic::resume_unwind(Box::new(names));
@@ -125,9 +135,15 @@ fn a_panicking_test_leaves_nothing_behind() {
     };
     let (namespaces, bridge, table) = names;
     for ns in &namespaces {
-        assert!(!exists("ip", &["netns", "exec", ns, "true"]), "namespace {ns} left behind");
+        assert!(
+            !exists("ip", &["netns", "exec", ns, "true"]),
+            "namespace {ns} left behind"
+        );
     }
-    assert!(!exists("ip", &["link", "show", &bridge]), "bridge {bridge} left behind");
+    assert!(
+        !exists("ip", &["link", "show", &bridge]),
+        "bridge {bridge} left behind"
+    );
     assert!(
         !exists("nft", &["list", "table", "bridge", &table]),
         "nft table {table} left behind"

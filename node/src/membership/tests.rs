@@ -20,7 +20,7 @@ fn key(byte: u8) -> GossipKey {
 
 fn config(last: u8, seeds: &[u8], key: GossipKey) -> MembershipConfig {
     let mut info = NodeInfo::new(
-        if last % 2 == 0 {
+        if last.is_multiple_of(2) {
             NodeRole::Worker
         } else {
             NodeRole::Manager
@@ -93,12 +93,19 @@ async fn three_nodes_converge_see_each_others_fields_and_updates() {
         for last in 1..=3u8 {
             let expected = config(last, &[], key(7));
             let m = find(&members, &expected.node_id).expect("listed");
-            assert_eq!(m.info, expected.info, "fields of node {last} as seen by {}", n.self_id().node_id);
+            assert_eq!(
+                m.info,
+                expected.info,
+                "fields of node {last} as seen by {}",
+                n.self_id().node_id
+            );
             assert_eq!(m.gossip_addr, addr(last));
             assert_eq!(m.is_self, m.node_id == n.self_id().node_id);
         }
     }
-    let b_seen_by_a = find(&a.members(), &b.self_id().node_id).cloned().expect("b listed");
+    let b_seen_by_a = find(&a.members(), &b.self_id().node_id)
+        .cloned()
+        .expect("b listed");
     assert_eq!(b_seen_by_a.info.role, NodeRole::Worker);
     assert_eq!(b_seen_by_a.info.addr, "127.14.0.2:2377");
     assert_eq!(b_seen_by_a.info.platform, Platform::current());
@@ -123,7 +130,11 @@ async fn three_nodes_converge_see_each_others_fields_and_updates() {
         watch_a.has_changed().unwrap_or(false),
         "a's watch was not notified of b's change"
     );
-    assert_eq!(a.rejected_datagrams(), 0, "no datagram of the cluster was refused");
+    assert_eq!(
+        a.rejected_datagrams(),
+        0,
+        "no datagram of the cluster was refused"
+    );
 
     for n in [a, b, c] {
         n.shutdown().await.expect("clean shutdown");
@@ -155,7 +166,10 @@ async fn a_node_that_stops_is_seen_dead() {
     // Measured, not asserted (the machine may be loaded): the module doc
     // expects ~8 gossip intervals once rhythms are learnt, more right
     // after start while the 600 ms prior still weighs.
-    eprintln!("c seen dead by a and b {:?} after it stopped", stopped.elapsed());
+    eprintln!(
+        "c seen dead by a and b {:?} after it stopped",
+        stopped.elapsed()
+    );
     // The others are still live for each other.
     for n in [&a, &b] {
         let live: Vec<_> = n
@@ -164,7 +178,12 @@ async fn a_node_that_stops_is_seen_dead() {
             .filter(|m| m.is_live())
             .map(|m| m.node_id)
             .collect();
-        assert_eq!(live.len(), 2, "live members as seen by {}: {live:?}", n.self_id().node_id);
+        assert_eq!(
+            live.len(),
+            2,
+            "live members as seen by {}: {live:?}",
+            n.self_id().node_id
+        );
     }
 }
 
@@ -176,7 +195,9 @@ async fn a_node_that_stops_is_seen_dead() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_datagram_with_a_wrong_mac_is_dropped_and_adds_no_member() {
     let a = start(7, &[], key(7)).await;
-    let middle = tokio::net::UdpSocket::bind(addr(9)).await.expect("bind the middle socket");
+    let middle = tokio::net::UdpSocket::bind(addr(9))
+        .await
+        .expect("bind the middle socket");
     let b = start(8, &[9], key(7)).await;
     let b_id = b.self_id().node_id.clone();
 
@@ -206,7 +227,10 @@ async fn a_datagram_with_a_wrong_mac_is_dropped_and_adds_no_member() {
     assert!(find(&a.members(), &b_id).is_none());
 
     // Genuine: a accepts it, learns of b and answers the sender.
-    middle.send_to(&genuine, addr(7)).await.expect("send genuine");
+    middle
+        .send_to(&genuine, addr(7))
+        .await
+        .expect("send genuine");
     eventually("a learns of b from the genuine datagram", || {
         knows_b(&a).ok().filter(|k| *k)
     })
@@ -216,13 +240,20 @@ async fn a_datagram_with_a_wrong_mac_is_dropped_and_adds_no_member() {
     for _ in 0..50 {
         let (len, from) = recv(&middle, &mut buf).await;
         if from == addr(7) {
-            assert!(open(&key(7), &buf[..len]).is_some(), "a's answer is tagged with the cluster key");
+            assert!(
+                open(&key(7), &buf[..len]).is_some(),
+                "a's answer is tagged with the cluster key"
+            );
             answered = true;
             break;
         }
     }
     assert!(answered, "a never answered the genuine SYN");
-    assert_eq!(a.rejected_datagrams(), before + 1, "the genuine datagram was not counted as rejected");
+    assert_eq!(
+        a.rejected_datagrams(),
+        before + 1,
+        "the genuine datagram was not counted as rejected"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -255,7 +286,10 @@ async fn a_node_with_another_key_never_joins() {
         assert_eq!(members.len(), 2);
         let states = n.chitchat.lock().await;
         assert!(
-            !states.node_states().keys().any(|id| id.node_id == outsider_id),
+            !states
+                .node_states()
+                .keys()
+                .any(|id| id.node_id == outsider_id),
             "the outsider is in {}'s cluster state",
             n.self_id().node_id
         );
@@ -269,13 +303,20 @@ async fn a_node_with_another_key_never_joins() {
 async fn bad_configs_are_refused_with_what_to_do() {
     let mut c = config(13, &[], key(7));
     c.bind_addr = "0.0.0.0:7946".parse().unwrap();
-    let e = Membership::start(c).await.err().expect("an unspecified advertise address is refused");
+    let e = Membership::start(c)
+        .await
+        .err()
+        .expect("an unspecified advertise address is refused");
     assert!(e.to_string().contains("--gossip-addr"), "{e}");
 
     assert!(GossipKey::from_hex("abcd").is_err());
     let k = GossipKey::generate();
     assert_eq!(GossipKey::from_hex(&k.to_hex()).unwrap(), k);
-    assert_eq!(format!("{k:?}"), "GossipKey(..)", "the key never shows in logs");
+    assert_eq!(
+        format!("{k:?}"),
+        "GossipKey(..)",
+        "the key never shows in logs"
+    );
 
     let _held = start(14, &[], key(7)).await;
     let e = Membership::start(config(14, &[], key(7)))

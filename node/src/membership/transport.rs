@@ -168,8 +168,7 @@ impl Socket for MacUdpSocket {
                 Err(e)
                     if matches!(
                         e.kind(),
-                        std::io::ErrorKind::ConnectionRefused
-                            | std::io::ErrorKind::ConnectionReset
+                        std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::ConnectionReset
                     ) =>
                 {
                     continue

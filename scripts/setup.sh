@@ -7,6 +7,9 @@ source "$(dirname "$0")/common.sh"
 # curl and wrk for the demo and benchmark; the guest toolchain is installed
 # by guests/build.sh itself.
 apt_need curl wrk ca-certificates
+# iproute2 and nftables (+ iptables) for the e2e tests that put nodes in
+# network namespaces and cut their links (tests/src/netns.rs).
+apt_need iproute2 nftables iptables
 "$REPO/guests/build.sh"
 (cd "$REPO" && cargo build --release -p swarmlet)
 # On the PATH, as a user would have it after installing a package.

@@ -13,6 +13,7 @@ pub mod fault;
 pub mod fsutil;
 pub mod identity;
 pub mod listen;
+pub mod membership;
 pub mod mesh;
 pub mod netutil;
 pub mod orchestrator;

@@ -12,6 +12,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+pub mod netns;
+
 /// The `swarmlet` binary under test: `$SWARMLET_BIN`, or the one cargo built
 /// next to this test executable (`scripts/test.sh` builds it first).
 pub fn swarmlet_bin() -> PathBuf {

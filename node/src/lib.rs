@@ -16,6 +16,8 @@ pub mod listen;
 pub mod mesh;
 pub mod netutil;
 pub mod orchestrator;
+pub mod pki;
 pub mod raft;
 pub mod runtime;
 pub mod store;
+pub mod transport;

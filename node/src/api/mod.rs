@@ -5,7 +5,9 @@
 pub mod client;
 mod error;
 mod handlers;
+pub mod join;
 mod server;
 
 pub use error::ApiError;
 pub use server::{serve, ApiState, Listeners, REMOTE_REFUSED};
+pub use server::route_cluster;

@@ -210,9 +210,12 @@ fn bad_tokens_are_refused_saying_which_part_and_add_nothing() {
         assert_eq!(node_ids(&manager), before, "{tok}: nothing added");
         assert!(!joiner.data_dir.join("certs").exists(), "{tok}: no certs written");
     }
-    // The manager never saw the secret of the wrong-digest token: its log
-    // has no refusal for it (the joiner stopped before sending).
-    // And the current token works.
+    // The joiner stopped before sending the wrong-digest token: the manager
+    // logged refusals for the others, none for a CA digest.
+    let log = manager.log();
+    assert!(log.contains("refused a join"), "{log}");
+    assert!(!log.contains("CA digest"), "the wrong-digest token reached the manager: {log}");
+    // The current token works.
     let out = joiner.ok(&["join", "--token", &current, &manager.cluster_addr()]);
     assert!(out.contains("worker"), "{out}");
     assert_eq!(node_ids(&manager).len(), before.len() + 1);

@@ -80,7 +80,7 @@ pub fn ca_fetch_config() -> Result<Arc<rustls::ClientConfig>, TlsError> {
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(AnyServerCert(p)))
         .with_no_client_auth();
-    config.alpn_protocols = vec![ALPN_HTTP1.to_vec()];
+    config.alpn_protocols = vec![ALPN_H2.to_vec()];
     Ok(Arc::new(config))
 }
 

@@ -13,7 +13,10 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use swarmlet_e2e::{swarmlet_bin, Node};
 
 fn token(manager: &Node, role: &str) -> String {
-    manager.ok(&["swarm", "join-token", "-q", role]).trim().to_string()
+    manager
+        .ok(&["swarm", "join-token", "-q", role])
+        .trim()
+        .to_string()
 }
 
 /// `node ls -q` on `node`: the IDs.
@@ -25,10 +28,9 @@ fn node_ids(node: &Node) -> Vec<String> {
 }
 
 fn node_id(node: &Node) -> String {
-    let v: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(node.data_dir.join("node.json")).expect("node.json"),
-    )
-    .expect("node.json parses");
+    let v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(node.data_dir.join("node.json")).expect("node.json"))
+            .expect("node.json parses");
     v["node_id"].as_str().expect("node_id").to_string()
 }
 
@@ -71,7 +73,8 @@ fn tls_get(
     tcp.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
     let mut tls = rustls::StreamOwned::new(conn, tcp);
     let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-    tls.write_all(req.as_bytes()).map_err(|e| format!("write: {e}"))?;
+    tls.write_all(req.as_bytes())
+        .map_err(|e| format!("write: {e}"))?;
     let mut buf = Vec::new();
     let r = tls.read_to_end(&mut buf);
     let text = String::from_utf8_lossy(&buf).into_owned();
@@ -89,7 +92,9 @@ fn tls_get(
 /// Runs the CLI with `-H ADDR --tls DIR` (or without `--tls`).
 fn remote_cli(addr: &str, tls: Option<&Path>, args: &[&str]) -> std::process::Output {
     let mut cmd = std::process::Command::new(swarmlet_bin());
-    cmd.env_remove("SWARMLET_HOST").env_remove("SWARMLET_TLS").args(["-H", addr]);
+    cmd.env_remove("SWARMLET_HOST")
+        .env_remove("SWARMLET_TLS")
+        .args(["-H", addr]);
     if let Some(dir) = tls {
         cmd.arg("--tls").arg(dir);
     }
@@ -136,43 +141,91 @@ fn a_worker_joins_with_the_token_and_the_cluster_port_admits_only_the_right_cert
         "{ls}"
     );
     let wcerts = worker.data_dir.join("certs");
-    assert_eq!(read(&wcerts.join("ca.crt")), ca_pem, "the worker has the swarm's CA");
-    let (wcert, wkey) = (read(&wcerts.join("node.crt")), read(&wcerts.join("node.key")));
+    assert_eq!(
+        read(&wcerts.join("ca.crt")),
+        ca_pem,
+        "the worker has the swarm's CA"
+    );
+    let (wcert, wkey) = (
+        read(&wcerts.join("node.crt")),
+        read(&wcerts.join("node.key")),
+    );
 
     let addr = manager.cluster_addr();
     // A worker certificate reaches the blob route but no manager-only call.
     for path in ["/v1/nodes", "/v1/services", "/v1/raft/messages"] {
-        let (status, body) = tls_get(&addr, "swarmlet-manager", &ca_pem, Some((&wcert, &wkey)), path)
-            .unwrap_or_else(|e| panic!("{path} as the worker: {e}"));
+        let (status, body) = tls_get(
+            &addr,
+            "swarmlet-manager",
+            &ca_pem,
+            Some((&wcert, &wkey)),
+            path,
+        )
+        .unwrap_or_else(|e| panic!("{path} as the worker: {e}"));
         assert_eq!(status, 403, "{path}: {body}");
         assert!(body.contains("not allowed for worker"), "{body}");
     }
-    let (status, body) = tls_get(&addr, "swarmlet-manager", &ca_pem, Some((&wcert, &wkey)), "/v1/blobs/sha256:0000000000000000000000000000000000000000000000000000000000000000").expect("blob route");
+    let (status, body) = tls_get(
+        &addr,
+        "swarmlet-manager",
+        &ca_pem,
+        Some((&wcert, &wkey)),
+        "/v1/blobs/sha256:0000000000000000000000000000000000000000000000000000000000000000",
+    )
+    .expect("blob route");
     assert_eq!(status, 404, "a worker may fetch blobs: {body}");
     // Anonymous: the CA and nothing else.
-    let (status, body) = tls_get(&addr, "swarmlet-manager", &ca_pem, None, "/v1/cluster/ca").expect("ca");
+    let (status, body) =
+        tls_get(&addr, "swarmlet-manager", &ca_pem, None, "/v1/cluster/ca").expect("ca");
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("BEGIN CERTIFICATE"), "{body}");
-    let (status, _) = tls_get(&addr, "swarmlet-manager", &ca_pem, None, "/v1/services").expect("anon");
+    let (status, _) =
+        tls_get(&addr, "swarmlet-manager", &ca_pem, None, "/v1/services").expect("anon");
     assert_eq!(status, 403);
 
     // A self-signed client certificate fails the handshake: no answer.
-    let own = rcgen::generate_simple_self_signed(vec!["swarmlet-manager".to_string()]).expect("self-signed");
-    let r = tls_get(&addr, "swarmlet-manager", &ca_pem, Some((&own.cert.pem(), &own.signing_key.serialize_pem())), "/v1/services");
-    assert!(r.is_err(), "a self-signed client certificate got an answer: {r:?}");
+    let own = rcgen::generate_simple_self_signed(vec!["swarmlet-manager".to_string()])
+        .expect("self-signed");
+    let r = tls_get(
+        &addr,
+        "swarmlet-manager",
+        &ca_pem,
+        Some((&own.cert.pem(), &own.signing_key.serialize_pem())),
+        "/v1/services",
+    );
+    assert!(
+        r.is_err(),
+        "a self-signed client certificate got an answer: {r:?}"
+    );
     // A plain-TCP client gets no HTTP at all.
     let mut s = TcpStream::connect(&addr).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
     let _ = s.write_all(b"GET /v1/services HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
     let mut buf = Vec::new();
     let _ = s.read_to_end(&mut buf);
-    assert!(!String::from_utf8_lossy(&buf).contains("HTTP/1.1"), "plain TCP got an HTTP answer");
+    assert!(
+        !String::from_utf8_lossy(&buf).contains("HTTP/1.1"),
+        "plain TCP got an HTTP answer"
+    );
     // The manager serves the worker's own name only to... the worker: a
     // client asking for a manager at the worker's port is refused by TLS.
-    let r = tls_get(&worker.cluster_addr(), "swarmlet-manager", &ca_pem, None, "/v1/cluster/ca");
+    let r = tls_get(
+        &worker.cluster_addr(),
+        "swarmlet-manager",
+        &ca_pem,
+        None,
+        "/v1/cluster/ca",
+    );
     assert!(r.is_err(), "the worker passed as a manager: {r:?}");
     assert!(
-        tls_get(&worker.cluster_addr(), &wid, &ca_pem, None, "/v1/cluster/ca").is_ok(),
+        tls_get(
+            &worker.cluster_addr(),
+            &wid,
+            &ca_pem,
+            None,
+            "/v1/cluster/ca"
+        )
+        .is_ok(),
         "the worker answers under its node ID"
     );
 }
@@ -208,13 +261,19 @@ fn bad_tokens_are_refused_saying_which_part_and_add_nothing() {
         let err = joiner.fails(&["swarm", "join", "--token", tok, &manager.cluster_addr()]);
         assert!(err.contains(says), "{tok}: expected {says:?} in: {err}");
         assert_eq!(node_ids(&manager), before, "{tok}: nothing added");
-        assert!(!joiner.data_dir.join("certs").exists(), "{tok}: no certs written");
+        assert!(
+            !joiner.data_dir.join("certs").exists(),
+            "{tok}: no certs written"
+        );
     }
     // The joiner stopped before sending the wrong-digest token: the manager
     // logged refusals for the others, none for a CA digest.
     let log = manager.log();
     assert!(log.contains("refused a join"), "{log}");
-    assert!(!log.contains("CA digest"), "the wrong-digest token reached the manager: {log}");
+    assert!(
+        !log.contains("CA digest"),
+        "the wrong-digest token reached the manager: {log}"
+    );
     // The current token works.
     let out = joiner.ok(&["join", "--token", &current, &manager.cluster_addr()]);
     assert!(out.contains("worker"), "{out}");
@@ -237,7 +296,11 @@ fn a_client_bundle_gives_remote_control_and_nothing_without_it() {
 
     let ok = remote_cli(&addr, Some(&bundle), &["service", "ls"]);
     let stdout = String::from_utf8_lossy(&ok.stdout);
-    assert!(ok.status.success(), "{stdout}{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(
+        ok.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
     assert!(stdout.contains("hello"), "{stdout}");
     // The same with the environment variable and the bare IP (port 2377).
     let env = std::process::Command::new(swarmlet_bin())
@@ -246,13 +309,19 @@ fn a_client_bundle_gives_remote_control_and_nothing_without_it() {
         .args(["service", "ls"])
         .output()
         .unwrap();
-    assert!(String::from_utf8_lossy(&env.stdout).contains("hello"), "{env:?}");
+    assert!(
+        String::from_utf8_lossy(&env.stdout).contains("hello"),
+        "{env:?}"
+    );
 
     // Without the bundle: refused before connecting, with what to do.
     let no = remote_cli(&addr, None, &["service", "ls"]);
     assert!(!no.status.success());
     let err = String::from_utf8_lossy(&no.stderr);
-    assert!(err.contains("needs a TLS client certificate") && err.contains("--tls"), "{err}");
+    assert!(
+        err.contains("needs a TLS client certificate") && err.contains("--tls"),
+        "{err}"
+    );
     // A bundle of another swarm: the manager's certificate is not trusted.
     let other = Node::start("other");
     other.ok(&["init"]);
@@ -264,7 +333,10 @@ fn a_client_bundle_gives_remote_control_and_nothing_without_it() {
     assert!(!String::from_utf8_lossy(&bad.stdout).contains("hello"));
     // The bundle's key is private.
     use std::os::unix::fs::PermissionsExt as _;
-    let mode = std::fs::metadata(bundle.join("key.pem")).unwrap().permissions().mode();
+    let mode = std::fs::metadata(bundle.join("key.pem"))
+        .unwrap()
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o777, 0o600);
     let _ = std::fs::remove_dir_all(&bundle);
     let _ = std::fs::remove_dir_all(&foreign);

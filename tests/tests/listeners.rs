@@ -65,7 +65,10 @@ fn the_cluster_port_serves_no_client_api_and_the_socket_is_0660() {
         assert!(resp.contains(TLS_MESSAGE), "{resp}");
     }
     let info = node.ok(&["info"]);
-    assert!(!info.contains("Swarm: active"), "the plain requests changed nothing: {info}");
+    assert!(
+        !info.contains("Swarm: active"),
+        "the plain requests changed nothing: {info}"
+    );
 
     node.ok(&["init"]);
     node.create("hello", "hello", &["-p", "8080:80"]);

@@ -88,7 +88,9 @@ pub fn install_node_certs(st: &ApiState) -> Result<bool, ApiError> {
     };
     let (Some(ca), Some(cluster_id), Some(me)) = (ca, cluster_id, me) else {
         // A swarm created before the PKI existed: it stays on plain 403.
-        tracing::warn!("this swarm has no cluster CA; the cluster port stays closed to other nodes");
+        tracing::warn!(
+            "this swarm has no cluster CA; the cluster port stays closed to other nodes"
+        );
         return Ok(false);
     };
     if me.role != NodeRole::Manager {
@@ -145,7 +147,10 @@ pub fn ca(st: &ApiState) -> Result<Response, ApiError> {
 }
 
 fn valid_node_id(id: &str) -> bool {
-    id.len() == 25 && id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    id.len() == 25
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// `POST /v1/cluster/join`.
@@ -155,10 +160,17 @@ pub async fn accept_join(st: &ApiState, body: Incoming) -> Result<Response, ApiE
     let token = Token::parse(&req.token).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let (ca, tokens, cluster_id) = {
         let s = cluster.store.read();
-        (s.cluster_ca.clone(), s.join_tokens.clone(), s.cluster_id.clone())
+        (
+            s.cluster_ca.clone(),
+            s.join_tokens.clone(),
+            s.cluster_id.clone(),
+        )
     };
     let (Some(ca), Some(tokens), Some(cluster_id)) = (ca, tokens, cluster_id) else {
-        return Err(ApiError::new(503, "this swarm has no cluster CA or join tokens; it cannot take new nodes"));
+        return Err(ApiError::new(
+            503,
+            "this swarm has no cluster CA or join tokens; it cannot take new nodes",
+        ));
     };
     let role = pki::verify_token(&token, &ca.cert_pem, &tokens).map_err(|e| {
         tracing::info!(node = %req.node_id, addr = %req.addr, "refused a join: {e}");
@@ -231,12 +243,17 @@ pub async fn accept_join(st: &ApiState, body: Incoming) -> Result<Response, ApiE
 fn with_default_port(addr: &str) -> Result<String, ApiError> {
     let a = addr.trim();
     if a.is_empty() {
-        return Err(ApiError::bad_request("give the manager's address: swarmlet join --token TOKEN IP[:2377]"));
+        return Err(ApiError::bad_request(
+            "give the manager's address: swarmlet join --token TOKEN IP[:2377]",
+        ));
     }
     if let Ok(ip) = a.parse::<std::net::IpAddr>() {
         return Ok(SocketAddr::new(ip, 2377).to_string());
     }
-    if a.parse::<SocketAddr>().is_ok() || a.rsplit_once(':').is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok()) {
+    if a.parse::<SocketAddr>().is_ok()
+        || a.rsplit_once(':')
+            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok())
+    {
         return Ok(a.to_string());
     }
     if !a.contains(':') && !a.contains('/') {
@@ -259,23 +276,37 @@ fn unreachable(remote: &str, e: TransportError) -> ApiError {
 
 /// Fetches the manager's CA certificate without sending anything secret.
 async fn fetch_ca(remote: &str) -> Result<String, ApiError> {
-    let pool = Pool::new(transport::ca_fetch_config().map_err(internal)?, PoolOptions::default());
+    let pool = Pool::new(
+        transport::ca_fetch_config().map_err(internal)?,
+        PoolOptions::default(),
+    );
     let resp = pool
-        .stream(remote, &Target::Manager, http::Method::GET, "/v1/cluster/ca", transport::client::full(bytes::Bytes::new()))
+        .stream(
+            remote,
+            &Target::Manager,
+            http::Method::GET,
+            "/v1/cluster/ca",
+            transport::client::full(bytes::Bytes::new()),
+        )
         .await
         .map_err(|e| unreachable(remote, e))?;
     let status = resp.status().as_u16();
-    let body = http_body_util::BodyExt::collect(http_body_util::Limited::new(resp.into_body(), 64 << 10))
-        .await
-        .map_err(|e| ApiError::new(502, format!("reading the CA from {remote}: {e}")))?
-        .to_bytes();
+    let body =
+        http_body_util::BodyExt::collect(http_body_util::Limited::new(resp.into_body(), 64 << 10))
+            .await
+            .map_err(|e| ApiError::new(502, format!("reading the CA from {remote}: {e}")))?
+            .to_bytes();
     if status != 200 {
         let message = serde_json::from_slice::<swarmlet_proto::api::ErrorBody>(&body)
             .map(|e| e.message)
             .unwrap_or_else(|_| String::from_utf8_lossy(&body).into_owned());
-        return Err(ApiError::new(502, format!("the manager at {remote} did not hand out its CA: {message}")));
+        return Err(ApiError::new(
+            502,
+            format!("the manager at {remote} did not hand out its CA: {message}"),
+        ));
     }
-    String::from_utf8(body.to_vec()).map_err(|_| ApiError::new(502, format!("{remote} answered a CA that is not text")))
+    String::from_utf8(body.to_vec())
+        .map_err(|_| ApiError::new(502, format!("{remote} answered a CA that is not text")))
 }
 
 /// `POST /v1/swarm/join`: this node joins the swarm of the manager at
@@ -323,16 +354,22 @@ pub async fn join(st: &ApiState, body: Incoming) -> Result<Response, ApiError> {
     let id = pki::cert_identity(pki::cert_der(&resp.cert_pem).map_err(internal)?.as_ref())
         .map_err(|e| ApiError::new(502, format!("the manager sent a bad certificate: {e}")))?;
     match &id.kind {
-        CertKind::Node { node_id: n, role } if *n == node_id && NodeRole::from(*role) == resp.role => {}
+        CertKind::Node { node_id: n, role }
+            if *n == node_id && NodeRole::from(*role) == resp.role => {}
         other => {
             return Err(ApiError::new(
                 502,
-                format!("the manager sent a certificate for {other:?}, not for this node ({node_id})"),
+                format!(
+                    "the manager sent a certificate for {other:?}, not for this node ({node_id})"
+                ),
             ))
         }
     }
     if resp.ca_pem.trim() != ca_pem.trim() {
-        return Err(ApiError::new(502, "the manager answered with another CA than the one checked against the token"));
+        return Err(ApiError::new(
+            502,
+            "the manager answered with another CA than the one checked against the token",
+        ));
     }
     let certs = NodeCerts {
         ca_pem,
@@ -346,12 +383,14 @@ pub async fn join(st: &ApiState, body: Incoming) -> Result<Response, ApiError> {
         joined_via: remote.clone(),
         gossip_key: resp.gossip_key.clone(),
     };
-    let write = |e: pki::PkiError| match &e {
+    let write = |e: pki::PkiError| {
+        match &e {
         pki::PkiError::Write(w) if w.is_disk_full() => ApiError::new(
             507,
             format!("{e}: the node was added to the swarm but could not save its certificate; free space, run \"swarmlet leave\" and join again"),
         ),
         _ => internal(e),
+    }
     };
     pki::save_node_certs(&st.data_dir, &certs).map_err(write)?;
     crate::fsutil::write_atomic(
@@ -361,9 +400,12 @@ pub async fn join(st: &ApiState, body: Incoming) -> Result<Response, ApiError> {
     .map_err(|e| write(pki::PkiError::Write(e)))?;
     st.cluster_port.install(&certs).map_err(internal)?;
     tracing::info!(cluster = %joined.cluster_id, role = ?joined.role, via = %remote, "joined the swarm");
-    crate::daemon::after_join(st, &joined)
-        .await
-        .map_err(|e| ApiError::new(500, format!("joined, but starting the cluster parts failed: {e:#}")))?;
+    crate::daemon::after_join(st, &joined).await.map_err(|e| {
+        ApiError::new(
+            500,
+            format!("joined, but starting the cluster parts failed: {e:#}"),
+        )
+    })?;
     Ok(json(
         200,
         &SwarmJoinResponse {
@@ -403,7 +445,10 @@ pub async fn join_token(st: &ApiState, role: &str, rotate: bool) -> Result<Respo
     }
     let s = cluster.store.read();
     let (Some(ca), Some(tokens)) = (&s.cluster_ca, &s.join_tokens) else {
-        return Err(ApiError::new(503, "this swarm has no join tokens (it was created by an older swarmlet)"));
+        return Err(ApiError::new(
+            503,
+            "this swarm has no join tokens (it was created by an older swarmlet)",
+        ));
     };
     let digest = pki::ca_digest(&ca.cert_pem).map_err(internal)?;
     let manager_addr = s

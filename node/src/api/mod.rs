@@ -9,5 +9,5 @@ pub mod join;
 mod server;
 
 pub use error::ApiError;
-pub use server::{serve, ApiState, Listeners, REMOTE_REFUSED};
 pub use server::route_cluster;
+pub use server::{serve, ApiState, Listeners, REMOTE_REFUSED};

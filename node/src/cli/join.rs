@@ -6,7 +6,9 @@ use std::sync::OnceLock;
 
 use anyhow::Context as _;
 use clap::{Args, ValueEnum};
-use swarmlet_proto::cluster::{ClientBundle, JoinTokenResponse, SwarmJoinRequest, SwarmJoinResponse};
+use swarmlet_proto::cluster::{
+    ClientBundle, JoinTokenResponse, SwarmJoinRequest, SwarmJoinResponse,
+};
 use swarmlet_proto::NodeRole;
 
 use crate::api::client::Client;
@@ -112,7 +114,10 @@ pub async fn join_token(c: Client, a: JoinTokenArgs) -> anyhow::Result<()> {
     }
     println!("To add a {role} to this swarm, run the following command:");
     println!();
-    println!("    swarmlet swarm join --token {} {}", r.token, r.manager_addr);
+    println!(
+        "    swarmlet swarm join --token {} {}",
+        r.token, r.manager_addr
+    );
     println!();
     Ok(())
 }

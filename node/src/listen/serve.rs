@@ -294,16 +294,15 @@ pub(super) async fn serve_conn<S, H, Fut, B>(
             drive(http, fd, evicted, act, limits, closing, proto).await
         }
         Proto::Http2 => {
-            let http = hyper::server::conn::http2::Builder::new(
-                hyper_util::rt::TokioExecutor::new(),
-            )
-            .timer(TokioTimer::new())
-            .max_header_list_size(u32::try_from(limits.max_header_size).unwrap_or(u32::MAX))
-            .max_concurrent_streams(H2_MAX_STREAMS)
-            // A peer that vanished without a FIN is noticed by pings.
-            .keep_alive_interval(Some(limits.idle_timeout))
-            .keep_alive_timeout(limits.header_read_timeout)
-            .serve_connection(io, svc);
+            let http =
+                hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                    .timer(TokioTimer::new())
+                    .max_header_list_size(u32::try_from(limits.max_header_size).unwrap_or(u32::MAX))
+                    .max_concurrent_streams(H2_MAX_STREAMS)
+                    // A peer that vanished without a FIN is noticed by pings.
+                    .keep_alive_interval(Some(limits.idle_timeout))
+                    .keep_alive_timeout(limits.header_read_timeout)
+                    .serve_connection(io, svc);
             drive(http, fd, evicted, act, limits, closing, proto).await
         }
     }

@@ -17,7 +17,9 @@ mod names;
 mod token;
 
 pub use ca::{create_ca, new_csr, Ca, NodeKey, CA_VALIDITY, NODE_CERT_VALIDITY};
-pub use files::{load_client_bundle, load_node_certs, save_node_certs, write_client_bundle, NodeCerts};
+pub use files::{
+    load_client_bundle, load_node_certs, save_node_certs, write_client_bundle, NodeCerts,
+};
 pub use names::{cert_identity, CertIdentity, CertKind, CertRole};
 pub use token::{ca_digest, new_secret, verify_token, Token, TokenError};
 
@@ -35,7 +37,10 @@ pub enum PkiError {
     #[error("the certificate does not parse: {0}")]
     BadCert(String),
     #[error("{path}: {reason}")]
-    File { path: std::path::PathBuf, reason: String },
+    File {
+        path: std::path::PathBuf,
+        reason: String,
+    },
     #[error(transparent)]
     Write(#[from] crate::fsutil::WriteError),
 }
@@ -95,11 +100,18 @@ mod tests {
         let now = rustls::pki_types::UnixTime::now();
         for name in ["swarmlet-worker", NODE] {
             let sn = rustls::pki_types::ServerName::try_from(name).unwrap();
-            assert!(verifier.verify_server_cert(&der, &[], &sn, &[], now).is_ok(), "{name}");
+            assert!(
+                verifier
+                    .verify_server_cert(&der, &[], &sn, &[], now)
+                    .is_ok(),
+                "{name}"
+            );
         }
         let sn = rustls::pki_types::ServerName::try_from("swarmlet-manager").unwrap();
         assert!(
-            verifier.verify_server_cert(&der, &[], &sn, &[], now).is_err(),
+            verifier
+                .verify_server_cert(&der, &[], &sn, &[], now)
+                .is_err(),
             "a worker cert must not pass as a manager"
         );
     }
@@ -109,7 +121,12 @@ mod tests {
         let ca = Ca::load(&create_ca("c").unwrap()).unwrap();
         let key = new_csr(NODE).unwrap();
         assert!(matches!(
-            ca.sign_node(&key.csr_pem, "ffffffffffffffffffffffff0", CertRole::Manager, "c"),
+            ca.sign_node(
+                &key.csr_pem,
+                "ffffffffffffffffffffffff0",
+                CertRole::Manager,
+                "c"
+            ),
             Err(PkiError::CsrNodeMismatch { .. })
         ));
         assert!(matches!(
@@ -118,7 +135,9 @@ mod tests {
         ));
         // A CSR whose signature does not match its key.
         let tampered = key.csr_pem.replacen('A', "B", 1);
-        assert!(ca.sign_node(&tampered, NODE, CertRole::Manager, "c").is_err());
+        assert!(ca
+            .sign_node(&tampered, NODE, CertRole::Manager, "c")
+            .is_err());
     }
 
     #[test]
@@ -148,11 +167,19 @@ mod tests {
             }],
         };
         let t = |secret: &str| Token::parse(&Token::new(&digest, secret).to_string()).unwrap();
-        assert_eq!(verify_token(&t(&tokens.worker), &ca.cert_pem, &tokens), Ok(NodeRole::Worker));
-        assert_eq!(verify_token(&t(&tokens.manager), &ca.cert_pem, &tokens), Ok(NodeRole::Manager));
+        assert_eq!(
+            verify_token(&t(&tokens.worker), &ca.cert_pem, &tokens),
+            Ok(NodeRole::Worker)
+        );
+        assert_eq!(
+            verify_token(&t(&tokens.manager), &ca.cert_pem, &tokens),
+            Ok(NodeRole::Manager)
+        );
         assert_eq!(
             verify_token(&t("0000000000000000000000000"), &ca.cert_pem, &tokens),
-            Err(TokenError::Rotated { role: "worker".into() })
+            Err(TokenError::Rotated {
+                role: "worker".into()
+            })
         );
         assert_eq!(
             verify_token(&t("zzzzzzzzzzzzzzzzzzzzzzzzz"), &ca.cert_pem, &tokens),
@@ -174,7 +201,8 @@ mod tests {
     #[test]
     fn node_certs_are_saved_private_and_load_back() {
         use std::os::unix::fs::PermissionsExt as _;
-        let dir = std::env::temp_dir().join(format!("swarmlet-pki-{}", crate::identity::random_id(8)));
+        let dir =
+            std::env::temp_dir().join(format!("swarmlet-pki-{}", crate::identity::random_id(8)));
         assert!(load_node_certs(&dir).unwrap().is_none());
         let ca = create_ca("c").unwrap();
         let key = new_csr(NODE).unwrap();
@@ -189,7 +217,10 @@ mod tests {
         };
         save_node_certs(&dir, &certs).unwrap();
         for f in ["ca.crt", "node.crt", "node.key"] {
-            let mode = std::fs::metadata(dir.join("certs").join(f)).unwrap().permissions().mode();
+            let mode = std::fs::metadata(dir.join("certs").join(f))
+                .unwrap()
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o777, 0o600, "{f}");
         }
         let back = load_node_certs(&dir).unwrap().unwrap();

@@ -65,8 +65,8 @@ pub struct CertIdentity {
 /// Reads CN/OU/O of a certificate. Only the names are read; the chain must
 /// have been verified already (the TLS handshake does it).
 pub fn cert_identity(der: &[u8]) -> Result<CertIdentity, PkiError> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der)
-        .map_err(|e| PkiError::BadCert(e.to_string()))?;
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(der).map_err(|e| PkiError::BadCert(e.to_string()))?;
     let subject = cert.subject();
     let one = |it: &mut dyn Iterator<Item = &x509_parser::x509::AttributeTypeAndValue>,
                what: &str|

@@ -113,7 +113,11 @@ pub fn new_secret() -> String {
 
 /// The manager's check of a token against the store: the role it grants,
 /// or which part is wrong.
-pub fn verify_token(token: &Token, ca_pem: &str, tokens: &JoinTokens) -> Result<NodeRole, TokenError> {
+pub fn verify_token(
+    token: &Token,
+    ca_pem: &str,
+    tokens: &JoinTokens,
+) -> Result<NodeRole, TokenError> {
     let digest = ca_digest(ca_pem).map_err(|_| TokenError::WrongSecret)?;
     if !eq_ct(digest.as_bytes(), token.ca_digest.as_bytes()) {
         return Err(TokenError::WrongCaDigest {
@@ -177,7 +181,7 @@ mod tests {
         assert_eq!(base36(&[0], 3), "000");
         assert_eq!(base36(&[35], 1), "z");
         assert_eq!(base36(&[1, 0], 1), "74"); // 256 = 7*36 + 4
-        // The largest SHA-256 fits in 50 characters.
+                                              // The largest SHA-256 fits in 50 characters.
         assert_eq!(base36(&[0xff; 32], 50).len(), 50);
     }
 

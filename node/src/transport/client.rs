@@ -103,7 +103,10 @@ impl Pool {
     }
 
     /// A pool presenting the node's certificate.
-    pub fn for_node(certs: &crate::pki::NodeCerts, opts: PoolOptions) -> Result<Pool, super::TlsError> {
+    pub fn for_node(
+        certs: &crate::pki::NodeCerts,
+        opts: PoolOptions,
+    ) -> Result<Pool, super::TlsError> {
         let config = super::client_config(
             &certs.ca_pem,
             Some((&certs.cert_pem, &certs.key_pem)),
@@ -117,28 +120,32 @@ impl Pool {
         self.conns.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    async fn connect(&self, addr: &str, target: &Target) -> Result<SendRequest<OutBody>, TransportError> {
+    async fn connect(
+        &self,
+        addr: &str,
+        target: &Target,
+    ) -> Result<SendRequest<OutBody>, TransportError> {
         let name = target.server_name();
-        let server_name = ServerName::try_from(name.clone()).map_err(|e| TransportError::Connect {
-            addr: addr.to_string(),
-            reason: format!("bad server name {name:?}: {e}"),
-        })?;
+        let server_name =
+            ServerName::try_from(name.clone()).map_err(|e| TransportError::Connect {
+                addr: addr.to_string(),
+                reason: format!("bad server name {name:?}: {e}"),
+            })?;
         let connector = tokio_rustls::TlsConnector::from(self.config.clone());
         let work = async {
-            let tcp = tokio::net::TcpStream::connect(addr)
-                .await
-                .map_err(|e| TransportError::Connect {
+            let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| {
+                TransportError::Connect {
                     addr: addr.to_string(),
                     reason: e.to_string(),
-                })?;
+                }
+            })?;
             let _ = tcp.set_nodelay(true);
-            let tls = connector
-                .connect(server_name, tcp)
-                .await
-                .map_err(|e| TransportError::Handshake {
+            let tls = connector.connect(server_name, tcp).await.map_err(|e| {
+                TransportError::Handshake {
                     addr: addr.to_string(),
                     reason: e.to_string(),
-                })?;
+                }
+            })?;
             let (send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
                 .keep_alive_interval(Duration::from_secs(10))
@@ -167,7 +174,11 @@ impl Pool {
     }
 
     /// The live connection to (addr, target), or a new one.
-    async fn conn(&self, addr: &str, target: &Target) -> Result<(SendRequest<OutBody>, bool), TransportError> {
+    async fn conn(
+        &self,
+        addr: &str,
+        target: &Target,
+    ) -> Result<(SendRequest<OutBody>, bool), TransportError> {
         let key = (addr.to_string(), target.server_name());
         if let Some(s) = self.lock().get(&key).filter(|s| !s.is_closed()).cloned() {
             return Ok((s, true));
@@ -178,7 +189,8 @@ impl Pool {
     }
 
     fn forget(&self, addr: &str, target: &Target) {
-        self.lock().remove(&(addr.to_string(), target.server_name()));
+        self.lock()
+            .remove(&(addr.to_string(), target.server_name()));
     }
 
     /// Sends one request (the URI is a path, e.g. `/v1/nodes`) and returns
@@ -277,8 +289,14 @@ impl Pool {
         read_json(addr, resp, self.opts.request_timeout).await
     }
 
-    pub async fn get_json<T: DeserializeOwned>(&self, addr: &str, target: &Target, path: &str) -> Result<T, TransportError> {
-        self.json::<(), T>(addr, target, http::Method::GET, path, None).await
+    pub async fn get_json<T: DeserializeOwned>(
+        &self,
+        addr: &str,
+        target: &Target,
+        path: &str,
+    ) -> Result<T, TransportError> {
+        self.json::<(), T>(addr, target, http::Method::GET, path, None)
+            .await
     }
 
     pub async fn post_json<B: serde::Serialize, T: DeserializeOwned>(
@@ -288,7 +306,8 @@ impl Pool {
         path: &str,
         body: &B,
     ) -> Result<T, TransportError> {
-        self.json(addr, target, http::Method::POST, path, Some(body)).await
+        self.json(addr, target, http::Method::POST, path, Some(body))
+            .await
     }
 
     /// A request with a streaming body (e.g. raft messages, a blob); the
@@ -331,7 +350,9 @@ fn with_authority(mut req: hyper::Request<OutBody>, addr: &str) -> hyper::Reques
 
 /// A byte body for `Pool::stream`/`send`.
 pub fn full(bytes: impl Into<Bytes>) -> OutBody {
-    Full::new(bytes.into()).map_err(|never| match never {}).boxed()
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed()
 }
 
 enum SendFailure {

@@ -33,7 +33,10 @@ pub use tls::{ca_fetch_config, client_config, server_config, TlsError};
 pub enum Peer {
     /// No client certificate.
     Anonymous,
-    Node { node_id: String, role: CertRole },
+    Node {
+        node_id: String,
+        role: CertRole,
+    },
     /// A client bundle (`swarm ca --client-bundle`): the operator's CLI.
     Client,
 }
@@ -86,7 +89,10 @@ impl ClusterPort {
     /// already checked it chains to the cluster CA). A certificate of
     /// another cluster (a CA with the same key would be needed) or with an
     /// unknown role is refused.
-    pub fn identify(&self, cert: Option<&rustls::pki_types::CertificateDer<'_>>) -> Result<Peer, String> {
+    pub fn identify(
+        &self,
+        cert: Option<&rustls::pki_types::CertificateDer<'_>>,
+    ) -> Result<Peer, String> {
         let Some(cert) = cert else {
             return Ok(Peer::Anonymous);
         };
@@ -142,10 +148,11 @@ pub enum RouteClass {
 pub fn classify(method: &http::Method, path: &str) -> RouteClass {
     let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
     match (method, segs.as_slice()) {
-        (&http::Method::GET, ["v1", "cluster", "ca"]) | (&http::Method::POST, ["v1", "cluster", "join"]) => {
-            RouteClass::Join
+        (&http::Method::GET, ["v1", "cluster", "ca"])
+        | (&http::Method::POST, ["v1", "cluster", "join"]) => RouteClass::Join,
+        (_, ["v1", "dispatcher", ..]) | (&http::Method::GET, ["v1", "blobs", _]) => {
+            RouteClass::NodeRpc
         }
-        (_, ["v1", "dispatcher", ..]) | (&http::Method::GET, ["v1", "blobs", _]) => RouteClass::NodeRpc,
         (_, ["v1", "raft", ..]) | (_, ["v1", "cluster", ..]) => RouteClass::ManagerRpc,
         (_, ["v1", "swarm", "client-bundle"]) => RouteClass::Credentials,
         _ => RouteClass::ClientApi,
@@ -157,20 +164,38 @@ pub fn classify(method: &http::Method, path: &str) -> RouteClass {
 /// API; managers everything.
 pub fn authorize(peer: &Peer, method: &http::Method, path: &str) -> Result<(), Forbidden> {
     let class = classify(method, path);
-    let ok = match (peer, class) {
-        (_, RouteClass::Join) => true,
-        (Peer::Node { role: CertRole::Manager, .. }, _) => true,
-        (Peer::Node { role: CertRole::Worker, .. }, RouteClass::NodeRpc) => true,
-        (Peer::Client, RouteClass::ClientApi) => true,
-        _ => false,
-    };
+    let ok = matches!(
+        (peer, class),
+        (_, RouteClass::Join)
+            | (
+                Peer::Node {
+                    role: CertRole::Manager,
+                    ..
+                },
+                _
+            )
+            | (
+                Peer::Node {
+                    role: CertRole::Worker,
+                    ..
+                },
+                RouteClass::NodeRpc
+            )
+            | (Peer::Client, RouteClass::ClientApi)
+    );
     if ok {
         return Ok(());
     }
     let who = match peer {
         Peer::Anonymous => "a caller without a client certificate".to_string(),
-        Peer::Node { node_id, role: CertRole::Worker } => format!("worker {node_id}"),
-        Peer::Node { node_id, role: CertRole::Manager } => format!("manager {node_id}"),
+        Peer::Node {
+            node_id,
+            role: CertRole::Worker,
+        } => format!("worker {node_id}"),
+        Peer::Node {
+            node_id,
+            role: CertRole::Manager,
+        } => format!("manager {node_id}"),
         Peer::Client => "a client certificate".to_string(),
     };
     let need = match class {
@@ -223,14 +248,25 @@ mod tests {
             (&Peer::Client, Method::GET, "/v1/services", true),
             (&Peer::Client, Method::POST, "/v1/raft/messages", false),
             (&Peer::Client, Method::POST, "/v1/dispatcher/status", false),
-            (&Peer::Client, Method::POST, "/v1/swarm/client-bundle", false),
+            (
+                &Peer::Client,
+                Method::POST,
+                "/v1/swarm/client-bundle",
+                false,
+            ),
         ];
         for (peer, m, path, allowed) in cases {
-            assert_eq!(authorize(peer, m, path).is_ok(), *allowed, "{peer:?} {m} {path}");
+            assert_eq!(
+                authorize(peer, m, path).is_ok(),
+                *allowed,
+                "{peer:?} {m} {path}"
+            );
         }
         let port = ClusterPort::default();
         port.set_revoked(["w".to_string()].into());
-        let e = port.check(&worker, &Method::GET, "/v1/blobs/x").unwrap_err();
+        let e = port
+            .check(&worker, &Method::GET, "/v1/blobs/x")
+            .unwrap_err();
         assert!(e.0.contains("removed"), "{e}");
     }
 }

@@ -310,10 +310,21 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         cluster: tokio::sync::OnceCell::new(),
         init_lock: tokio::sync::Mutex::new(()),
         shutdown: shutdown.clone(),
+        cluster_port: crate::transport::ClusterPort::new(),
+        joined: tokio::sync::OnceCell::new(),
     });
     if let Some(cluster) = start_cluster(&state, None).await? {
         let _ = state.cluster.set(cluster);
         tracing::info!(node = %state.identity.node_id, "rejoined the swarm from the data dir");
+    }
+    // Certificates on disk (or, for a manager, from the store's CA): the
+    // cluster port serves mutual TLS; none: it stays plain and refuses.
+    crate::api::join::install_node_certs(&state)
+        .map_err(|e| anyhow::anyhow!("installing this node's certificates: {}", e.message))?;
+    if let Some(joined) = crate::api::join::load_joined(&cfg.data_dir)? {
+        if state.cluster.get().is_none() {
+            after_join(&state, &joined).await?;
+        }
     }
     tracing::info!(
         node = %state.identity.node_id,
@@ -352,6 +363,23 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     }
     let _ = shutdown_tx.send(true);
     tracing::info!("stopped");
+    Ok(())
+}
+
+/// Called once this node has joined a swarm (`swarmlet join`), and at
+/// start-up of a node that joined before and has no raft log of its own:
+/// its certificates are on disk and the cluster port already serves mutual
+/// TLS with them. This is the hook where the cluster parts start: raft as a
+/// learner on a manager, the agent on the dispatcher interface everywhere
+/// (wired by the lead; today it only records the state).
+pub async fn after_join(st: &ApiState, joined: &crate::api::join::Joined) -> anyhow::Result<()> {
+    let _ = st.joined.set(joined.clone());
+    tracing::info!(
+        role = ?joined.role,
+        cluster = %joined.cluster_id,
+        managers = ?joined.managers,
+        "in the swarm as a joined node; raft/agent start is not wired yet"
+    );
     Ok(())
 }
 

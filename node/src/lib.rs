@@ -17,6 +17,8 @@ pub mod membership;
 pub mod mesh;
 pub mod netutil;
 pub mod orchestrator;
+pub mod pki;
 pub mod raft;
 pub mod runtime;
 pub mod store;
+pub mod transport;

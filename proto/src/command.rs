@@ -81,6 +81,17 @@ pub enum Command {
         node_id: String,
         availability: Availability,
     },
+    /// A node joined with a valid token (its certificate is signed after this
+    /// commits). Refused if the node ID or raft ID is already in the swarm.
+    AddNode {
+        node: Node,
+    },
+    /// `swarm join-token --rotate`: `secret` becomes the role's token secret;
+    /// the old one is kept as retired.
+    RotateJoinToken {
+        role: crate::model::NodeRole,
+        secret: String,
+    },
 }
 
 /// One task's reported state, as carried by `Command::UpdateTaskStatuses`.

@@ -2,6 +2,7 @@
 //! node-to-node RPC. Everything here is plain serde data: no IO, no clocks.
 
 pub mod api;
+pub mod cluster;
 pub mod command;
 pub mod digest;
 pub mod model;

@@ -44,13 +44,11 @@ fn assert_hello(node: &Node, port: u16) {
 #[test]
 fn the_cluster_port_serves_no_client_api_and_the_socket_is_0660() {
     let mut node = Node::start("n1");
-    node.ok(&["init"]);
-    node.create("hello", "hello", &["-p", "8080:80"]);
     let cluster = node.cluster_addr();
 
     // List, create, remove: each refused with the reason, nothing changes.
     let create = r#"{"name":"evil","image":{"digest":"sha256:00"},"replicas":1,"ports":[]}"#;
-    for request in [
+    let requests = [
         "GET /v1/services HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".to_string(),
         format!(
             "POST /v1/services HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{create}",
@@ -59,10 +57,26 @@ fn the_cluster_port_serves_no_client_api_and_the_socket_is_0660() {
         "DELETE /v1/services/hello HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".to_string(),
         "POST /v1/swarm/init HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}"
             .to_string(),
-    ] {
+    ];
+    // Not in a swarm yet (no certificates): plain HTTP, answered 403.
+    for request in &requests {
         let resp = tcp_raw(&cluster, request.as_bytes());
         assert_eq!(status_of(&resp), Some(403), "{request:?} got {resp}");
         assert!(resp.contains(TLS_MESSAGE), "{resp}");
+    }
+    let info = node.ok(&["info"]);
+    assert!(
+        !info.contains("Swarm: active"),
+        "the plain requests changed nothing: {info}"
+    );
+
+    node.ok(&["init"]);
+    node.create("hello", "hello", &["-p", "8080:80"]);
+    // In a swarm the port speaks only TLS: a plain-HTTP client gets no HTTP
+    // answer at all (the TLS handshake fails), so nothing leaks or changes.
+    for request in &requests {
+        let resp = tcp_raw(&cluster, request.as_bytes());
+        assert_eq!(status_of(&resp), None, "{request:?} got {resp}");
         assert!(!resp.contains("hello"), "no service data leaks: {resp}");
     }
     let ls = node.ok(&["service", "ls"]);

@@ -25,12 +25,17 @@ pub enum ClientError {
     #[error("invalid host {0:?}: use unix:///path/to/swarmlet.sock")]
     BadHost(String),
     #[error(
-        "remote control of a swarmlet node needs a TLS client certificate, which this version \
-         does not offer yet, so {0} was not contacted.\n\
-         Run the command on the node itself, where it talks to the daemon's unix socket: \
+        "remote control of a swarmlet node needs a TLS client certificate, so {0} was not contacted.\n\
+         Pass --tls DIR (or SWARMLET_TLS=DIR) with a client bundle written by \
+         \"swarmlet swarm ca --client-bundle DIR\" on a manager, or run the command on the node \
+         itself, where it talks to the daemon's unix socket: \
          e.g. ssh NODE swarmlet service ls (or -H unix:///path/to/swarmlet.sock)"
     )]
     RemoteNeedsTls(String),
+    #[error("the client bundle in {dir} cannot be used: {reason}")]
+    BadBundle { dir: String, reason: String },
+    #[error("cannot connect to the manager at {addr} over TLS ({reason}); check the address, and that the client bundle is from this swarm")]
+    TlsUnreachable { addr: String, reason: String },
 }
 
 /// One request on a fresh connection (the CLI makes a handful per command).
@@ -50,6 +55,9 @@ where
 pub struct Client {
     socket: PathBuf,
     display: String,
+    /// `-H IP:PORT --tls DIR`: the manager's cluster port and the mutual
+    /// TLS config made of the client bundle (else the unix socket).
+    tls: Option<(String, std::sync::Arc<rustls::ClientConfig>)>,
 }
 
 impl Client {
@@ -74,6 +82,39 @@ impl Client {
         Ok(Client {
             socket: PathBuf::from(p),
             display: host.to_string(),
+            tls: None,
+        })
+    }
+
+    /// `-H IP[:PORT] --tls DIR`: the client API of a manager's cluster port
+    /// (default port 2377) over mutual TLS with the client bundle in `dir`
+    /// (`ca.pem`, `cert.pem`, `key.pem`). The manager is checked to be one
+    /// (server name `swarmlet-manager`) of the bundle's cluster.
+    pub fn with_tls(host: &str, dir: &std::path::Path) -> Result<Self, ClientError> {
+        let h = host.strip_prefix("tcp://").unwrap_or(host);
+        if h.is_empty() || h.contains('/') || h.starts_with("unix:") {
+            return Err(ClientError::BadHost(host.to_string()));
+        }
+        let addr = if h.parse::<std::net::IpAddr>().is_ok() || !h.contains(':') {
+            format!("{h}:2377")
+        } else {
+            h.to_string()
+        };
+        let bad = |reason: String| ClientError::BadBundle {
+            dir: dir.display().to_string(),
+            reason,
+        };
+        let bundle = crate::pki::load_client_bundle(dir).map_err(|e| bad(e.to_string()))?;
+        let config = crate::transport::client_config(
+            &bundle.ca_pem,
+            Some((&bundle.cert_pem, &bundle.key_pem)),
+            &[b"http/1.1"],
+        )
+        .map_err(|e| bad(e.to_string()))?;
+        Ok(Client {
+            socket: PathBuf::new(),
+            display: format!("{addr} (TLS)"),
+            tls: Some((addr, config)),
         })
     }
 
@@ -102,10 +143,29 @@ impl Client {
                 host: self.display.clone(),
                 reason: e.to_string(),
             })?;
-        let s = tokio::net::UnixStream::connect(&self.socket)
-            .await
-            .map_err(unreachable)?;
-        let resp = send_on(s, req).await.map_err(proto)?;
+        let resp = if let Some((addr, config)) = &self.tls {
+            let tls_err = |reason: String| ClientError::TlsUnreachable {
+                addr: addr.clone(),
+                reason,
+            };
+            let tcp = tokio::net::TcpStream::connect(addr)
+                .await
+                .map_err(|e| tls_err(e.to_string()))?;
+            let name = rustls::pki_types::ServerName::try_from(
+                crate::pki::CertRole::Manager.server_name(),
+            )
+            .map_err(|e| tls_err(e.to_string()))?;
+            let s = tokio_rustls::TlsConnector::from(config.clone())
+                .connect(name, tcp)
+                .await
+                .map_err(|e| tls_err(format!("TLS handshake: {e}")))?;
+            send_on(s, req).await.map_err(proto)?
+        } else {
+            let s = tokio::net::UnixStream::connect(&self.socket)
+                .await
+                .map_err(unreachable)?;
+            send_on(s, req).await.map_err(proto)?
+        };
         let status = resp.status().as_u16();
         let bytes = resp.into_body().collect().await.map_err(proto)?.to_bytes();
         Ok((status, bytes))

@@ -90,6 +90,8 @@ pub async fn init(st: &ApiState, body: Incoming) -> Result<Response, ApiError> {
         ..Default::default()
     };
     first.nodes.insert(node.id.clone(), node);
+    // The cluster CA and join tokens are part of the same first state.
+    super::join::bootstrap_pki(&mut first, &cluster_id)?;
     let cluster = crate::daemon::start_cluster(st, Some(first))
         .await
         .map_err(|e| match e.downcast_ref::<crate::raft::StorageError>() {
@@ -106,6 +108,15 @@ pub async fn init(st: &ApiState, body: Incoming) -> Result<Response, ApiError> {
         .ok_or_else(|| ApiError::new(500, "raft did not start"))?;
     let cluster = st.cluster.get_or_init(|| async { cluster }).await;
     cluster.wait_leader().await;
+    super::join::install_node_certs(st).map_err(|e| {
+        ApiError::new(
+            e.status,
+            format!(
+                "the swarm was created, but this manager's certificate was not written: {}; restart the daemon to retry",
+                e.message
+            ),
+        )
+    })?;
     tracing::info!(%cluster_id, "swarm initialized");
     Ok(json(
         200,
@@ -115,6 +126,20 @@ pub async fn init(st: &ApiState, body: Incoming) -> Result<Response, ApiError> {
             manager_addr: advertise.to_string(),
         },
     ))
+}
+
+/// The address this node advertises to the swarm: `given` (IP or
+/// IP:PORT), else the cluster port's address, else (listening on 0.0.0.0)
+/// the machine's one non-loopback IPv4 address. As `init` chooses it.
+pub(super) fn advertise_for(st: &ApiState, given: Option<&str>) -> Result<SocketAddr, ApiError> {
+    match given.filter(|a| !a.is_empty()) {
+        Some(a) => parse_advertise(a, st.api_addr.port()),
+        None if st.api_addr.ip().is_unspecified() => {
+            let ip = crate::netutil::default_advertise_ip().map_err(ApiError::bad_request)?;
+            Ok(SocketAddr::new(ip, st.api_addr.port()))
+        }
+        None => Ok(st.api_addr),
+    }
 }
 
 fn parse_advertise(a: &str, default_port: u16) -> Result<SocketAddr, ApiError> {

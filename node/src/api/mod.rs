@@ -6,7 +6,9 @@ pub mod client;
 mod error;
 mod handlers;
 mod nodes;
+pub mod join;
 mod server;
 
 pub use error::ApiError;
+pub use server::route_cluster;
 pub use server::{serve, ApiState, Listeners, REMOTE_REFUSED};

@@ -42,6 +42,11 @@ pub struct ApiState {
     pub cluster: tokio::sync::OnceCell<Cluster>,
     pub init_lock: tokio::sync::Mutex<()>,
     pub shutdown: watch::Receiver<bool>,
+    /// The cluster port's TLS switch, cluster ID and revoked node IDs.
+    pub cluster_port: Arc<crate::transport::ClusterPort>,
+    /// Set once this node has joined a swarm through `swarmlet join` (or
+    /// restarted after one): its role, the cluster and the managers.
+    pub joined: tokio::sync::OnceCell<super::join::Joined>,
 }
 
 impl ApiState {
@@ -129,6 +134,14 @@ async fn route(state: Arc<ApiState>, req: hyper::Request<Incoming>) -> Response 
         (&Method::GET, ["v1", "services", key, "tasks"]) => {
             handlers::service_tasks(&state, key, &query)
         }
+        (&Method::POST, ["v1", "swarm", "join"]) => super::join::join(&state, body).await,
+        (&Method::GET, ["v1", "swarm", "join-token", role]) => {
+            super::join::join_token(&state, role, false).await
+        }
+        (&Method::POST, ["v1", "swarm", "join-token", role, "rotate"]) => {
+            super::join::join_token(&state, role, true).await
+        }
+        (&Method::POST, ["v1", "swarm", "client-bundle"]) => super::join::client_bundle(&state),
         _ => Err(ApiError::not_found(format!(
             "no such API endpoint: {method} {path}"
         ))),
@@ -142,11 +155,47 @@ async fn route(state: Arc<ApiState>, req: hyper::Request<Incoming>) -> Response 
     }
 }
 
-/// What the cluster port answers to any HTTP request today.
+/// What the cluster port answers to any plain HTTP request (before the node
+/// is in a swarm it has no certificates, so it serves no TLS at all).
 pub const REMOTE_REFUSED: &str =
     "remote control of a swarmlet node needs a TLS client certificate, \
-which this version does not offer yet; run the command on the node itself (it talks to the \
+and this node is not in a swarm yet, so it has none; run the command on the node itself (it talks to the \
 unix socket DATA_DIR/swarmlet.sock), e.g. `ssh NODE swarmlet service ls`";
+
+/// The router of the cluster port once it serves TLS: the caller's `Peer`
+/// (from its verified certificate, put in the extensions by the listener)
+/// is checked against the route and the revoked set, then the cluster
+/// routes (CA, join) or the client API answer. Other areas' node-to-node
+/// routes (raft, dispatcher) are added here.
+pub async fn route_cluster(state: Arc<ApiState>, req: hyper::Request<Incoming>) -> Response {
+    use crate::transport::Peer;
+    let peer = req
+        .extensions()
+        .get::<Peer>()
+        .cloned()
+        .unwrap_or(Peer::Anonymous);
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    if let Err(f) = state.cluster_port.check(&peer, &method, &path) {
+        tracing::debug!(%method, %path, ?peer, "cluster port: forbidden");
+        return json(403, &ErrorBody { message: f.0 });
+    }
+    let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let result = match (&method, segs.as_slice()) {
+        (&Method::GET, ["v1", "cluster", "ca"]) => super::join::ca(&state),
+        (&Method::POST, ["v1", "cluster", "join"]) => {
+            super::join::accept_join(&state, req.into_body()).await
+        }
+        _ => return route(state, req).await,
+    };
+    match result {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::debug!(%method, %path, status = e.status, "cluster api error: {}", e.message);
+            error_response(e)
+        }
+    }
+}
 
 /// The listeners of the API.
 pub struct Listeners {
@@ -163,6 +212,8 @@ pub async fn serve(
     budget: Arc<crate::listen::Budget>,
     closing: watch::Receiver<bool>,
 ) {
+    let cluster_state = state.clone();
+    let port = state.cluster_port.clone();
     let api = crate::listen::serve(
         "api socket".to_string(),
         listeners.unix,
@@ -171,11 +222,15 @@ pub async fn serve(
         move |req| route(state.clone(), req),
         closing.clone(),
     );
-    let cluster = crate::listen::serve(
+    let handshake_timeout = limits.header_read_timeout;
+    let cluster = crate::listen::serve_tls(
         "cluster port".to_string(),
         listeners.tcp,
         limits,
         budget,
+        port.tls_switch(),
+        handshake_timeout,
+        move |cert: Option<&rustls::pki_types::CertificateDer<'_>>| port.identify(cert),
         |req: hyper::Request<Incoming>| async move {
             // debug, not info: anyone on the network can send these, and
             // each would otherwise add a line to the node's log.
@@ -187,6 +242,7 @@ pub async fn serve(
                 },
             )
         },
+        move |req| route_cluster(cluster_state.clone(), req),
         closing,
     );
     tokio::join!(api, cluster);

@@ -4,6 +4,7 @@
 mod format;
 mod info;
 mod node;
+mod join;
 mod service;
 
 use std::net::{IpAddr, SocketAddr};
@@ -26,9 +27,13 @@ use crate::runtime::wasm::Isolation;
 pub struct Cli {
     /// Daemon socket to talk to: unix:///path/to/swarmlet.sock (default: the
     /// local daemon's socket in the default data dir). Remote control
-    /// (IP:PORT) needs TLS client certificates, not offered yet: ssh to the node.
+    /// (a manager's IP[:2377]) needs a client bundle: --tls DIR.
     #[arg(short = 'H', long = "host", env = "SWARMLET_HOST", global = true)]
     host: Option<String>,
+    /// Talk to the manager at -H IP[:2377] over mutual TLS with the client
+    /// bundle in DIR (from "swarmlet swarm ca --client-bundle DIR")
+    #[arg(long = "tls", value_name = "DIR", env = "SWARMLET_TLS", global = true)]
+    tls: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -53,6 +58,8 @@ enum Command {
     /// Compile a component for the daemon (it runs this itself)
     #[command(name = crate::runtime::wasm::CHILD_COMMAND, hide = true)]
     CompileComponent(CompileArgs),
+    /// Join a swarm as a worker or manager (the token says which)
+    Join(join::JoinArgs),
 }
 
 #[derive(Args)]
@@ -69,6 +76,12 @@ struct CompileArgs {
 enum SwarmCommand {
     /// Create a new swarm with the local daemon as its first manager
     Init(InitArgs),
+    /// Join a swarm as a worker or manager (the token says which)
+    Join(join::JoinArgs),
+    /// Print (or --rotate) the token that lets a worker or manager join
+    JoinToken(join::JoinTokenArgs),
+    /// The cluster CA: write a client bundle for remote control
+    Ca(join::CaArgs),
 }
 
 #[derive(Args)]
@@ -142,6 +155,9 @@ pub fn default_data_dir() -> PathBuf {
 }
 
 fn client(host: Option<String>) -> anyhow::Result<Client> {
+    if let Some(c) = join::tls_client(host.as_deref())? {
+        return Ok(c);
+    }
     let host = host.unwrap_or_else(|| {
         format!(
             "unix://{}",
@@ -152,6 +168,7 @@ fn client(host: Option<String>) -> anyhow::Result<Client> {
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    join::set_tls_dir(cli.tls.clone());
     match cli.command {
         Command::Daemon(a) => {
             crate::daemon::run(crate::daemon::DaemonConfig {
@@ -178,6 +195,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::CompileComponent(a) => {
             std::process::exit(crate::runtime::wasm::child_main(&a.engine, &a.out))
         }
+        Command::Join(a) | Command::Swarm(SwarmCommand::Join(a)) => {
+            join::join(client(cli.host)?, a).await
+        }
+        Command::Swarm(SwarmCommand::JoinToken(a)) => join::join_token(client(cli.host)?, a).await,
+        Command::Swarm(SwarmCommand::Ca(a)) => join::ca(client(cli.host)?, a).await,
     }
 }
 

@@ -30,6 +30,7 @@
 
 mod serve;
 mod table;
+mod tls;
 mod unix;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -37,6 +38,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use serve::{serve, Accept};
+pub use tls::{serve_tls, TlsSwitch};
 pub use unix::{bind_socket, socket_group, SocketError};
 
 /// File descriptors kept for everything that is not a connection: the raft

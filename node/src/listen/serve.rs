@@ -56,7 +56,7 @@ pub async fn serve<A, H, Fut, B>(
     limits: Limits,
     budget: Arc<Budget>,
     handler: H,
-    mut closing: watch::Receiver<bool>,
+    closing: watch::Receiver<bool>,
 ) where
     A: Accept,
     H: Fn(hyper::Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
@@ -64,6 +64,41 @@ pub async fn serve<A, H, Fut, B>(
     B: Body + Unpin + Send + 'static,
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    accept_loop(
+        what,
+        listener,
+        limits,
+        budget,
+        move |stream, conn, open, limits, closing| {
+            serve_conn(
+                stream,
+                conn,
+                open,
+                limits,
+                handler.clone(),
+                closing,
+                Proto::Http1,
+            )
+        },
+        closing,
+    )
+    .await
+}
+
+/// The accept loop: budget permit, accept with backoff, a slot in the
+/// connection table, then `on_conn` drives the connection in its own task.
+pub(super) async fn accept_loop<A, F, Fut>(
+    what: String,
+    listener: A,
+    limits: Limits,
+    budget: Arc<Budget>,
+    on_conn: F,
+    mut closing: watch::Receiver<bool>,
+) where
+    A: Accept,
+    F: Fn(A::Stream, Conn, Open, Arc<Limits>, watch::Receiver<bool>) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
 {
     let table = Table::new(limits.max_connections);
     let limits = Arc::new(limits);
@@ -107,19 +142,19 @@ pub async fn serve<A, H, Fut, B>(
             budget: budget.clone(),
             _permit: permit,
         };
-        tokio::spawn(serve_conn(
-            stream,
-            conn,
-            open,
-            limits.clone(),
-            handler.clone(),
-            closing.clone(),
-        ));
+        tokio::spawn(on_conn(stream, conn, open, limits.clone(), closing.clone()));
     }
 }
 
+/// Which HTTP a connection speaks (TLS connections: what ALPN chose).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Proto {
+    Http1,
+    Http2,
+}
+
 /// One open connection's share of the budget; released on drop.
-struct Open {
+pub(super) struct Open {
     budget: Arc<Budget>,
     _permit: OwnedSemaphorePermit,
 }
@@ -203,13 +238,14 @@ fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-async fn serve_conn<S, H, Fut, B>(
+pub(super) async fn serve_conn<S, H, Fut, B>(
     stream: S,
     conn: Conn,
     _open: Open,
     limits: Arc<Limits>,
     handler: H,
-    mut closing: watch::Receiver<bool>,
+    closing: watch::Receiver<bool>,
+    proto: Proto,
 ) where
     S: AsyncRead + AsyncWrite + AsRawFd + Unpin + Send + 'static,
     H: Fn(hyper::Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
@@ -241,15 +277,54 @@ async fn serve_conn<S, H, Fut, B>(
     let io = TokioIo::new(Watched {
         inner: stream,
         act: act.clone(),
+        // HTTP/2 control frames (SETTINGS, PING) are not a request coming:
+        // an h2 connection is idle whenever no stream is open.
+        note_reads: proto == Proto::Http1,
     });
-    let http = http1::Builder::new()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
-        .max_headers(limits.max_headers)
-        .max_header_size(limits.max_header_size)
-        .max_buf_size(limits.max_buf_size)
-        .keep_alive(true)
-        .serve_connection(io, svc);
+    match proto {
+        Proto::Http1 => {
+            let http = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits.header_read_timeout)
+                .max_headers(limits.max_headers)
+                .max_header_size(limits.max_header_size)
+                .max_buf_size(limits.max_buf_size)
+                .keep_alive(true)
+                .serve_connection(io, svc);
+            drive(http, fd, evicted, act, limits, closing, proto).await
+        }
+        Proto::Http2 => {
+            let http =
+                hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                    .timer(TokioTimer::new())
+                    .max_header_list_size(u32::try_from(limits.max_header_size).unwrap_or(u32::MAX))
+                    .max_concurrent_streams(H2_MAX_STREAMS)
+                    // A peer that vanished without a FIN is noticed by pings.
+                    .keep_alive_interval(Some(limits.idle_timeout))
+                    .keep_alive_timeout(limits.header_read_timeout)
+                    .serve_connection(io, svc);
+            drive(http, fd, evicted, act, limits, closing, proto).await
+        }
+    }
+}
+
+/// Streams one HTTP/2 connection may have open at once.
+const H2_MAX_STREAMS: u32 = 256;
+
+/// Drives one connection until it ends, is evicted, idles out or the
+/// listener closes.
+async fn drive<C>(
+    http: C,
+    fd: RawFd,
+    evicted: Arc<tokio::sync::Notify>,
+    act: Arc<Activity>,
+    limits: Arc<Limits>,
+    mut closing: watch::Receiver<bool>,
+    proto: Proto,
+) where
+    C: hyper_util::server::graceful::GracefulConnection,
+    C::Error: std::fmt::Display,
+{
     tokio::pin!(http);
     // Close requested (the listener is closing) / hyper told to close after
     // the request in flight.
@@ -288,6 +363,14 @@ async fn serve_conn<S, H, Fut, B>(
             _ = tokio::time::sleep(tick) => {
                 if act.idle_for(limits.idle_timeout) {
                     tracing::debug!("closing a keep-alive connection idle for {:?}", limits.idle_timeout);
+                    if proto == Proto::Http2 && !shutting {
+                        // GOAWAY: the peer's pool learns the connection is
+                        // going, and a request racing it is refused as
+                        // never processed (safe to retry), not cut.
+                        http.as_mut().graceful_shutdown();
+                        shutting = true;
+                        continue;
+                    }
                     return;
                 }
                 if act.write_stalled_for(limits.send_timeout) {
@@ -361,6 +444,7 @@ impl<B: Body + Unpin> Body for Guarded<B> {
 struct Watched<S> {
     inner: S,
     act: Arc<Activity>,
+    note_reads: bool,
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
@@ -372,7 +456,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
         let this = self.get_mut();
         let before = buf.filled().len();
         let r = Pin::new(&mut this.inner).poll_read(cx, buf);
-        if buf.filled().len() > before {
+        if this.note_reads && buf.filled().len() > before {
             this.act.heard.store(true, Ordering::Relaxed);
         }
         r

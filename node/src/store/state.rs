@@ -31,6 +31,12 @@ pub enum StoreError {
     AlreadyApplied(String),
     #[error("node {0} not found")]
     NoSuchNode(String),
+    #[error("node {0} is already part of this swarm; a node joins once (run \"swarmlet leave\" on it first to join again)")]
+    DuplicateNode(String),
+    #[error("raft ID {raft_id} is already used by node {node}")]
+    DuplicateRaftId { raft_id: u64, node: String },
+    #[error("the swarm has no join tokens (it was created before tokens existed)")]
+    NoJoinTokens,
 }
 
 /// How long an idempotency key is remembered: a client retries within
@@ -58,6 +64,12 @@ pub struct State {
     /// applied (the entry's time), forgotten after `REQUEST_KEY_TTL_MS`.
     #[serde(default)]
     pub request_keys: BTreeMap<String, u64>,
+    /// The cluster's root CA (certificate + key), set at `init`.
+    #[serde(default)]
+    pub cluster_ca: Option<swarmlet_proto::cluster::CaMaterial>,
+    /// The join tokens' secrets (current per role + retired), set at `init`.
+    #[serde(default)]
+    pub join_tokens: Option<swarmlet_proto::cluster::JoinTokens>,
 }
 
 impl State {
@@ -280,6 +292,35 @@ impl State {
                     .get_mut(node_id)
                     .ok_or_else(|| StoreError::NoSuchNode(node_id.clone()))?;
                 n.availability = *availability;
+            }
+            Command::AddNode { node } => {
+                if self.nodes.contains_key(&node.id) {
+                    return Err(StoreError::DuplicateNode(node.id.clone()));
+                }
+                if let Some(other) = self.nodes.values().find(|n| n.raft_id == node.raft_id) {
+                    return Err(StoreError::DuplicateRaftId {
+                        raft_id: node.raft_id,
+                        node: other.id.clone(),
+                    });
+                }
+                self.nodes.insert(node.id.clone(), node.clone());
+            }
+            Command::RotateJoinToken { role, secret } => {
+                let tokens = self.join_tokens.as_mut().ok_or(StoreError::NoJoinTokens)?;
+                let slot = match role {
+                    swarmlet_proto::NodeRole::Manager => &mut tokens.manager,
+                    swarmlet_proto::NodeRole::Worker => &mut tokens.worker,
+                };
+                let old = std::mem::replace(slot, secret.clone());
+                tokens.retired.push(swarmlet_proto::cluster::RetiredSecret {
+                    role: *role,
+                    secret: old,
+                    rotated_at_ms: now,
+                });
+                // Enough history to name a rotated token; older ones are
+                // simply "wrong".
+                let excess = tokens.retired.len().saturating_sub(32);
+                tokens.retired.drain(..excess);
             }
         }
         Ok(())

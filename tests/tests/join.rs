@@ -228,6 +228,25 @@ fn a_worker_joins_with_the_token_and_the_cluster_port_admits_only_the_right_cert
         .is_ok(),
         "the worker answers under its node ID"
     );
+    // A joined node cannot found a swarm of its own by mistake.
+    let err = worker.fails(&["init"]);
+    assert!(err.contains("has joined a swarm"), "{err}");
+    // After a restart the worker serves mutual TLS from its data dir.
+    let mut worker = worker;
+    assert!(worker.sigterm().success());
+    worker.spawn();
+    let r = tls_get(
+        &worker.cluster_addr(),
+        &wid,
+        &ca_pem,
+        Some((&wcert, &wkey)),
+        "/v1/nodes",
+    );
+    let (status, body) = r.expect("the restarted worker speaks TLS with its certificate");
+    assert_eq!(
+        status, 403,
+        "a worker's certificate is refused /v1/nodes: {body}"
+    );
 }
 
 #[test]

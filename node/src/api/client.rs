@@ -1,6 +1,7 @@
-//! Typed client of the API, over the local unix socket. A TCP address is
-//! refused before any connection: remote control needs TLS client
-//! certificates, which come with the cluster work.
+//! Typed client of the API, over the local unix socket, or (`with_tls`,
+//! `-H IP --tls DIR`) over mutual TLS to a manager's cluster port with a
+//! client bundle. A TCP address without a bundle is refused before any
+//! connection.
 
 use std::path::PathBuf;
 

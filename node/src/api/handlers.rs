@@ -64,6 +64,11 @@ pub async fn init(st: &ApiState, body: Incoming) -> Result<Response, ApiError> {
             "this node is already part of a swarm; its services are listed by \"swarmlet service ls\"",
         ));
     }
+    if st.joined.get().is_some() || st.cluster_port.is_secure() {
+        return Err(ApiError::conflict(
+            "this node has joined a swarm (it holds that swarm's certificates); run \"swarmlet leave\" before creating a new one",
+        ));
+    }
     let given = req.advertise_addr.or_else(|| st.advertise_addr.clone());
     let advertise = match given.as_deref().filter(|a| !a.is_empty()) {
         Some(a) => parse_advertise(a, st.api_addr.port())?,

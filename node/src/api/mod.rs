@@ -1,6 +1,7 @@
 //! The HTTP/JSON API every client command talks to (on the local unix socket
-//! `DATA_DIR/swarmlet.sock` only: the cluster port refuses it until mutual
-//! TLS), and the typed client the CLI uses.
+//! `DATA_DIR/swarmlet.sock`, and on a manager's cluster port over mutual TLS
+//! for client bundles), the cluster routes of joining, and the typed client
+//! the CLI uses.
 
 pub mod client;
 mod error;

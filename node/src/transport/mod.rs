@@ -16,6 +16,8 @@
 //! verified certificate.
 
 pub mod client;
+#[cfg(test)]
+mod tests;
 mod tls;
 
 use std::collections::HashSet;
@@ -219,7 +221,7 @@ impl From<PkiError> for TlsError {
 }
 
 #[cfg(test)]
-mod tests {
+mod authz_tests {
     use super::*;
     use http::Method;
 

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{DesiredState, Node, Service, Task, TaskState};
+use crate::model::{DesiredState, Node, NodeStatus, Service, Task, TaskState};
 
 /// What is written to the raft log. `at_ms` is the proposer's wall clock,
 /// so that applying an entry is deterministic on every replica.
@@ -57,6 +57,19 @@ pub enum Command {
     /// Agent: what many tasks are doing now, in one entry (one raft commit
     /// for a whole batch of reports, not one per task).
     UpdateTaskStatuses {
+        updates: Vec<TaskStatus>,
+    },
+    /// Leader's dispatcher: a node became `Ready` (heartbeats arrive) or
+    /// `Down` (they stopped).
+    SetNodeStatus {
+        node_id: String,
+        status: NodeStatus,
+    },
+    /// Dispatcher: task states reported by the node `node_id` (the caller
+    /// the dispatcher authenticated). The store refuses the entry if any
+    /// report is about a task of another node.
+    ReportTaskStatuses {
+        node_id: String,
         updates: Vec<TaskStatus>,
     },
 }

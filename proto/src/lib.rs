@@ -4,6 +4,7 @@
 pub mod api;
 pub mod command;
 pub mod digest;
+pub mod dispatcher;
 pub mod model;
 
 pub use command::{Command, Envelope, TaskStatus};

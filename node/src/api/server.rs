@@ -42,6 +42,9 @@ pub struct ApiState {
     pub cluster: tokio::sync::OnceCell<Cluster>,
     pub init_lock: tokio::sync::Mutex<()>,
     pub shutdown: watch::Receiver<bool>,
+    /// `--node-down-after`: how long the leader waits for a node's
+    /// heartbeat before it marks the node `Down`.
+    pub node_down_after: std::time::Duration,
 }
 
 impl ApiState {

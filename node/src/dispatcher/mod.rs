@@ -215,6 +215,15 @@ impl Dispatcher {
             .collect()
     }
 
+    /// This manager's own cluster address, as the store has it.
+    pub fn own_addr(&self) -> Option<String> {
+        self.store
+            .read()
+            .nodes
+            .get(&self.node_id)
+            .map(|n| n.addr.clone())
+    }
+
     fn known(&self, caller: &Caller) -> Result<(), DispatcherError> {
         if self.store.read().nodes.contains_key(&caller.node_id) {
             Ok(())

@@ -225,3 +225,195 @@ impl AssignmentSource for RemoteSource {
         Duration::from_millis(self.heartbeat_ms.load(Ordering::Relaxed))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use swarmlet_proto::{Command, NodeRole, TaskState};
+
+    use super::*;
+    use crate::dispatcher::tests::{cluster, task};
+    use crate::dispatcher::{Caller, Dispatcher, DispatcherConfig, DispatcherError};
+
+    /// The cluster port without TLS: requests go, as JSON, to the route
+    /// functions of the dispatcher registered under an address; an address
+    /// that is not registered does not answer (a dead manager).
+    struct Loopback {
+        caller: Caller,
+        managers: Mutex<HashMap<String, (Arc<Dispatcher>, Arc<Blobs>)>>,
+        /// Managers that send other bytes than the digest names.
+        lying: Mutex<Vec<String>>,
+    }
+
+    fn status(addr: &str, e: DispatcherError) -> CallError {
+        CallError::Status {
+            addr: addr.into(),
+            code: e.status_code(),
+            message: e.to_string(),
+        }
+    }
+
+    impl ClusterCall for Loopback {
+        fn post_json<'a>(
+            &'a self,
+            addr: &'a str,
+            path: &'a str,
+            body: serde_json::Value,
+        ) -> BoxFuture<'a, Result<serde_json::Value, CallError>> {
+            async move {
+                let Some((d, _)) = self.managers.lock().unwrap().get(addr).cloned() else {
+                    return Err(CallError::Unreachable {
+                        addr: addr.into(),
+                        reason: "connection refused".into(),
+                    });
+                };
+                let c = &self.caller;
+                let bad = |e: serde_json::Error| status(addr, DispatcherError::BadRequest(e.to_string()));
+                fn answer<T: serde::Serialize>(
+                    addr: &str,
+                    r: Result<T, DispatcherError>,
+                ) -> Result<serde_json::Value, CallError> {
+                    r.map(|v| serde_json::to_value(v).unwrap())
+                        .map_err(|e| status(addr, e))
+                }
+                match path {
+                    routes::SESSION => answer(
+                        addr,
+                        routes::session(&d, c, serde_json::from_value(body).map_err(bad)?).await,
+                    ),
+                    routes::ASSIGNMENTS => answer(
+                        addr,
+                        routes::assignments(&d, c, serde_json::from_value(body).map_err(bad)?)
+                            .await,
+                    ),
+                    routes::STATUS => answer(
+                        addr,
+                        routes::status(&d, c, serde_json::from_value(body).map_err(bad)?).await,
+                    ),
+                    _ => panic!("no route {path}"),
+                }
+            }
+            .boxed()
+        }
+
+        fn get_bytes<'a>(
+            &'a self,
+            addr: &'a str,
+            path: &'a str,
+        ) -> BoxFuture<'a, Result<Vec<u8>, CallError>> {
+            async move {
+                let Some((_, blobs)) = self.managers.lock().unwrap().get(addr).cloned() else {
+                    return Err(CallError::Unreachable {
+                        addr: addr.into(),
+                        reason: "connection refused".into(),
+                    });
+                };
+                let digest = path.strip_prefix(routes::BLOBS).unwrap();
+                let mut bytes = routes::blob(&blobs, digest)
+                    .await
+                    .map_err(|e| status(addr, e))?;
+                if self.lying.lock().unwrap().iter().any(|a| a == addr) {
+                    bytes.push(0);
+                }
+                Ok(bytes)
+            }
+            .boxed()
+        }
+    }
+
+    fn blobs(name: &str) -> (Arc<Blobs>, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!(
+            "swarmlet-remote-test-{}-{name}-{}",
+            std::process::id(),
+            crate::identity::random_id(6)
+        ));
+        (Arc::new(Blobs::open(&dir, 1 << 20).unwrap()), dir)
+    }
+
+    const A: &str = "127.13.0.1:2377";
+    const B: &str = "127.13.0.3:2377";
+
+    #[tokio::test]
+    async fn a_worker_gets_assignments_reports_and_fails_over() {
+        let c = cluster().await;
+        let d = |id: &str| {
+            Dispatcher::new(
+                id.into(),
+                c.store.clone(),
+                c.raft.clone(),
+                DispatcherConfig::default(),
+                None,
+            )
+        };
+        let (blobs_a, dir_a) = blobs("a");
+        let (blobs_b, dir_b) = blobs("b");
+        let (blobs_w, dir_w) = blobs("w");
+        let net = Arc::new(Loopback {
+            caller: Caller {
+                node_id: "w".into(),
+                role: NodeRole::Worker,
+            },
+            managers: Mutex::new(HashMap::from([
+                (A.to_string(), (d("m"), blobs_a.clone())),
+                (B.to_string(), (d("m2"), blobs_b.clone())),
+            ])),
+            lying: Mutex::new(Vec::new()),
+        });
+        let src = RemoteSource::new(net.clone(), blobs_w.clone(), vec![A.into()], None);
+        let session = src.connect().await.unwrap();
+        assert_eq!(session.node_id, "w");
+        assert_eq!(src.managers(), [A, B], "the session tells all managers");
+
+        let full = src.assignments(None).await.unwrap();
+        assert!(full.full && full.tasks.is_empty());
+        c.raft
+            .propose(Command::CreateTasks {
+                tasks: vec![task("tw", "w", 1)],
+            })
+            .await
+            .unwrap();
+        let since = Some(Since {
+            session_id: full.session_id.clone(),
+            seq: full.seq,
+        });
+        let next = src.assignments(since.clone()).await.unwrap();
+        assert!(!next.full);
+        assert_eq!(next.tasks[0].id, "tw");
+        assert_eq!(next.services[0].spec.name, "web");
+
+        let running = TaskStatus {
+            task_id: "tw".into(),
+            state: TaskState::Running,
+            message: "running".into(),
+            error: None,
+        };
+        src.report(vec![running.clone()]).await.unwrap();
+        assert_eq!(c.store.read().tasks["tw"].state, TaskState::Running);
+
+        // Manager A dies: the call fails, the next goes to B.
+        net.managers.lock().unwrap().remove(A);
+        assert!(matches!(
+            src.report(Vec::new()).await,
+            Err(SourceError::Unavailable(_))
+        ));
+        assert_eq!(src.current().as_deref(), Some(B));
+        src.report(vec![running]).await.unwrap();
+        let from_b = src.assignments(since).await.unwrap();
+        assert!(from_b.full, "another manager's session starts with everything");
+        assert_eq!(from_b.tasks.len(), 1);
+
+        // Components come from a manager and are checked first.
+        let digest = blobs_b.put(b"\0asm\x0d\x00\x01\x00 a component").unwrap();
+        net.lying.lock().unwrap().push(B.to_string());
+        let err = src.fetch_component(&digest.to_string()).await.unwrap_err();
+        assert!(err.to_string().contains("digest"), "{err}");
+        assert!(blobs_w.existing(&digest.to_string()).is_err(), "nothing stored");
+        net.lying.lock().unwrap().clear();
+        src.fetch_component(&digest.to_string()).await.unwrap();
+        blobs_w.verified(&digest.to_string()).unwrap();
+        for dir in [dir_a, dir_b, dir_w] {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}

@@ -510,4 +510,4 @@ pub async fn run(d: Arc<Dispatcher>, mut shutdown: watch::Receiver<bool>) {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

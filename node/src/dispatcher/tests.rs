@@ -74,6 +74,9 @@ pub(crate) async fn cluster() -> TestCluster {
         .nodes
         .insert("m".into(), node("m", 1, NodeRole::Manager));
     state.nodes.insert("w".into(), node("w", 2, NodeRole::Worker));
+    state
+        .nodes
+        .insert("m2".into(), node("m2", 3, NodeRole::Manager));
     state.services.insert(
         "s".into(),
         Service {
@@ -294,7 +297,7 @@ async fn status_from_a_node_about_another_nodes_task_is_refused() {
         .unwrap();
     assert_eq!(ack.accepted, 1);
     assert_eq!(ack.refused, ["tm"]);
-    assert_eq!(ack.managers, ["127.13.0.1:2377"]);
+    assert_eq!(ack.managers, ["127.13.0.1:2377", "127.13.0.3:2377"]);
     let st = c.store.read();
     assert_eq!(st.tasks["tw"].state, TaskState::Running);
     assert_eq!(

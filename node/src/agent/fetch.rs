@@ -56,7 +56,9 @@ pub async fn fetch(
         let blobs = blobs.clone();
         let stored = tokio::task::spawn_blocking(move || blobs.put(&bytes))
             .await
-            .map_err(|e| SourceError::Unavailable(format!("storing the component panicked: {e}")))?;
+            .map_err(|e| {
+                SourceError::Unavailable(format!("storing the component panicked: {e}"))
+            })?;
         return match stored {
             Ok(_) => {
                 tracing::info!(digest = %want, from = %addr, "fetched a component");

@@ -236,12 +236,14 @@ mod tests {
     use crate::dispatcher::tests::{cluster, task};
     use crate::dispatcher::{Caller, Dispatcher, DispatcherConfig, DispatcherError};
 
+    type Manager = (Arc<Dispatcher>, Arc<Blobs>);
+
     /// The cluster port without TLS: requests go, as JSON, to the route
     /// functions of the dispatcher registered under an address; an address
     /// that is not registered does not answer (a dead manager).
     struct Loopback {
         caller: Caller,
-        managers: Mutex<HashMap<String, (Arc<Dispatcher>, Arc<Blobs>)>>,
+        managers: Mutex<HashMap<String, Manager>>,
         /// Managers that send other bytes than the digest names.
         lying: Mutex<Vec<String>>,
     }
@@ -269,7 +271,8 @@ mod tests {
                     });
                 };
                 let c = &self.caller;
-                let bad = |e: serde_json::Error| status(addr, DispatcherError::BadRequest(e.to_string()));
+                let bad =
+                    |e: serde_json::Error| status(addr, DispatcherError::BadRequest(e.to_string()));
                 fn answer<T: serde::Serialize>(
                     addr: &str,
                     r: Result<T, DispatcherError>,
@@ -400,7 +403,10 @@ mod tests {
         assert_eq!(src.current().as_deref(), Some(B));
         src.report(vec![running]).await.unwrap();
         let from_b = src.assignments(since).await.unwrap();
-        assert!(from_b.full, "another manager's session starts with everything");
+        assert!(
+            from_b.full,
+            "another manager's session starts with everything"
+        );
         assert_eq!(from_b.tasks.len(), 1);
 
         // Components come from a manager and are checked first.
@@ -408,7 +414,10 @@ mod tests {
         net.lying.lock().unwrap().push(B.to_string());
         let err = src.fetch_component(&digest.to_string()).await.unwrap_err();
         assert!(err.to_string().contains("digest"), "{err}");
-        assert!(blobs_w.existing(&digest.to_string()).is_err(), "nothing stored");
+        assert!(
+            blobs_w.existing(&digest.to_string()).is_err(),
+            "nothing stored"
+        );
         net.lying.lock().unwrap().clear();
         src.fetch_component(&digest.to_string()).await.unwrap();
         blobs_w.verified(&digest.to_string()).unwrap();

@@ -35,8 +35,11 @@ pub trait ClusterCall: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<serde_json::Value, CallError>>;
 
     /// `GET path`; the bytes of a 2xx answer.
-    fn get_bytes<'a>(&'a self, addr: &'a str, path: &'a str)
-        -> BoxFuture<'a, Result<Vec<u8>, CallError>>;
+    fn get_bytes<'a>(
+        &'a self,
+        addr: &'a str,
+        path: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<u8>, CallError>>;
 }
 
 /// `post_json` with typed bodies.

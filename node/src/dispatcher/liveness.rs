@@ -174,12 +174,8 @@ mod tests {
             t0 + DOWN_AFTER + Duration::from_millis(1),
             DOWN_AFTER,
         );
-        let ids: Vec<(&str, NodeState)> =
-            d.iter().map(|(n, s)| (n.as_str(), s.state)).collect();
-        assert_eq!(
-            ids,
-            [("b", NodeState::Down), ("leader", NodeState::Ready)]
-        );
+        let ids: Vec<(&str, NodeState)> = d.iter().map(|(n, s)| (n.as_str(), s.state)).collect();
+        assert_eq!(ids, [("b", NodeState::Down), ("leader", NodeState::Ready)]);
         assert!(d[0].1.message.contains("heartbeat failure"), "{:?}", d[0]);
         // b is Down and heartbeats again: Ready.
         let ns = nodes(&[
@@ -204,11 +200,24 @@ mod tests {
         };
         seen.seen.insert("a".into(), t0);
         // Heard by this node before it led: not Ready yet, not Down yet.
-        assert!(decide(&ns, &seen, "leader", t0 + Duration::from_secs(6), DOWN_AFTER).is_empty());
+        assert!(decide(
+            &ns,
+            &seen,
+            "leader",
+            t0 + Duration::from_secs(6),
+            DOWN_AFTER
+        )
+        .is_empty());
         assert_eq!(
-            decide(&ns, &seen, "leader", t0 + Duration::from_secs(9), DOWN_AFTER)[0]
-                .1
-                .state,
+            decide(
+                &ns,
+                &seen,
+                "leader",
+                t0 + Duration::from_secs(9),
+                DOWN_AFTER
+            )[0]
+            .1
+            .state,
             NodeState::Down
         );
     }

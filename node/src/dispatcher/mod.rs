@@ -494,7 +494,9 @@ pub async fn run(d: Arc<Dispatcher>, mut shutdown: watch::Receiver<bool>) {
                 {
                     Ok(()) => tracing::info!(node = %node_id, %state, "{message}"),
                     // Decided again at the next check.
-                    Err(e) => tracing::debug!(node = %node_id, "marking the node {state} failed: {e}"),
+                    Err(e) => {
+                        tracing::debug!(node = %node_id, "marking the node {state} failed: {e}")
+                    }
                 }
             }
         } else if now.duration_since(last_forward) >= FORWARD_EVERY {

@@ -73,7 +73,9 @@ pub(crate) async fn cluster() -> TestCluster {
     state
         .nodes
         .insert("m".into(), node("m", 1, NodeRole::Manager));
-    state.nodes.insert("w".into(), node("w", 2, NodeRole::Worker));
+    state
+        .nodes
+        .insert("w".into(), node("w", 2, NodeRole::Worker));
     state
         .nodes
         .insert("m2".into(), node("m2", 3, NodeRole::Manager));
@@ -194,7 +196,11 @@ async fn long_poll_answers_full_then_changes_then_times_out_empty() {
         .unwrap();
     assert!(!second.full);
     assert_eq!(
-        second.tasks.iter().map(|t| t.id.as_str()).collect::<Vec<_>>(),
+        second
+            .tasks
+            .iter()
+            .map(|t| t.id.as_str())
+            .collect::<Vec<_>>(),
         ["tw"],
         "only the worker's own task: {second:?}"
     );
@@ -298,14 +304,13 @@ async fn status_from_a_node_about_another_nodes_task_is_refused() {
     assert_eq!(ack.accepted, 1);
     assert_eq!(ack.refused, ["tm"]);
     assert_eq!(ack.managers, ["127.13.0.1:2377", "127.13.0.3:2377"]);
-    let st = c.store.read();
-    assert_eq!(st.tasks["tw"].state, TaskState::Running);
+    let state_of = |id: &str| c.store.read().tasks[id].state;
+    assert_eq!(state_of("tw"), TaskState::Running);
     assert_eq!(
-        st.tasks["tm"].state,
+        state_of("tm"),
         TaskState::Assigned,
         "the worker cannot change the manager's task"
     );
-    drop(st);
     let stranger = Caller {
         node_id: "x".into(),
         role: NodeRole::Worker,

@@ -238,7 +238,7 @@ impl State {
                 // nothing. A task removed meanwhile is skipped, as above.
                 if let Some((t, owner)) = updates.iter().find_map(|u| {
                     let owner = &self.tasks.get(&u.task_id)?.node_id;
-                    (owner.as_deref() != Some(node_id.as_str())).then(|| (u, owner))
+                    (owner.as_deref() != Some(node_id.as_str())).then_some((u, owner))
                 }) {
                     return Err(StoreError::NotTheTasksNode {
                         task: t.task_id.clone(),

@@ -264,3 +264,18 @@ async fn node_ls(c: Client, a: format::ListArgs) -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[cfg(test)]
+mod node_down_after_tests {
+    use super::*;
+
+    #[test]
+    fn node_down_after_needs_room_for_heartbeats() {
+        assert_eq!(parse_node_down_after("3s"), Ok(Duration::from_secs(3)));
+        let err = parse_node_down_after("50ms").unwrap_err();
+        assert!(err.contains("at least 100ms"), "{err}");
+        assert!(parse_node_down_after("soon").is_err());
+        let cli = Cli::try_parse_from(["swarmlet", "daemon", "--node-down-after", "1s"]);
+        assert!(cli.is_ok());
+    }
+}

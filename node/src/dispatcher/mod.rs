@@ -31,6 +31,11 @@
 //! component (DESIGN.md: < 5 s). A new leader waits a full `node_down_after`
 //! before it marks anyone down.
 //!
+//! Wiring: every manager builds one `Dispatcher` (with `Forwarding` once it
+//! can reach other managers), runs `dispatcher::run`, hands it to its own
+//! agent through `agent::InProcess`, and mounts `routes` on the cluster
+//! port; a worker runs the agent on `agent::remote::RemoteSource`.
+//!
 //! Architecture invariant: the store accepts a task's state only from the
 //! task's node, and the node ID a dispatcher acts for is the authenticated
 //! caller's, never one from a request body.
@@ -473,6 +478,7 @@ pub async fn run(d: Arc<Dispatcher>, mut shutdown: watch::Receiver<bool>) {
             let changes = {
                 let state = d.store.read();
                 d.liveness.retain(|n| state.nodes.contains_key(n));
+                lock(&d.sent).retain(|n, _| state.nodes.contains_key(n));
                 liveness::decide(
                     &state.nodes,
                     &d.liveness.snapshot(),

@@ -245,9 +245,19 @@ impl Dispatcher {
         if self.forwarding.is_none() || self.raft.is_leader() {
             return Ok(());
         }
-        let mut f = lock(&self.forward);
-        f.pending.insert(node.to_string());
-        match f.failing_since {
+        lock(&self.forward).pending.insert(node.to_string());
+        self.cut_off()
+    }
+
+    /// A follower that has not reached the leader for two heartbeat
+    /// periods is probably cut off (its store may be behind): it sends
+    /// agents elsewhere rather than serve them stale assignments or let the
+    /// leader mark them down.
+    fn cut_off(&self) -> Result<(), DispatcherError> {
+        if self.forwarding.is_none() || self.raft.is_leader() {
+            return Ok(());
+        }
+        match lock(&self.forward).failing_since {
             Some(since) if since.elapsed() > 2 * self.cfg.heartbeat_period() => {
                 Err(DispatcherError::Unavailable(format!(
                     "this manager cannot reach the raft leader (for {:.1}s); try another manager",
@@ -277,6 +287,7 @@ impl Dispatcher {
         req: AssignmentsRequest,
     ) -> Result<Assignments, DispatcherError> {
         self.known(caller)?;
+        self.cut_off()?;
         let node = caller.node_id.as_str();
         let deadline =
             tokio::time::Instant::now() + Duration::from_millis(req.wait_ms).min(MAX_WAIT);

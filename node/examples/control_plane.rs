@@ -47,6 +47,7 @@ fn node(i: usize) -> Node {
         availability: Availability::Active,
         addr: String::new(),
         created_at_ms: 0,
+        status: swarmlet_proto::NodeStatus::ready(),
     }
 }
 

@@ -14,6 +14,7 @@ use tokio::sync::watch;
 use crate::agent::Agent;
 use crate::api::{self, ApiState};
 use crate::blobs::Blobs;
+use crate::dispatcher::{Dispatcher, DispatcherConfig};
 use crate::identity::Identity;
 use crate::mesh::{Mesh, Publish};
 use crate::raft::{self, DiskStorage, RaftConfig, RaftHandle};
@@ -36,12 +37,17 @@ pub struct DaemonConfig {
     pub wasm_isolation: crate::runtime::wasm::Isolation,
     /// `--instance-memory-budget`, in bytes; `None`: half of MemTotal.
     pub instance_memory_budget: Option<u64>,
+    /// `--node-down-after` (dispatcher::DEFAULT_NODE_DOWN_AFTER).
+    pub node_down_after: Duration,
 }
 
 /// The parts that exist once the node is in a swarm.
 pub struct Cluster {
     pub raft: RaftHandle,
     pub store: Arc<Store>,
+    /// What nodes' agents talk to (mounted on the cluster port's
+    /// `/v1/dispatcher/…` routes; this node's agent calls it in process).
+    pub dispatcher: Arc<Dispatcher>,
 }
 
 impl Cluster {
@@ -100,10 +106,27 @@ pub async fn start_cluster(
         "orchestrator",
         crate::orchestrator::run(store.clone(), handle.clone(), st.shutdown.clone()),
     );
+    let dispatcher = Dispatcher::new(
+        st.identity.node_id.clone(),
+        store.clone(),
+        handle.clone(),
+        DispatcherConfig {
+            node_down_after: st.node_down_after,
+        },
+        None,
+    );
+    spawn_critical(
+        "dispatcher",
+        crate::dispatcher::run(dispatcher.clone(), st.shutdown.clone()),
+    );
     let agent = Agent {
         node_id: st.identity.node_id.clone(),
-        store: store.clone(),
-        raft: handle.clone(),
+        source: Arc::new(crate::agent::InProcess::new(
+            st.identity.node_id.clone(),
+            dispatcher.clone(),
+            st.blobs.clone(),
+            None,
+        )),
         runtime: st.runtime.clone(),
         blobs: st.blobs.clone(),
         mesh: st.mesh.clone(),
@@ -122,6 +145,7 @@ pub async fn start_cluster(
     Ok(Some(Cluster {
         raft: handle,
         store,
+        dispatcher,
     }))
 }
 
@@ -312,6 +336,7 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         shutdown: shutdown.clone(),
         cluster_port: crate::transport::ClusterPort::new(),
         joined: tokio::sync::OnceCell::new(),
+        node_down_after: cfg.node_down_after,
     });
     if let Some(cluster) = start_cluster(&state, None).await? {
         let _ = state.cluster.set(cluster);

@@ -9,6 +9,7 @@ pub mod blobs;
 pub mod body;
 pub mod cli;
 pub mod daemon;
+pub mod dispatcher;
 pub mod fault;
 pub mod fsutil;
 pub mod identity;

@@ -3,7 +3,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{Availability, DesiredState, Node, NodeRole, Service, Task, TaskState};
+use crate::model::{
+    Availability, DesiredState, Node, NodeRole, NodeStatus, Service, Task, TaskState,
+};
 
 /// What is written to the raft log. `at_ms` is the proposer's wall clock,
 /// so that applying an entry is deterministic on every replica.
@@ -91,6 +93,19 @@ pub enum Command {
     RotateJoinToken {
         role: crate::model::NodeRole,
         secret: String,
+    },
+    /// Leader's dispatcher: a node became `Ready` (heartbeats arrive) or
+    /// `Down` (they stopped).
+    SetNodeStatus {
+        node_id: String,
+        status: NodeStatus,
+    },
+    /// Dispatcher: task states reported by the node `node_id` (the caller
+    /// the dispatcher authenticated). The store refuses the entry if any
+    /// report is about a task of another node.
+    ReportTaskStatuses {
+        node_id: String,
+        updates: Vec<TaskStatus>,
     },
 }
 

@@ -5,6 +5,7 @@ pub mod api;
 pub mod cluster;
 pub mod command;
 pub mod digest;
+pub mod dispatcher;
 pub mod model;
 
 pub use command::{Command, Envelope, TaskStatus};

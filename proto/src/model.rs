@@ -15,6 +15,11 @@ pub struct Node {
     /// Address other nodes and clients reach this node's API at (IP:PORT).
     pub addr: String,
     pub created_at_ms: u64,
+    /// Whether the node is alive, as the leader's dispatcher decides from
+    /// its heartbeats (`Command::SetNodeStatus`). Older entries have none:
+    /// `Unknown` until the node's next heartbeat.
+    #[serde(default)]
+    pub status: NodeStatus,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -222,5 +227,45 @@ impl Task {
     /// `hello.2`, as `service ps` shows it and as the replica sees itself.
     pub fn display_name(&self) -> String {
         format!("{}.{}", self.service_name, self.slot)
+    }
+}
+
+/// A node's liveness as the leader last decided it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    pub state: NodeState,
+    /// Why, for `node inspect`-style display (e.g. "heartbeat failure").
+    #[serde(default)]
+    pub message: String,
+}
+
+impl NodeStatus {
+    pub fn ready() -> NodeStatus {
+        NodeStatus {
+            state: NodeState::Ready,
+            message: String::new(),
+        }
+    }
+}
+
+/// Swarm's node states: `Ready` (heartbeats arrive), `Down` (they stopped
+/// for longer than `--node-down-after`), `Unknown` (not heard from since
+/// it joined).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeState {
+    #[default]
+    Unknown,
+    Ready,
+    Down,
+}
+
+impl std::fmt::Display for NodeState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            NodeState::Unknown => "Unknown",
+            NodeState::Ready => "Ready",
+            NodeState::Down => "Down",
+        })
     }
 }

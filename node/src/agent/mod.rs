@@ -1,34 +1,113 @@
 //! On every node: runs the tasks assigned to it and reports their state.
 //!
-//! The agent compares the store's tasks for this node with what runs locally,
-//! starts and stops replicas through the runtime, tells the mesh which local
-//! replicas exist, and reports every state change through raft.
+//! The agent depends only on an `AssignmentSource` (`source.rs`): the
+//! dispatcher's long poll tells it the node's tasks (with each service's
+//! spec), and its reports go back in batches that double as heartbeats. On a
+//! manager the source is the local dispatcher in process; on a worker it is a
+//! manager's dispatcher over the cluster port (`remote.rs`), with failover to
+//! the other managers. The agent compares its tasks with what runs locally,
+//! starts and stops replicas through the runtime, and tells the mesh which
+//! local replicas exist. A component this node does not hold is fetched from
+//! a manager by digest and checked before it is stored (`fetch.rs`).
 //!
 //! Starting is asynchronous: the tasks to start are grouped by component and
 //! each group loads in its own tokio task (compiling runs in
 //! `spawn_blocking`), so one service's first compile never holds up another
-//! service's replicas. Reports go through `report::Reporter`, which proposes
-//! whatever has queued as one entry: 10,000 replicas cost a handful of raft
+//! service's replicas. Reports go through `report::Reporter`, which sends
+//! whatever has queued as one batch: 10,000 replicas cost a handful of raft
 //! commits, not 10,000, and the agent never waits on one.
 //!
 //! Architecture invariant: a task starts only after its assignment is
-//! committed (the agent reads assignments from the applied store only), and
-//! a replica is in the mesh before its task is reported `running`.
+//! committed (the dispatcher answers from the applied store only), and a
+//! replica is in the mesh before its task is reported `running`.
 
+mod fetch;
+pub mod remote;
 mod report;
+pub mod source;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::time::Duration;
 
-use swarmlet_proto::{DesiredState, Task, TaskState, TaskStatus};
+use swarmlet_proto::dispatcher::{AssignedTask, Assignments, Since};
+use swarmlet_proto::{DesiredState, Service, TaskState, TaskStatus};
 use tokio::sync::{mpsc, watch};
 
-use crate::blobs::Blobs;
+use crate::blobs::{BlobError, Blobs};
 use crate::mesh::{Backend, Mesh, ServiceBackends, DEFAULT_CONCURRENT_REQUESTS};
-use crate::raft::RaftHandle;
 use crate::runtime::wasm::{ServiceSettings, WasmApp, WasmRuntime};
-use crate::store::Store;
 use report::Reporter;
+pub use source::{AssignmentSource, InProcess, SourceError};
+
+/// The node's tasks as the dispatcher last told them.
+#[derive(Default)]
+struct View {
+    tasks: HashMap<String, AssignedTask>,
+    services: HashMap<String, Service>,
+}
+
+impl View {
+    fn apply(&mut self, a: Assignments) {
+        if a.full {
+            self.tasks.clear();
+            self.services.clear();
+        }
+        for t in a.tasks {
+            self.tasks.insert(t.id.clone(), t);
+        }
+        for id in &a.removed_tasks {
+            self.tasks.remove(id);
+        }
+        for s in a.services {
+            self.services.insert(s.id.clone(), s);
+        }
+        for id in &a.removed_services {
+            self.services.remove(id);
+        }
+    }
+}
+
+/// Keeps asking the source for assignments and hands each answer to the
+/// agent in order (an answer's `seq` is acknowledged by the next request).
+async fn poll(
+    source: Arc<dyn AssignmentSource>,
+    tx: mpsc::UnboundedSender<Assignments>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut since: Option<Since> = None;
+    let mut backoff = Duration::from_millis(100);
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            r = source.assignments(since.clone()) => match r {
+                Ok(a) => {
+                    if failing {
+                        tracing::info!("assignments arrive again");
+                    }
+                    failing = false;
+                    backoff = Duration::from_millis(100);
+                    since = Some(Since { session_id: a.session_id.clone(), seq: a.seq });
+                    if tx.send(a).is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    if !failing {
+                        tracing::warn!("getting this node's assignments failed, retrying: {e}");
+                    }
+                    failing = true;
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = shutdown.changed() => return,
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+            },
+            _ = shutdown.changed() => return,
+        }
+    }
+}
 
 struct Local {
     service_id: String,
@@ -41,8 +120,7 @@ struct Local {
 
 pub struct Agent {
     pub node_id: String,
-    pub store: Arc<Store>,
-    pub raft: RaftHandle,
+    pub source: Arc<dyn AssignmentSource>,
     pub runtime: Arc<WasmRuntime>,
     pub blobs: Arc<Blobs>,
     pub mesh: Arc<Mesh>,
@@ -50,7 +128,7 @@ pub struct Agent {
 
 /// A task to start, with its component's digest and memory limit.
 struct Start {
-    task: Task,
+    task: AssignedTask,
     digest: String,
     memory_limit: Option<usize>,
 }
@@ -82,9 +160,18 @@ fn status(task_id: &str, state: TaskState, message: &str, error: Option<String>)
 
 impl Agent {
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
-        let reporter = Reporter::spawn(self.raft.clone(), shutdown.clone());
+        let reporter = Reporter::spawn(self.source.clone(), shutdown.clone());
+        crate::daemon::spawn_critical(
+            "heartbeats",
+            report::heartbeats(self.source.clone(), shutdown.clone()),
+        );
+        let (assigned_tx, mut assigned_rx) = mpsc::unbounded_channel::<Assignments>();
+        crate::daemon::spawn_critical(
+            "assignments",
+            poll(self.source.clone(), assigned_tx, shutdown.clone()),
+        );
+        let mut view = View::default();
         let (loaded_tx, mut loaded_rx) = mpsc::unbounded_channel::<Loaded>();
-        let mut changes = self.store.changes();
         let mut local: HashMap<String, Local> = HashMap::new();
         // Tasks whose component is loading now.
         let mut starting: HashSet<String> = HashSet::new();
@@ -92,7 +179,7 @@ impl Agent {
         // still on its way is not queued again at every store change.
         let mut reported: HashMap<String, TaskState> = HashMap::new();
         loop {
-            let plan = self.plan(&local, &starting, &mut reported);
+            let plan = self.plan(&view, &local, &starting, &mut reported);
             let report = |reported: &mut HashMap<String, TaskState>, s: TaskStatus| {
                 reported.insert(s.task_id.clone(), s.state);
                 reporter.send(s);
@@ -109,10 +196,14 @@ impl Agent {
                 groups.entry(start.digest.clone()).or_default().push(start);
             }
             for (digest, starts) in groups {
-                let (blobs, runtime, tx) =
-                    (self.blobs.clone(), self.runtime.clone(), loaded_tx.clone());
+                let (blobs, runtime, source, tx) = (
+                    self.blobs.clone(),
+                    self.runtime.clone(),
+                    self.source.clone(),
+                    loaded_tx.clone(),
+                );
                 tokio::spawn(async move {
-                    let result = load(blobs, runtime, digest).await;
+                    let result = load(blobs, runtime, source, digest).await;
                     let _ = tx.send(Loaded { starts, result });
                 });
             }
@@ -129,7 +220,7 @@ impl Agent {
                         status(&id, TaskState::Shutdown, "shutdown", None),
                     );
                 }
-                self.publish(&local);
+                self.publish(&view, &local);
             }
             for id in plan.report_running {
                 report(
@@ -138,13 +229,18 @@ impl Agent {
                 );
             }
             tokio::select! {
-                _ = changes.changed() => {}
+                Some(first) = assigned_rx.recv() => {
+                    view.apply(first);
+                    while let Ok(more) = assigned_rx.try_recv() {
+                        view.apply(more);
+                    }
+                }
                 Some(first) = loaded_rx.recv() => {
                     let mut done = vec![first];
                     while let Ok(more) = loaded_rx.try_recv() {
                         done.push(more);
                     }
-                    let statuses = self.started(done, &mut local, &mut starting);
+                    let statuses = self.started(&view, done, &mut local, &mut starting);
                     for s in statuses {
                         report(&mut reported, s);
                     }
@@ -160,13 +256,13 @@ impl Agent {
     /// has them, so a task reported running serves).
     fn started(
         &self,
+        view: &View,
         done: Vec<Loaded>,
         local: &mut HashMap<String, Local>,
         starting: &mut HashSet<String>,
     ) -> Vec<TaskStatus> {
         let mut statuses = Vec::new();
         {
-            let state = self.store.read();
             for Loaded { starts, result } in done {
                 let mut running = 0;
                 let service = starts
@@ -181,7 +277,7 @@ impl Agent {
                 {
                     starting.remove(&task.id);
                     // Stopped or removed while its component loaded.
-                    let wanted = state
+                    let wanted = view
                         .tasks
                         .get(&task.id)
                         .is_some_and(|t| t.desired_state == DesiredState::Running);
@@ -221,33 +317,29 @@ impl Agent {
                 }
             }
         }
-        self.publish(local);
+        self.publish(view, local);
         statuses
     }
 
     /// What to do to make local replicas match this node's tasks.
     fn plan(
         &self,
+        view: &View,
         local: &HashMap<String, Local>,
         starting: &HashSet<String>,
         reported: &mut HashMap<String, TaskState>,
     ) -> Plan {
-        let state = self.store.read();
         let mut plan = Plan::default();
         let sent = |reported: &HashMap<String, TaskState>, id: &str, s: TaskState| {
             reported.get(id).is_some_and(|r| *r >= s)
         };
-        for t in state
-            .tasks
-            .values()
-            .filter(|t| t.node_id.as_deref() == Some(self.node_id.as_str()))
-        {
+        for t in view.tasks.values() {
             let here = local.contains_key(&t.id);
             match t.desired_state {
                 DesiredState::Running
                     if !t.state.is_terminal() && !here && !starting.contains(&t.id) =>
                 {
-                    let Some(service) = state.services.get(&t.service_id) else {
+                    let Some(service) = view.services.get(&t.service_id) else {
                         continue;
                     };
                     plan.start.push(Start {
@@ -274,22 +366,22 @@ impl Agent {
                 _ => {}
             }
         }
-        // Local replicas whose task is gone from the store.
+        // Local replicas whose task is no longer assigned here (removed,
+        // or moved away while this node was down).
         for id in local.keys() {
-            if !state.tasks.contains_key(id) {
+            if !view.tasks.contains_key(id) {
                 plan.stop.push(id.clone());
             }
         }
-        reported.retain(|id, _| state.tasks.contains_key(id));
+        reported.retain(|id, _| view.tasks.contains_key(id));
         plan
     }
 
-    fn publish(&self, local: &HashMap<String, Local>) {
+    fn publish(&self, view: &View, local: &HashMap<String, Local>) {
         // Per-service settings (limits, egress, reuse) come from the spec.
-        let state = self.store.read();
         let mut by_service: HashMap<String, ServiceBackends> = HashMap::new();
         for l in local.values() {
-            let spec = state.services.get(&l.service_id).map(|s| &s.spec);
+            let spec = view.services.get(&l.service_id).map(|s| &s.spec);
             let entry = by_service
                 .entry(l.service_id.clone())
                 .or_insert_with(|| ServiceBackends {
@@ -316,7 +408,6 @@ impl Agent {
                 settings: Arc::new(settings),
             });
         }
-        drop(state);
         for s in by_service.values_mut() {
             s.list.sort_by(|a, b| match (a, b) {
                 (Backend::LocalWasm { replica: x, .. }, Backend::LocalWasm { replica: y, .. }) => {
@@ -328,13 +419,26 @@ impl Agent {
     }
 }
 
-/// Loads (compiling the first time) the component `digest`.
+/// Loads (compiling the first time) the component `digest`, fetching it
+/// from a manager first if this node does not hold it (or its copy is
+/// damaged).
 async fn load(
     blobs: Arc<Blobs>,
     runtime: Arc<WasmRuntime>,
+    source: Arc<dyn AssignmentSource>,
     digest: String,
 ) -> Result<Arc<WasmApp>, String> {
-    let blob = blobs.verified(&digest).map_err(|e| e.to_string())?;
+    let blob = match blobs.verified(&digest) {
+        Ok(p) => p,
+        Err(e @ (BlobError::NotFound(_) | BlobError::Corrupt { .. })) => {
+            match source.fetch_component(&digest).await {
+                Ok(()) => blobs.verified(&digest).map_err(|e| e.to_string())?,
+                Err(SourceError::NoSource) => return Err(e.to_string()),
+                Err(f) => return Err(format!("{e}; {f}")),
+            }
+        }
+        Err(e) => return Err(e.to_string()),
+    };
     // Compiling can take a while the first time: keep it off the reactor.
     tokio::task::spawn_blocking(move || runtime.load(&digest, &blob))
         .await

@@ -1,15 +1,18 @@
 //! Task state reports, batched: whatever queued while the previous batch was
-//! being committed goes out as one `UpdateTaskStatuses` entry. A batch that
-//! fails (no leader, the disk full) is kept and retried with backoff, merged
-//! with newer reports, so the agent can fire and forget.
+//! being committed goes to the dispatcher as one status call (one
+//! `ReportTaskStatuses` entry). A batch that fails (no leader, the disk
+//! full, the manager gone) is kept and retried with backoff, merged with
+//! newer reports, so the agent can fire and forget. `heartbeats` sends an
+//! empty report every heartbeat period.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
-use swarmlet_proto::{Command, TaskStatus};
+use swarmlet_proto::TaskStatus;
 use tokio::sync::{mpsc, watch};
 
-use crate::raft::{ProposeError, RaftHandle};
+use super::source::AssignmentSource;
 
 /// At most this many reports per raft entry (about 100 bytes each).
 const BATCH: usize = 1000;
@@ -21,9 +24,9 @@ pub struct Reporter {
 }
 
 impl Reporter {
-    pub fn spawn(raft: RaftHandle, shutdown: watch::Receiver<bool>) -> Reporter {
+    pub fn spawn(source: Arc<dyn AssignmentSource>, shutdown: watch::Receiver<bool>) -> Reporter {
         let (tx, rx) = mpsc::unbounded_channel();
-        crate::daemon::spawn_critical("task reporter", run(raft, rx, shutdown));
+        crate::daemon::spawn_critical("task reporter", run(source, rx, shutdown));
         Reporter { tx }
     }
 
@@ -43,8 +46,33 @@ fn merge(pending: &mut BTreeMap<String, TaskStatus>, s: TaskStatus) {
     }
 }
 
+/// Tells the dispatcher every heartbeat period that this node is alive.
+pub async fn heartbeats(source: Arc<dyn AssignmentSource>, mut shutdown: watch::Receiver<bool>) {
+    let mut failing = false;
+    loop {
+        match source.report(Vec::new()).await {
+            Ok(()) => {
+                if failing {
+                    tracing::info!("heartbeats reach a manager again");
+                }
+                failing = false;
+            }
+            Err(e) => {
+                if !failing {
+                    tracing::warn!("heartbeat failed: {e}");
+                }
+                failing = true;
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(source.heartbeat_period()) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
 async fn run(
-    raft: RaftHandle,
+    source: Arc<dyn AssignmentSource>,
     mut rx: mpsc::UnboundedReceiver<TaskStatus>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -70,14 +98,8 @@ async fn run(
                 None => break,
             }
         }
-        match raft
-            .propose(Command::UpdateTaskStatuses {
-                updates: updates.clone(),
-            })
-            .await
-        {
+        match source.report(updates.clone()).await {
             Ok(()) => backoff = RETRY_FIRST,
-            Err(ProposeError::Stopped) => return,
             Err(e) => {
                 tracing::debug!(
                     reports = updates.len(),

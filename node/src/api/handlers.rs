@@ -86,6 +86,7 @@ pub async fn init(st: &ApiState, body: Incoming) -> Result<Response, ApiError> {
         availability: swarmlet_proto::Availability::Active,
         addr: advertise.to_string(),
         created_at_ms: now_ms(),
+        status: swarmlet_proto::NodeStatus::ready(),
     };
     let cluster_id = random_id(25);
     // One durable step: the swarm's first snapshot already holds the cluster

@@ -213,6 +213,8 @@ pub async fn accept_join(st: &ApiState, body: Incoming) -> Result<Response, ApiE
         availability: Availability::Active,
         addr: req.addr.clone(),
         created_at_ms: crate::orchestrator::now_ms(),
+        // Ready once its first heartbeat reaches the leader's dispatcher.
+        status: swarmlet_proto::NodeStatus::default(),
     };
     cluster.raft.propose(Command::AddNode { node }).await?;
     tracing::info!(node = %req.node_id, addr = %req.addr, ?role, "a node joined the swarm");

@@ -6,8 +6,8 @@
 pub mod client;
 mod error;
 mod handlers;
-mod nodes;
 pub mod join;
+mod nodes;
 mod server;
 
 pub use error::ApiError;

@@ -15,7 +15,7 @@ fn view(st: &ApiState, cluster: &Cluster, n: &Node) -> NodeView {
     let leader = cluster.raft.is_leader();
     NodeView {
         node: n.clone(),
-        status: "Ready".into(),
+        status: n.status.state.to_string(),
         manager_status: match (n.role, is_self && leader) {
             (NodeRole::Manager, true) => "Leader".into(),
             (NodeRole::Manager, false) => "Reachable".into(),

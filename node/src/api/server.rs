@@ -47,6 +47,9 @@ pub struct ApiState {
     /// Set once this node has joined a swarm through `swarmlet join` (or
     /// restarted after one): its role, the cluster and the managers.
     pub joined: tokio::sync::OnceCell<super::join::Joined>,
+    /// `--node-down-after`: how long the leader waits for a node's
+    /// heartbeat before it marks the node `Down`.
+    pub node_down_after: std::time::Duration,
 }
 
 impl ApiState {

@@ -3,8 +3,8 @@
 
 mod format;
 mod info;
-mod node;
 mod join;
+mod node;
 mod service;
 
 use std::net::{IpAddr, SocketAddr};
@@ -132,6 +132,22 @@ pub struct DaemonArgs {
     /// requests beyond it wait briefly, then get 503 [default: half of MemTotal]
     #[arg(long, value_parser = service::parse_bytes)]
     instance_memory_budget: Option<u64>,
+    /// The leader marks a node Down (and moves its replicas to other nodes)
+    /// when it has not heard a heartbeat from it for this long; nodes send
+    /// one every second (e.g. 3s, 500ms)
+    #[arg(long, default_value = "3s", value_parser = parse_node_down_after)]
+    node_down_after: Duration,
+}
+
+/// `--node-down-after`: a duration that leaves room for a few heartbeats.
+fn parse_node_down_after(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if d < Duration::from_millis(100) {
+        return Err(format!(
+            "{s} is too short: nodes could not send a heartbeat in time; use at least 100ms (default 3s)"
+        ));
+    }
+    Ok(d)
 }
 
 impl Cli {
@@ -183,6 +199,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 max_upload_size: a.max_upload_size,
                 wasm_isolation: a.wasm_isolation,
                 instance_memory_budget: a.instance_memory_budget,
+                node_down_after: a.node_down_after,
             })
             .await
         }
@@ -226,4 +243,18 @@ async fn init(c: Client, a: InitArgs) -> anyhow::Result<()> {
     println!("    swarmlet service create --name hello --replicas 3 -p 8080:80 ./hello.wasm");
     println!();
     Ok(())
+}
+#[cfg(test)]
+mod node_down_after_tests {
+    use super::*;
+
+    #[test]
+    fn node_down_after_needs_room_for_heartbeats() {
+        assert_eq!(parse_node_down_after("3s"), Ok(Duration::from_secs(3)));
+        let err = parse_node_down_after("50ms").unwrap_err();
+        assert!(err.contains("at least 100ms"), "{err}");
+        assert!(parse_node_down_after("soon").is_err());
+        let cli = Cli::try_parse_from(["swarmlet", "daemon", "--node-down-after", "1s"]);
+        assert!(cli.is_ok());
+    }
 }

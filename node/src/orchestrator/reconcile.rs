@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use swarmlet_proto::{Command, DesiredState, Service, Task, TaskState};
+use swarmlet_proto::{Command, DesiredState, NodeState, Service, Task, TaskState};
 
 use super::scheduler;
 use crate::identity::random_id;
@@ -39,6 +39,16 @@ pub fn reconcile(state: &State, now_ms: u64) -> Vec<Command> {
                 .iter()
                 .find(|t| t.desired_state == DesiredState::Running);
             match live {
+                Some(t) if !t.state.is_terminal() && node_lost(state, t) => {
+                    // Its node is Down (or gone): the slot gets a new task
+                    // on another node and the old one is told to stop, which
+                    // the node does if it comes back. With nowhere to go the
+                    // task stays, so a node that returns just resumes it.
+                    if let Some(new) = new_task(service, slot, now_ms, &mut placer) {
+                        stop.push(t.id.clone());
+                        create.push(new);
+                    }
+                }
                 Some(t) if !t.state.is_terminal() => {}
                 Some(t) => {
                     // It ended although it should run: restart it in a new
@@ -111,6 +121,17 @@ pub fn reconcile(state: &State, now_ms: u64) -> Vec<Command> {
     out
 }
 
+/// Whether `t`'s node is `Down` or no longer in the cluster.
+fn node_lost(state: &State, t: &Task) -> bool {
+    match &t.node_id {
+        Some(n) => state
+            .nodes
+            .get(n)
+            .is_none_or(|n| n.status.state == NodeState::Down),
+        None => false,
+    }
+}
+
 fn new_task(
     service: &Service,
     slot: u64,
@@ -151,6 +172,7 @@ mod tests {
                 availability: Availability::Active,
                 addr: String::new(),
                 created_at_ms: 0,
+                status: swarmlet_proto::NodeStatus::ready(),
             },
         );
         st.services.insert(
@@ -262,6 +284,65 @@ mod tests {
                 .any(|c| matches!(c, Command::CreateTasks { .. })),
             "nothing new is created for a removed service"
         );
+    }
+
+    fn add_node(st: &mut State, id: &str) {
+        let mut n = st.nodes["n1"].clone();
+        n.id = id.into();
+        st.nodes.insert(id.into(), n);
+    }
+
+    #[test]
+    fn the_tasks_of_a_down_node_move_to_the_others() {
+        let mut st = state_with(4);
+        add_node(&mut st, "n2");
+        let cmds = reconcile(&st, 1);
+        apply_all(&mut st, cmds);
+        for t in st.tasks.values_mut() {
+            t.state = TaskState::Running;
+        }
+        let on_n2: Vec<(String, u64)> = st
+            .tasks
+            .values()
+            .filter(|t| t.node_id.as_deref() == Some("n2"))
+            .map(|t| (t.id.clone(), t.slot))
+            .collect();
+        assert_eq!(on_n2.len(), 2, "spread over both nodes");
+        st.nodes.get_mut("n2").unwrap().status.state = NodeState::Down;
+        let cmds = reconcile(&st, 2);
+        apply_all(&mut st, cmds);
+        for (id, slot) in &on_n2 {
+            assert_eq!(
+                st.tasks[id].desired_state,
+                DesiredState::Shutdown,
+                "the Down node's task is told to stop"
+            );
+            let live: Vec<&Task> = st
+                .tasks
+                .values()
+                .filter(|t| t.slot == *slot && t.desired_state == DesiredState::Running)
+                .collect();
+            assert_eq!(live.len(), 1, "slot {slot} has one live task");
+            assert_eq!(live[0].node_id.as_deref(), Some("n1"));
+        }
+        assert_eq!(running_slots(&st), vec![1, 2, 3, 4]);
+        // Back up: nothing moves back, the old tasks stay stopped.
+        st.nodes.get_mut("n2").unwrap().status.state = NodeState::Ready;
+        for t in st.tasks.values_mut() {
+            if t.state == TaskState::Assigned {
+                t.state = TaskState::Running;
+            }
+        }
+        assert!(reconcile(&st, 3).is_empty());
+    }
+
+    #[test]
+    fn a_down_nodes_task_stays_when_there_is_nowhere_to_go() {
+        let mut st = state_with(1);
+        let cmds = reconcile(&st, 1);
+        apply_all(&mut st, cmds);
+        st.nodes.get_mut("n1").unwrap().status.state = NodeState::Down;
+        assert!(reconcile(&st, 2).is_empty());
     }
 
     #[test]

@@ -3,9 +3,15 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use swarmlet_proto::{Availability, Node};
+use swarmlet_proto::{Availability, Node, NodeState};
 
-/// Places tasks one after another on the active node running the fewest
+/// Whether new tasks may go to `node`: it is `Active` and its heartbeats
+/// arrive (`Ready`; a `Down` or not yet heard from node gets nothing).
+pub fn available(node: &Node) -> bool {
+    node.availability == Availability::Active && node.status.state == NodeState::Ready
+}
+
+/// Places tasks one after another on the available node running the fewest
 /// tasks (spread), ties broken by node ID so every run agrees. Each placement
 /// is O(log nodes), so placing many tasks on many nodes stays cheap.
 pub struct Placer {
@@ -16,7 +22,7 @@ impl Placer {
     /// `load` counts the live tasks per node ID.
     pub fn new<'a>(nodes: impl Iterator<Item = &'a Node>, load: &HashMap<String, usize>) -> Self {
         let by_load = nodes
-            .filter(|n| n.availability == Availability::Active)
+            .filter(|n| available(n))
             .map(|n| (load.get(&n.id).copied().unwrap_or(0), n.id.clone()))
             .collect();
         Placer { by_load }
@@ -45,6 +51,7 @@ mod tests {
             availability,
             addr: String::new(),
             created_at_ms: 0,
+            status: swarmlet_proto::NodeStatus::ready(),
         }
     }
 
@@ -65,5 +72,20 @@ mod tests {
             "b catches up with a, then they alternate"
         );
         assert!(Placer::new(nodes[2..].iter(), &load).place().is_none());
+    }
+
+    #[test]
+    fn skips_down_and_unknown_nodes() {
+        let mut down = node("a", Availability::Active);
+        down.status.state = NodeState::Down;
+        let mut unknown = node("b", Availability::Active);
+        unknown.status.state = NodeState::Unknown;
+        let nodes = [down, unknown, node("c", Availability::Active)];
+        let mut p = Placer::new(nodes.iter(), &HashMap::new());
+        let placed: Vec<String> = (0..3).map(|_| p.place().unwrap()).collect();
+        assert_eq!(placed, ["c", "c", "c"], "only the Ready node gets tasks");
+        assert!(Placer::new(nodes[..2].iter(), &HashMap::new())
+            .place()
+            .is_none());
     }
 }

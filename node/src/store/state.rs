@@ -37,6 +37,12 @@ pub enum StoreError {
     DuplicateRaftId { raft_id: u64, node: String },
     #[error("the swarm has no join tokens (it was created before tokens existed)")]
     NoJoinTokens,
+    #[error("node {reporter} reported the state of task {task}, which is assigned to {}; a node reports only its own tasks", owner.as_deref().unwrap_or("no node"))]
+    NotTheTasksNode {
+        task: String,
+        owner: Option<String>,
+        reporter: String,
+    },
 }
 
 /// How long an idempotency key is remembered: a client retries within
@@ -321,6 +327,33 @@ impl State {
                 // simply "wrong".
                 let excess = tokens.retired.len().saturating_sub(32);
                 tokens.retired.drain(..excess);
+            }
+            Command::SetNodeStatus { node_id, status } => {
+                let n = self
+                    .nodes
+                    .get_mut(node_id)
+                    .ok_or_else(|| StoreError::NoSuchNode(node_id.clone()))?;
+                n.status = status.clone();
+            }
+            Command::ReportTaskStatuses { node_id, updates } => {
+                // Only the task's own node may say what it is doing: checked
+                // for the whole entry first, so a refused entry changes
+                // nothing. A task removed meanwhile is skipped, as above.
+                if let Some((t, owner)) = updates.iter().find_map(|u| {
+                    let owner = &self.tasks.get(&u.task_id)?.node_id;
+                    (owner.as_deref() != Some(node_id.as_str())).then_some((u, owner))
+                }) {
+                    return Err(StoreError::NotTheTasksNode {
+                        task: t.task_id.clone(),
+                        owner: owner.clone(),
+                        reporter: node_id.clone(),
+                    });
+                }
+                for u in updates {
+                    if let Some(t) = self.tasks.get_mut(&u.task_id) {
+                        set_status(t, u.state, &u.message, &u.error, now);
+                    }
+                }
             }
         }
         Ok(())
@@ -612,6 +645,84 @@ mod tests {
         .unwrap();
         assert_eq!(st.tasks["t1"].state, TaskState::Running);
         assert_eq!(st.tasks["t2"].state, TaskState::Running);
+    }
+
+    #[test]
+    fn a_report_about_another_nodes_task_is_refused() {
+        let mut st = State::default();
+        st.apply(&env(Command::CreateService {
+            service: service("s", "web", 1),
+        }))
+        .unwrap();
+        let mut other = task("t2", "s", 1);
+        other.node_id = Some("m".into());
+        st.apply(&env(Command::CreateTasks {
+            tasks: vec![task("t1", "s", 1), other],
+        }))
+        .unwrap();
+        let status = |id: &str| TaskStatus {
+            task_id: id.into(),
+            state: TaskState::Running,
+            message: "running".into(),
+            error: None,
+        };
+        let err = st.apply(&env(Command::ReportTaskStatuses {
+            node_id: "n".into(),
+            updates: vec![status("t1"), status("t2")],
+        }));
+        assert_eq!(
+            err,
+            Err(StoreError::NotTheTasksNode {
+                task: "t2".into(),
+                owner: Some("m".into()),
+                reporter: "n".into()
+            })
+        );
+        assert_eq!(
+            st.tasks["t1"].state,
+            TaskState::Assigned,
+            "a refused entry changes nothing, not even the node's own task"
+        );
+        assert_eq!(st.tasks["t2"].state, TaskState::Assigned);
+        // Its own tasks (and tasks removed meanwhile) are accepted.
+        st.apply(&env(Command::ReportTaskStatuses {
+            node_id: "n".into(),
+            updates: vec![status("t1"), status("gone")],
+        }))
+        .unwrap();
+        assert_eq!(st.tasks["t1"].state, TaskState::Running);
+        st.apply(&env(Command::ReportTaskStatuses {
+            node_id: "m".into(),
+            updates: vec![status("t2")],
+        }))
+        .unwrap();
+        assert_eq!(st.tasks["t2"].state, TaskState::Running);
+    }
+
+    #[test]
+    fn node_status_is_set_and_old_nodes_read_as_unknown() {
+        let json = r#"{"id":"n","raft_id":1,"hostname":"h","role":"worker","availability":"active","addr":"","created_at_ms":0}"#;
+        let node: swarmlet_proto::Node = serde_json::from_str(json).unwrap();
+        assert_eq!(node.status.state, swarmlet_proto::NodeState::Unknown);
+        let mut st = State::default();
+        st.nodes.insert("n".into(), node);
+        let down = swarmlet_proto::NodeStatus {
+            state: swarmlet_proto::NodeState::Down,
+            message: "heartbeat failure".into(),
+        };
+        st.apply(&env(Command::SetNodeStatus {
+            node_id: "n".into(),
+            status: down.clone(),
+        }))
+        .unwrap();
+        assert_eq!(st.nodes["n"].status, down);
+        assert_eq!(
+            st.apply(&env(Command::SetNodeStatus {
+                node_id: "x".into(),
+                status: down,
+            })),
+            Err(StoreError::NoSuchNode("x".into()))
+        );
     }
 
     #[test]

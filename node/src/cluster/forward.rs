@@ -1,0 +1,207 @@
+//! Writes go to the leader. A manager that is not the leader hands the
+//! proposal to the leader over the cluster port (`POST /v1/raft/propose`,
+//! managers only) and answers its client once the entry is applied here
+//! too, so the client reads its own write from this manager next.
+//!
+//! Client writes carry an idempotency key (`Command::Idempotent`): when a
+//! leader change leaves a proposal's fate unknown it is proposed again with
+//! the same key, and the store applies it at most once.
+//!
+//! Architecture invariant: a forwarded proposal is proposed by the receiver
+//! only if it leads; it is never forwarded twice (no loops).
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use swarmlet_proto::Command;
+use tokio::time::Instant;
+
+use super::Cluster;
+use crate::raft::ProposeError;
+use crate::store::StoreError;
+use crate::transport::Target;
+
+/// How long a write waits for a leader (an election takes 1–2 s).
+const LEADER_WAIT: Duration = Duration::from_secs(8);
+/// How long a forwarded write waits to be applied on this manager too.
+const LOCAL_APPLY_WAIT: Duration = Duration::from_secs(5);
+/// How often a write whose fate was unknown is proposed again.
+const UNKNOWN_RETRIES: usize = 3;
+
+pub const PROPOSE_PATH: &str = "/v1/raft/propose";
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ProposeRequest {
+    pub command: Command,
+}
+
+/// Always 200: the outcome of a forwarded proposal.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ProposeReply {
+    pub index: Option<u64>,
+    pub error: Option<RemoteError>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RemoteError {
+    pub kind: RemoteErrorKind,
+    /// The HTTP status the client API answers with.
+    pub status: u16,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RemoteErrorKind {
+    NotLeader,
+    Unknown,
+    AlreadyApplied,
+    Other,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    #[error(transparent)]
+    Propose(#[from] ProposeError),
+    /// The leader refused or failed it; `status` is what the client gets.
+    #[error("{message}")]
+    Remote { status: u16, message: String },
+    /// The leader lost leadership while this write was pending.
+    #[error("{0}")]
+    RemoteFateUnknown(String),
+    /// The leader had applied this very write (same key) before.
+    #[error("this change was already applied")]
+    RemoteAlreadyApplied,
+    #[error("no raft leader was elected within {LEADER_WAIT:?}; the swarm has lost its quorum of managers (check \"swarmlet node ls\" and bring managers back), or an election is under way — retry")]
+    NoLeader,
+}
+
+impl Cluster {
+    /// Proposes `command` through the leader and returns its log index once
+    /// it is applied on this manager.
+    pub async fn propose(&self, command: Command) -> Result<u64, WriteError> {
+        let deadline = Instant::now() + LEADER_WAIT;
+        loop {
+            let leader = match self.raft.propose(command.clone()).await {
+                Ok(o) => return Ok(o.index),
+                Err(ProposeError::NotLeader { leader }) => leader,
+                Err(e) => return Err(e.into()),
+            };
+            if let Some(addr) = leader.and_then(|id| self.book.get(id)) {
+                match self.forward(&addr, &command).await {
+                    Ok(index) => {
+                        let _ =
+                            tokio::time::timeout(LOCAL_APPLY_WAIT, self.raft.wait_applied(index))
+                                .await;
+                        return Ok(index);
+                    }
+                    Err(Forwarded::Retry(why)) => {
+                        tracing::debug!(%addr, "forwarding a write: {why}; retrying");
+                    }
+                    Err(Forwarded::Failed(e)) => return Err(e),
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(WriteError::NoLeader);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// A client's write: applied at most once even when a leader change
+    /// makes this manager propose it again.
+    pub async fn propose_once(&self, command: Command) -> Result<u64, WriteError> {
+        let wrapped = Command::Idempotent {
+            key: crate::identity::random_id(32),
+            command: Box::new(command),
+        };
+        let mut tries = 0;
+        loop {
+            match self.propose(wrapped.clone()).await {
+                Ok(i) => return Ok(i),
+                Err(WriteError::Propose(ProposeError::Refused(StoreError::AlreadyApplied(_))))
+                    if tries > 0 =>
+                {
+                    return Ok(self.raft.applied_index())
+                }
+                Err(WriteError::RemoteAlreadyApplied) if tries > 0 => {
+                    return Ok(self.raft.applied_index())
+                }
+                Err(WriteError::Propose(ProposeError::Unknown { .. }))
+                | Err(WriteError::RemoteFateUnknown(_))
+                    if tries < UNKNOWN_RETRIES =>
+                {
+                    tries += 1;
+                    tracing::info!("a write's fate was unknown after a leader change; proposing it again with the same key");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn forward(&self, addr: &str, command: &Command) -> Result<u64, Forwarded> {
+        let reply: ProposeReply = self
+            .pool
+            .post_json(
+                addr,
+                &Target::Manager,
+                PROPOSE_PATH,
+                &ProposeRequest {
+                    command: command.clone(),
+                },
+            )
+            .await
+            .map_err(|e| Forwarded::Retry(e.to_string()))?;
+        match (reply.index, reply.error) {
+            (Some(i), _) => Ok(i),
+            (None, Some(e)) => match e.kind {
+                RemoteErrorKind::NotLeader => Err(Forwarded::Retry(e.message)),
+                RemoteErrorKind::Unknown => {
+                    Err(Forwarded::Failed(WriteError::RemoteFateUnknown(e.message)))
+                }
+                RemoteErrorKind::AlreadyApplied => {
+                    Err(Forwarded::Failed(WriteError::RemoteAlreadyApplied))
+                }
+                RemoteErrorKind::Other => Err(Forwarded::Failed(WriteError::Remote {
+                    status: e.status,
+                    message: e.message,
+                })),
+            },
+            (None, None) => Err(Forwarded::Retry("the leader sent an empty answer".into())),
+        }
+    }
+}
+
+enum Forwarded {
+    Retry(String),
+    Failed(WriteError),
+}
+
+/// The leader's side of `POST /v1/raft/propose`.
+pub async fn serve(cluster: &Cluster, req: ProposeRequest) -> ProposeReply {
+    match cluster.raft.propose(req.command).await {
+        Ok(o) => ProposeReply {
+            index: Some(o.index),
+            error: None,
+        },
+        Err(e) => {
+            let kind = match &e {
+                ProposeError::NotLeader { .. } => RemoteErrorKind::NotLeader,
+                ProposeError::Unknown { .. } => RemoteErrorKind::Unknown,
+                ProposeError::Refused(StoreError::AlreadyApplied(_)) => {
+                    RemoteErrorKind::AlreadyApplied
+                }
+                _ => RemoteErrorKind::Other,
+            };
+            let api = crate::api::ApiError::from(e);
+            ProposeReply {
+                index: None,
+                error: Some(RemoteError {
+                    kind,
+                    status: api.status,
+                    message: api.message,
+                }),
+            }
+        }
+    }
+}

@@ -76,7 +76,7 @@ async fn run(
             })
             .await
         {
-            Ok(()) => backoff = RETRY_FIRST,
+            Ok(_) => backoff = RETRY_FIRST,
             Err(ProposeError::Stopped) => return,
             Err(e) => {
                 tracing::debug!(

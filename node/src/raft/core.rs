@@ -163,6 +163,10 @@ pub struct Core<S: RaftStorage> {
     fates: Vec<(u64, Fate)>,
     /// The Ready handed out and not yet persisted.
     ready: Option<Ready>,
+    /// The index of a snapshot in the outstanding Ready.
+    ready_snapshot: Option<u64>,
+    /// Leader ticks each peer has spent waiting for a snapshot.
+    snapshot_wait: BTreeMap<u64, usize>,
 }
 
 fn id_context(id: u64) -> Vec<u8> {
@@ -201,6 +205,8 @@ impl<S: RaftStorage> Core<S> {
             pending: BTreeMap::new(),
             fates: Vec::new(),
             ready: None,
+            ready_snapshot: None,
+            snapshot_wait: BTreeMap::new(),
         };
         core.observe();
         Ok(core)
@@ -232,6 +238,10 @@ impl<S: RaftStorage> Core<S> {
 
     pub fn commit_index(&self) -> u64 {
         self.node.raft.raft_log.committed
+    }
+
+    pub fn last_index(&self) -> u64 {
+        self.node.raft.raft_log.last_index()
     }
 
     pub fn applied_index(&self) -> u64 {
@@ -283,8 +293,37 @@ impl<S: RaftStorage> Core<S> {
             return Ok(());
         }
         self.node.tick();
+        if self.is_leader() {
+            self.retry_stuck_snapshots();
+        }
         self.observe();
         Ok(())
+    }
+
+    /// raft-rs waits for the application to report a sent snapshot's fate;
+    /// our transport is fire-and-forget, so a snapshot lost on the way would
+    /// leave the peer waiting forever. A peer still waiting after a few
+    /// election timeouts is reported failed, and raft sends it again.
+    fn retry_stuck_snapshots(&mut self) {
+        let waiting: Vec<u64> = self
+            .node
+            .raft
+            .prs()
+            .iter()
+            .filter(|(_, p)| p.state == raft::ProgressState::Snapshot)
+            .map(|(id, _)| *id)
+            .collect();
+        self.snapshot_wait.retain(|id, _| waiting.contains(id));
+        let limit = 3 * self.election_tick;
+        for id in waiting {
+            let t = self.snapshot_wait.entry(id).or_insert(0);
+            *t += 1;
+            if *t > limit {
+                *t = 0;
+                self.node
+                    .report_snapshot(id, raft::SnapshotStatus::Failure);
+            }
+        }
     }
 
     /// Steps an inbound message. Messages raft cannot use (from a removed
@@ -390,6 +429,7 @@ impl<S: RaftStorage> Core<S> {
         }
         let mut rd = self.node.ready();
         let snapshot = (!rd.snapshot().is_empty()).then(|| rd.snapshot().clone());
+        self.ready_snapshot = snapshot.as_ref().map(|s| s.get_metadata().index);
         let out = ReadyOut {
             number: rd.number(),
             messages: rd.take_messages(),
@@ -405,13 +445,17 @@ impl<S: RaftStorage> Core<S> {
     }
 
     /// The shell made Ready `number` durable (and sent its persisted
-    /// messages after that). Returns what that released.
+    /// messages after that; if it held a snapshot, the state machine was
+    /// restored from it). Returns what that released.
     pub fn persisted(&mut self, number: u64) -> AfterPersist {
         let Some(rd) = self.ready.take() else {
             return AfterPersist::default();
         };
         debug_assert_eq!(rd.number(), number, "Readies are persisted in order");
         let mut light = self.node.advance_append(rd);
+        if let Some(index) = self.ready_snapshot.take() {
+            self.applied_to(index);
+        }
         self.observe();
         AfterPersist {
             commit: light.commit_index(),
@@ -483,12 +527,6 @@ impl<S: RaftStorage> Core<S> {
         if index > self.node.raft.raft_log.applied {
             self.node.advance_apply_to(index);
         }
-    }
-
-    /// The shell installed a snapshot from the leader (after persisting it):
-    /// the state machine is at its index.
-    pub fn snapshot_applied(&mut self, index: u64) {
-        self.applied_to(index);
     }
 
     /// True (once) when raft wanted to send a snapshot but storage had none

@@ -658,9 +658,8 @@ impl Driver {
             }
         })?;
         self.store.restore(state);
-        let index = snap.get_metadata().index;
-        self.core.snapshot_applied(index);
-        self.applied.send_replace(index);
+        // The core moves raft's applied index there in `persisted`.
+        self.applied.send_replace(snap.get_metadata().index);
         Ok(())
     }
 

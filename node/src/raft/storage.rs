@@ -261,13 +261,21 @@ impl Storage for Mirror {
     /// one recent enough (none taken yet), raft is told to try later and the
     /// shell is asked to compact, which writes one from the applied store:
     /// a follower never receives an empty state.
-    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+    ///
+    /// A snapshot whose configuration does not name the receiver (taken
+    /// before it joined) is refused by it, so that one is not offered either.
+    fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
         let snap = self
             .snapshot
             .read()
             .map_err(|_| raft::Error::Store(raft::StorageError::SnapshotTemporarilyUnavailable))?
             .clone();
-        if snap.get_data().is_empty() || snap.get_metadata().index < request_index {
+        let cs = snap.get_metadata().get_conf_state();
+        let names_receiver = cs.voters.contains(&to) || cs.learners.contains(&to);
+        if snap.get_data().is_empty()
+            || snap.get_metadata().index < request_index
+            || !names_receiver
+        {
             self.snapshot_wanted.store(true, Ordering::SeqCst);
             return Err(raft::Error::Store(
                 raft::StorageError::SnapshotTemporarilyUnavailable,

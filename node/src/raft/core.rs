@@ -142,8 +142,9 @@ pub enum MemberChange {
 pub struct PeerStatus {
     pub raft_id: u64,
     pub voter: bool,
-    /// The leader heard from it within the last election timeout (always
-    /// true for the node itself; false for others on a non-leader).
+    /// The leader heard from it within the last election timeout and it
+    /// has acknowledged entries (always true for the node itself; false for
+    /// others on a non-leader).
     pub reachable: bool,
     /// The highest log index known to be on it.
     pub matched: u64,
@@ -550,8 +551,10 @@ impl<S: RaftStorage> Core<S> {
                 PeerStatus {
                     raft_id,
                     voter,
+                    // raft-rs starts a new peer as recently active; it
+                    // counts as reachable once it answered (matched > 0).
                     reachable: raft_id == self.id
-                        || (leader && pr.is_some_and(|p| p.recent_active)),
+                        || (leader && pr.is_some_and(|p| p.recent_active && p.matched > 0)),
                     matched: if raft_id == self.id {
                         self.node.raft.raft_log.persisted
                     } else {

@@ -897,4 +897,93 @@ mod tests {
             "never reports a replay it did not do"
         );
     }
+
+    /// Delivers messages between drivers of one process (the lead's
+    /// transport does this over the cluster port).
+    #[derive(Default)]
+    struct Loopback {
+        peers: std::sync::OnceLock<Vec<RaftHandle>>,
+    }
+
+    impl RaftTransport for Loopback {
+        fn send(&self, to: u64, msgs: Vec<Message>) {
+            if let Some(h) = self.peers.get().and_then(|p| p.iter().find(|h| h.id() == to)) {
+                for m in msgs {
+                    h.step(m);
+                }
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn three_drivers_elect_one_leader_replicate_and_redirect() {
+        let (_tx, shutdown) = watch::channel(false);
+        let transport = Arc::new(Loopback::default());
+        let mut snap = bootstrap_snapshot(1, &State::default()).unwrap();
+        snap.mut_metadata().mut_conf_state().voters = vec![1, 2, 3];
+        let mut handles = Vec::new();
+        let mut stores = Vec::new();
+        for id in 1..=3u64 {
+            let storage = DiskStorage::open(&temp_file(&format!("three-{id}"))).unwrap();
+            storage.apply_snapshot(&snap).unwrap();
+            let store = Arc::new(Store::new());
+            let (h, _task) = start(
+                RaftConfig { id },
+                storage,
+                store.clone(),
+                None,
+                transport.clone(),
+                shutdown.clone(),
+            )
+            .unwrap();
+            handles.push(h);
+            stores.push(store);
+        }
+        assert!(transport.peers.set(handles.clone()).is_ok());
+        let mut watch = handles[0].leader_watch();
+        let leader = *watch.wait_for(|l| l.is_some()).await.unwrap();
+        let leader = leader.expect("a leader");
+        let lh = handles.iter().find(|h| h.id() == leader).unwrap();
+        lh.leadership().wait_for(|l| *l).await.unwrap();
+        let follower = handles.iter().find(|h| h.id() != leader).unwrap();
+        let service = swarmlet_proto::Service {
+            id: "s1".into(),
+            spec: swarmlet_proto::ServiceSpec {
+                name: "web".into(),
+                replicas: 1,
+                image: swarmlet_proto::Image::Wasm {
+                    digest: "sha256:0".into(),
+                    name: "w.wasm".into(),
+                    size: 1,
+                },
+                ports: vec![],
+                limits: Default::default(),
+                allow_outbound: Vec::new(),
+                instance_reuse: 0,
+            },
+            version: 1,
+            created_at_ms: 0,
+            updated_at_ms: 0,
+        };
+        let cmd = Command::CreateService { service };
+        match follower.propose(cmd.clone()).await {
+            Err(ProposeError::NotLeader { leader: Some(l) }) => assert_eq!(l, leader),
+            other => panic!("a follower must name the leader, got {other:?}"),
+        }
+        let out = lh.propose(cmd).await.unwrap();
+        for (h, store) in handles.iter().zip(&stores) {
+            h.wait_applied(out.index).await.unwrap();
+            assert!(store.read().services.contains_key("s1"), "node {}", h.id());
+        }
+        let peers = lh.peers_status().await.unwrap();
+        assert_eq!(peers.len(), 3);
+        assert!(peers.iter().all(|p| p.voter && p.matched >= out.index), "{peers:?}");
+        // A learner that never answers is added, then refused promotion twice.
+        lh.add_learner(9).await.unwrap();
+        assert!(matches!(lh.add_learner(9).await, Err(ProposeError::Raft(_))));
+        let peers = lh.peers_status().await.unwrap();
+        assert!(peers.iter().any(|p| p.raft_id == 9 && !p.voter && !p.reachable), "{peers:?}");
+        lh.remove(9).await.unwrap();
+        assert!(!lh.peers_status().await.unwrap().iter().any(|p| p.raft_id == 9));
+    }
 }

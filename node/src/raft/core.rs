@@ -264,7 +264,11 @@ impl<S: RaftStorage> Core<S> {
     /// Notices raft's resets (term, role or leader changed): draws the next
     /// election delay and settles the proposals a lost leadership leaves.
     fn observe(&mut self) {
-        let now = (self.node.raft.term, self.node.raft.state, self.node.raft.leader_id);
+        let now = (
+            self.node.raft.term,
+            self.node.raft.state,
+            self.node.raft.leader_id,
+        );
         if now == self.seen {
             return;
         }
@@ -321,8 +325,7 @@ impl<S: RaftStorage> Core<S> {
             *t += 1;
             if *t > limit {
                 *t = 0;
-                self.node
-                    .report_snapshot(id, raft::SnapshotStatus::Failure);
+                self.node.report_snapshot(id, raft::SnapshotStatus::Failure);
             }
         }
     }

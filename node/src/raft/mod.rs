@@ -39,9 +39,9 @@ use raft::Storage as _;
 use swarmlet_proto::{Command, Envelope};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::store::{State, Store, StoreError};
-pub use self::core::{Fate, MemberChange, PeerStatus};
 use self::core::{AfterPersist, Committed, Core, CoreConfig, CoreError, ReadyOut};
+pub use self::core::{Fate, MemberChange, PeerStatus};
+use crate::store::{State, Store, StoreError};
 pub use storage::{DiskStorage, MemStorage, RaftStorage, StorageError};
 
 /// Raft tick; elections after 10–20 ticks (DESIGN.md: 1–2 s, not Swarm's 10–20 s).
@@ -66,7 +66,11 @@ pub struct NoTransport;
 
 impl RaftTransport for NoTransport {
     fn send(&self, to: u64, msgs: Vec<Message>) {
-        tracing::debug!(to, count = msgs.len(), "no transport: raft messages dropped");
+        tracing::debug!(
+            to,
+            count = msgs.len(),
+            "no transport: raft messages dropped"
+        );
     }
 }
 
@@ -603,7 +607,11 @@ impl Driver {
     /// keeps `rd` for `retry_save` instead of ending the node.
     async fn save_and_advance(&mut self, mut rd: ReadyOut) -> Result<(), StorageError> {
         if rd.needs_write() {
-            let (snap, ents, hs) = (rd.snapshot.clone(), rd.entries.clone(), rd.hard_state.clone());
+            let (snap, ents, hs) = (
+                rd.snapshot.clone(),
+                rd.entries.clone(),
+                rd.hard_state.clone(),
+            );
             let written = self
                 .disk
                 .run(move |s| {
@@ -856,9 +864,16 @@ mod tests {
         let storage = DiskStorage::open(&path).unwrap();
         let store = Arc::new(Store::new());
         let (_tx, shutdown) = watch::channel(false);
-        let err = start(RaftConfig { id: 1 }, storage, store, None, Arc::new(NoTransport), shutdown)
-            .err()
-            .expect("the start must fail");
+        let err = start(
+            RaftConfig { id: 1 },
+            storage,
+            store,
+            None,
+            Arc::new(NoTransport),
+            shutdown,
+        )
+        .err()
+        .expect("the start must fail");
         let msg = err.to_string();
         assert!(matches!(err, StorageError::UnreadableState { .. }), "{msg}");
         assert!(msg.contains(&path.display().to_string()), "{msg}");
@@ -888,7 +903,15 @@ mod tests {
         let storage = DiskStorage::open(&path).unwrap();
         let store = Arc::new(Store::new());
         let (_tx, shutdown) = watch::channel(false);
-        let (handle, task) = start(RaftConfig { id: 1 }, storage, store, None, Arc::new(NoTransport), shutdown).unwrap();
+        let (handle, task) = start(
+            RaftConfig { id: 1 },
+            storage,
+            store,
+            None,
+            Arc::new(NoTransport),
+            shutdown,
+        )
+        .unwrap();
         let result = task.await.unwrap();
         let err = result.expect_err("raft must stop, not skip the entry");
         assert!(err.to_string().contains("committed entry 1"), "{err}");
@@ -907,7 +930,11 @@ mod tests {
 
     impl RaftTransport for Loopback {
         fn send(&self, to: u64, msgs: Vec<Message>) {
-            if let Some(h) = self.peers.get().and_then(|p| p.iter().find(|h| h.id() == to)) {
+            if let Some(h) = self
+                .peers
+                .get()
+                .and_then(|p| p.iter().find(|h| h.id() == to))
+            {
                 for m in msgs {
                     h.step(m);
                 }
@@ -977,13 +1004,29 @@ mod tests {
         }
         let peers = lh.peers_status().await.unwrap();
         assert_eq!(peers.len(), 3);
-        assert!(peers.iter().all(|p| p.voter && p.matched >= out.index), "{peers:?}");
+        assert!(
+            peers.iter().all(|p| p.voter && p.matched >= out.index),
+            "{peers:?}"
+        );
         // A learner that never answers is added, then refused promotion twice.
         lh.add_learner(9).await.unwrap();
-        assert!(matches!(lh.add_learner(9).await, Err(ProposeError::Raft(_))));
+        assert!(matches!(
+            lh.add_learner(9).await,
+            Err(ProposeError::Raft(_))
+        ));
         let peers = lh.peers_status().await.unwrap();
-        assert!(peers.iter().any(|p| p.raft_id == 9 && !p.voter && !p.reachable), "{peers:?}");
+        assert!(
+            peers
+                .iter()
+                .any(|p| p.raft_id == 9 && !p.voter && !p.reachable),
+            "{peers:?}"
+        );
         lh.remove(9).await.unwrap();
-        assert!(!lh.peers_status().await.unwrap().iter().any(|p| p.raft_id == 9));
+        assert!(!lh
+            .peers_status()
+            .await
+            .unwrap()
+            .iter()
+            .any(|p| p.raft_id == 9));
     }
 }

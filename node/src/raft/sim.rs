@@ -129,7 +129,8 @@ impl Sim {
         let loss = [0.0, 0.01, 0.05, 0.15][rng.gen_range(0..4)];
         let max_delay = rng.gen_range(1..=40);
         // The founders share the first snapshot (as `init` writes it for one).
-        let mut snap = super::bootstrap_snapshot(1, &State::default()).map_err(|e| e.to_string())?;
+        let mut snap =
+            super::bootstrap_snapshot(1, &State::default()).map_err(|e| e.to_string())?;
         snap.mut_metadata().mut_conf_state().voters = vec![1, 2, 3];
         let mut nodes = Vec::new();
         for id in 1..=n {
@@ -322,9 +323,7 @@ impl Sim {
                 }
                 Committed::ConfChange { result, .. } => {
                     if let Ok(cs) = result {
-                        node.storage
-                            .set_conf_state(cs)
-                            .map_err(|e| e.to_string())?;
+                        node.storage.set_conf_state(cs).map_err(|e| e.to_string())?;
                     }
                 }
             }
@@ -633,7 +632,10 @@ fn seeded_schedules_keep_raft_safe_and_lose_no_acknowledged_write() {
     // The schedules must actually exercise what they claim to.
     if seeds.len() >= 50 {
         assert!(total.acked > 0 && total.crashes > 0 && total.partitions > 0);
-        assert!(total.snapshots_installed > 0 && total.conf_changes > 0, "{total:?}");
+        assert!(
+            total.snapshots_installed > 0 && total.conf_changes > 0,
+            "{total:?}"
+        );
     }
 }
 
@@ -657,6 +659,7 @@ fn the_checker_catches_acknowledging_before_commit() {
         ack_on_propose: true,
     };
     let caught = (1..=60u64).filter(|s| run(*s, bugs).is_err()).count();
+    eprintln!("acknowledging at propose time: caught in {caught} of 60 schedules");
     assert!(
         caught > 0,
         "acknowledging proposals before commit went unnoticed in 60 schedules"

@@ -440,7 +440,7 @@ impl Sim {
         }
         for i in 0..self.nodes.len() {
             let phase = self.nodes[i].id * 3;
-            if (self.now + phase) % TICK_EVERY == 0 {
+            if (self.now + phase).is_multiple_of(TICK_EVERY) {
                 if let Some(core) = self.nodes[i].core.as_mut() {
                     core.tick().map_err(|e| e.to_string())?;
                 }
@@ -504,7 +504,7 @@ impl Sim {
         let deadline = self.now + HEAL_UNITS;
         while self.now < deadline {
             self.step(false)?;
-            if self.now % 50 == 0 && self.nodes.len() > 3 {
+            if self.now.is_multiple_of(50) && self.nodes.len() > 3 {
                 self.change_membership();
             }
             if self.converged() {

@@ -66,6 +66,7 @@ async fn raft_commits(n: usize, in_flight: usize) -> anyhow::Result<f64> {
         storage,
         store.clone(),
         Some(State::default()),
+        Arc::new(raft::NoTransport),
         stop,
     )?;
     let mut leader = handle.leadership();

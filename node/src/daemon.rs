@@ -85,6 +85,7 @@ pub async fn start_cluster(
         storage,
         store.clone(),
         bootstrap,
+        Arc::new(raft::NoTransport),
         st.shutdown.clone(),
     )?;
     tokio::spawn(async move {

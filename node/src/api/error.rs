@@ -41,10 +41,11 @@ impl From<ProposeError> for ApiError {
                 Self::not_found(e.to_string())
             }
             ProposeError::Refused(_) => Self::conflict(e.to_string()),
-            ProposeError::NotLeader => Self::new(
+            ProposeError::NotLeader { .. } => Self::new(
                 503,
                 "this manager is not the raft leader right now; retry in a moment",
             ),
+            ProposeError::Unknown { .. } => Self::new(503, e.to_string()),
             ProposeError::Stopped => Self::new(503, "the node is shutting down"),
             // 507 Insufficient Storage: the CLI prints the message as is.
             ProposeError::Unwritable {

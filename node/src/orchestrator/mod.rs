@@ -27,7 +27,7 @@ pub async fn run(store: Arc<Store>, raft: RaftHandle, mut shutdown: watch::Recei
             let commands = reconcile(&store.read(), now_ms());
             for command in commands {
                 match raft.propose(command).await {
-                    Ok(()) => {}
+                    Ok(_) => {}
                     // Decided on a state that moved on (a service removed or
                     // scaled meanwhile); the next round decides again.
                     Err(ProposeError::Refused(e)) => {

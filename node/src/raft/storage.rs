@@ -5,14 +5,15 @@
 //! is mirrored in raft-rs's own `MemStorage` (bounded by compaction) and every
 //! change is first committed to disk (redb fsyncs on commit) and only then
 //! applied to the mirror: what raft sees is always what survives `kill -9`.
+//! `MemStorage` is the same mirror without the file, for the simulation.
 //!
 //! Architecture invariant: only this module reads or writes the raft files.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, RwLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
-use raft::storage::MemStorage;
 use raft::{GetEntriesContext, RaftState, Storage};
 use redb::{Database, ReadableTable, TableDefinition};
 
@@ -98,16 +99,296 @@ db_err!(
     redb::CommitError
 );
 
+/// The durable raft state as the core reads it: what was persisted, and
+/// nothing else. Two implementations: `DiskStorage` (redb, the daemon) and
+/// `MemStorage` (memory, the tests and the simulation, where a "crash" keeps
+/// exactly what was persisted). Writes are called by the shell (the driver's
+/// disk thread, the simulation), never by the sans-IO core; each returns only
+/// once the change is durable, and only then is it visible to raft.
+pub trait RaftStorage: Storage + Clone + Send + Sync + 'static {
+    /// Appends entries (replacing any conflicting suffix) and the hard state.
+    fn append(&self, ents: &[Entry], hs: Option<&HardState>) -> Result<(), StorageError>;
+    /// Records a newer commit index (from a `LightReady`).
+    fn set_commit(&self, commit: u64) -> Result<(), StorageError>;
+    /// Installs a snapshot received from the leader (or written at bootstrap).
+    fn apply_snapshot(&self, snap: &Snapshot) -> Result<(), StorageError>;
+    fn set_conf_state(&self, cs: ConfState) -> Result<(), StorageError>;
+    /// Takes a snapshot of the applied state `data` at `index` and drops
+    /// the log up to it.
+    fn compact(&self, index: u64, data: Vec<u8>) -> Result<(), StorageError>;
+    fn conf_state(&self) -> ConfState;
+    /// The index of the latest snapshot (entries up to it are compacted away).
+    fn snapshot_index(&self) -> u64;
+    /// The data of the latest snapshot (the serialized store), if any.
+    fn snapshot_data(&self) -> Option<Vec<u8>>;
+    /// True (once) after raft asked for a snapshot this storage could not
+    /// give with the state in it: the shell should compact soon.
+    fn take_snapshot_wanted(&self) -> bool;
+    /// Names the storage in error messages (the raft file's path).
+    fn describe(&self) -> String;
+
+    /// True once a conf state was written: the node belongs to a cluster.
+    fn is_initialized(&self) -> bool {
+        !self.conf_state().voters.is_empty() || !self.conf_state().learners.is_empty()
+    }
+}
+
+/// The in-memory view both storages share: raft-rs's `MemStorage` for the
+/// log (bounded by compaction) and the latest snapshot *with its data*
+/// (raft-rs's keeps metadata only). Cheap to clone; clones share.
+#[derive(Clone, Default)]
+pub struct Mirror {
+    mem: raft::storage::MemStorage,
+    snapshot: Arc<RwLock<Snapshot>>,
+    snapshot_wanted: Arc<AtomicBool>,
+}
+
+impl Mirror {
+    fn append(&self, ents: &[Entry], hs: Option<&HardState>) -> Result<(), StorageError> {
+        let mut core = self.mem.wl();
+        core.append(ents)?;
+        if let Some(hs) = hs {
+            core.set_hardstate(hs.clone());
+        }
+        Ok(())
+    }
+
+    fn hard_state(&self) -> HardState {
+        self.mem.rl().hard_state().clone()
+    }
+
+    fn set_conf_state(&self, cs: ConfState) {
+        self.mem.wl().set_conf_state(cs);
+    }
+
+    /// The hard state after installing `snap` (for the durable write).
+    fn hard_state_with(&self, snap: &Snapshot) -> HardState {
+        let mut hs = self.hard_state();
+        hs.term = hs.term.max(snap.get_metadata().term);
+        hs.commit = hs.commit.max(snap.get_metadata().index);
+        hs
+    }
+
+    fn apply_snapshot(&self, snap: &Snapshot, hs: HardState) -> Result<(), StorageError> {
+        let mut core = self.mem.wl();
+        // raft-rs refuses a snapshot older than its first index; ours
+        // replaces the whole log, as the disk write did.
+        *core = Default::default();
+        core.apply_snapshot(snap.clone())?;
+        core.set_hardstate(hs);
+        drop(core);
+        if let Ok(mut s) = self.snapshot.write() {
+            *s = snap.clone();
+        }
+        Ok(())
+    }
+
+    fn compaction_snapshot(&self, index: u64, data: Vec<u8>) -> Result<Snapshot, StorageError> {
+        let term = self.mem.term(index)?;
+        let mut snap = Snapshot::default();
+        snap.set_data(data.into());
+        let meta = snap.mut_metadata();
+        meta.index = index;
+        meta.term = term;
+        meta.set_conf_state(self.conf_state());
+        Ok(snap)
+    }
+
+    fn compact(&self, snap: Snapshot) -> Result<(), StorageError> {
+        // Keep the entry at `index` in memory: MemStorage has no way to move
+        // its snapshot metadata without dropping every entry, and with an
+        // empty entry list it would report the *old* snapshot's index as
+        // the last index. On disk the snapshot carries it instead.
+        self.mem.wl().compact(snap.get_metadata().index)?;
+        if let Ok(mut s) = self.snapshot.write() {
+            *s = snap;
+        }
+        Ok(())
+    }
+
+    fn conf_state(&self) -> ConfState {
+        self.mem
+            .initial_state()
+            .map(|s| s.conf_state)
+            .unwrap_or_default()
+    }
+
+    fn snapshot_index(&self) -> u64 {
+        self.snapshot
+            .read()
+            .map(|s| s.get_metadata().index)
+            .unwrap_or(0)
+    }
+
+    fn snapshot_data(&self) -> Option<Vec<u8>> {
+        let s = self.snapshot.read().ok()?;
+        (!s.get_data().is_empty()).then(|| s.get_data().to_vec())
+    }
+
+    fn take_snapshot_wanted(&self) -> bool {
+        self.snapshot_wanted.swap(false, Ordering::SeqCst)
+    }
+}
+
+impl Storage for Mirror {
+    fn initial_state(&self) -> raft::Result<RaftState> {
+        self.mem.initial_state()
+    }
+
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        context: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        self.mem.entries(low, high, max_size, context)
+    }
+
+    fn term(&self, idx: u64) -> raft::Result<u64> {
+        self.mem.term(idx)
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        self.mem.first_index()
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        self.mem.last_index()
+    }
+
+    /// The latest snapshot, always with the store's state in it. Without
+    /// one recent enough (none taken yet), raft is told to try later and the
+    /// shell is asked to compact, which writes one from the applied store:
+    /// a follower never receives an empty state.
+    ///
+    /// A snapshot whose configuration does not name the receiver (taken
+    /// before it joined) is refused by it, so that one is not offered either.
+    fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
+        let snap = self
+            .snapshot
+            .read()
+            .map_err(|_| raft::Error::Store(raft::StorageError::SnapshotTemporarilyUnavailable))?
+            .clone();
+        let cs = snap.get_metadata().get_conf_state();
+        let names_receiver = cs.voters.contains(&to) || cs.learners.contains(&to);
+        if snap.get_data().is_empty()
+            || snap.get_metadata().index < request_index
+            || !names_receiver
+        {
+            self.snapshot_wanted.store(true, Ordering::SeqCst);
+            return Err(raft::Error::Store(
+                raft::StorageError::SnapshotTemporarilyUnavailable,
+            ));
+        }
+        Ok(snap)
+    }
+}
+
+/// In-memory storage for tests and the simulation: "durable" is what was
+/// written here; a simulated crash drops the core and keeps this.
+#[derive(Clone, Default)]
+pub struct MemStorage {
+    mirror: Mirror,
+}
+
+impl MemStorage {
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+impl RaftStorage for MemStorage {
+    fn append(&self, ents: &[Entry], hs: Option<&HardState>) -> Result<(), StorageError> {
+        self.mirror.append(ents, hs)
+    }
+    fn set_commit(&self, commit: u64) -> Result<(), StorageError> {
+        let mut hs = self.mirror.hard_state();
+        hs.commit = commit;
+        self.mirror.append(&[], Some(&hs))
+    }
+    fn apply_snapshot(&self, snap: &Snapshot) -> Result<(), StorageError> {
+        let hs = self.mirror.hard_state_with(snap);
+        self.mirror.apply_snapshot(snap, hs)
+    }
+    fn set_conf_state(&self, cs: ConfState) -> Result<(), StorageError> {
+        self.mirror.set_conf_state(cs);
+        Ok(())
+    }
+    fn compact(&self, index: u64, data: Vec<u8>) -> Result<(), StorageError> {
+        let snap = self.mirror.compaction_snapshot(index, data)?;
+        self.mirror.compact(snap)
+    }
+    fn conf_state(&self) -> ConfState {
+        self.mirror.conf_state()
+    }
+    fn snapshot_index(&self) -> u64 {
+        self.mirror.snapshot_index()
+    }
+    fn snapshot_data(&self) -> Option<Vec<u8>> {
+        self.mirror.snapshot_data()
+    }
+    fn take_snapshot_wanted(&self) -> bool {
+        self.mirror.take_snapshot_wanted()
+    }
+    fn describe(&self) -> String {
+        "the in-memory raft log".into()
+    }
+}
+
+/// Delegates raft-rs's reads to the mirror.
+macro_rules! storage_via_mirror {
+    ($t:ty) => {
+        impl Storage for $t {
+            fn initial_state(&self) -> raft::Result<RaftState> {
+                self.mirror().initial_state()
+            }
+            fn entries(
+                &self,
+                low: u64,
+                high: u64,
+                max_size: impl Into<Option<u64>>,
+                context: GetEntriesContext,
+            ) -> raft::Result<Vec<Entry>> {
+                self.mirror().entries(low, high, max_size, context)
+            }
+            fn term(&self, idx: u64) -> raft::Result<u64> {
+                self.mirror().term(idx)
+            }
+            fn first_index(&self) -> raft::Result<u64> {
+                self.mirror().first_index()
+            }
+            fn last_index(&self) -> raft::Result<u64> {
+                self.mirror().last_index()
+            }
+            fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
+                self.mirror().snapshot(request_index, to)
+            }
+        }
+    };
+}
+storage_via_mirror!(MemStorage);
+storage_via_mirror!(DiskStorage);
+
+impl MemStorage {
+    fn mirror(&self) -> &Mirror {
+        &self.mirror
+    }
+}
+
+/// The raft file. Cheap to clone (the driver and its disk thread share it).
+#[derive(Clone)]
 pub struct DiskStorage {
+    inner: Arc<DiskInner>,
+}
+
+struct DiskInner {
     path: PathBuf,
     /// `None` after a write failed with an IO error: redb refuses every later
     /// call on that handle (`PreviousIo`), so the next write opens the file
     /// afresh (redb then recovers its last committed transaction).
     db: Mutex<Option<Database>>,
-    mem: MemStorage,
-    /// The latest snapshot including its data (raft-rs's MemStorage keeps
-    /// metadata only); handed to raft when a follower needs it.
-    snapshot: RwLock<Snapshot>,
+    mirror: Mirror,
 }
 
 fn decode<M: protobuf::Message>(path: &Path, key: &str, bytes: &[u8]) -> Result<M, StorageError> {
@@ -141,13 +422,13 @@ impl DiskStorage {
             tx.commit()?;
         }
 
-        let mem = MemStorage::new();
+        let mirror = Mirror::default();
         let mut snapshot = Snapshot::default();
         {
             let rtx = db.begin_read()?;
             let meta = rtx.open_table(META)?;
             let entries = rtx.open_table(ENTRIES)?;
-            let mut core = mem.wl();
+            let mut core = mirror.mem.wl();
             if let Some(v) = meta.get(SNAPSHOT)? {
                 snapshot = decode(path, SNAPSHOT, v.value())?;
                 core.apply_snapshot(snapshot.clone())?;
@@ -169,17 +450,30 @@ impl DiskStorage {
                 core.set_hardstate(decode(path, HARD_STATE, v.value())?);
             }
         }
+        if let Ok(mut s) = mirror.snapshot.write() {
+            *s = snapshot;
+        }
         Ok(DiskStorage {
-            path: path.to_path_buf(),
-            db: Mutex::new(Some(db)),
-            mem,
-            snapshot: RwLock::new(snapshot),
+            inner: Arc::new(DiskInner {
+                path: path.to_path_buf(),
+                db: Mutex::new(Some(db)),
+                mirror,
+            }),
         })
+    }
+
+    fn mirror(&self) -> &Mirror {
+        &self.inner.mirror
+    }
+
+    /// True once a conf state was written: the node belongs to a cluster.
+    pub fn is_initialized(&self) -> bool {
+        RaftStorage::is_initialized(self)
     }
 
     /// The raft file, for messages.
     pub fn path(&self) -> &Path {
-        &self.path
+        &self.inner.path
     }
 
     /// Runs `f` in one write transaction and commits it (redb fsyncs).
@@ -189,10 +483,10 @@ impl DiskStorage {
         &self,
         f: impl FnOnce(&redb::WriteTransaction) -> Result<(), StorageError>,
     ) -> Result<(), StorageError> {
-        let mut slot = self.db.lock().unwrap_or_else(|e| e.into_inner());
+        let mut slot = self.inner.db.lock().unwrap_or_else(|e| e.into_inner());
         let db = match slot.take() {
             Some(db) => db,
-            None => open_db(&self.path)?,
+            None => open_db(&self.inner.path)?,
         };
         let result = (|| -> Result<(), StorageError> {
             let tx = db.begin_write()?;
@@ -206,43 +500,22 @@ impl DiskStorage {
         }
         result
     }
+}
 
-    /// True once a conf state was written: the node belongs to a cluster.
-    pub fn is_initialized(&self) -> bool {
-        self.mem
-            .initial_state()
-            .map(|s| !s.conf_state.voters.is_empty())
-            .unwrap_or(false)
-    }
-
-    pub fn conf_state(&self) -> ConfState {
-        self.mem
-            .initial_state()
-            .map(|s| s.conf_state)
-            .unwrap_or_default()
-    }
-
-    /// The index of the latest snapshot (entries up to it are compacted away).
-    pub fn snapshot_index(&self) -> u64 {
-        self.snapshot
-            .read()
-            .map(|s| s.get_metadata().index)
-            .unwrap_or(0)
-    }
-
-    pub fn set_conf_state(&self, cs: ConfState) -> Result<(), StorageError> {
+/// Every change is first committed to disk (redb fsyncs on commit) and only
+/// then applied to the mirror: what raft sees is what survives `kill -9`.
+impl RaftStorage for DiskStorage {
+    fn set_conf_state(&self, cs: ConfState) -> Result<(), StorageError> {
         self.transact(|tx| {
             tx.open_table(META)?
                 .insert(CONF_STATE, encode(&cs).as_slice())?;
             Ok(())
         })?;
-        self.mem.wl().set_conf_state(cs);
+        self.mirror().set_conf_state(cs);
         Ok(())
     }
 
-    /// Appends entries (replacing any conflicting suffix) and the hard state,
-    /// durably, in one transaction.
-    pub fn append(&self, ents: &[Entry], hs: Option<&HardState>) -> Result<(), StorageError> {
+    fn append(&self, ents: &[Entry], hs: Option<&HardState>) -> Result<(), StorageError> {
         if ents.is_empty() && hs.is_none() {
             return Ok(());
         }
@@ -266,27 +539,17 @@ impl DiskStorage {
             }
             Ok(())
         })?;
-        let mut core = self.mem.wl();
-        core.append(ents)?;
-        if let Some(hs) = hs {
-            core.set_hardstate(hs.clone());
-        }
-        Ok(())
+        self.mirror().append(ents, hs)
     }
 
-    /// Records a newer commit index (from a `LightReady`).
-    pub fn set_commit(&self, commit: u64) -> Result<(), StorageError> {
-        let mut hs = self.mem.rl().hard_state().clone();
+    fn set_commit(&self, commit: u64) -> Result<(), StorageError> {
+        let mut hs = self.mirror().hard_state();
         hs.commit = commit;
         self.append(&[], Some(&hs))
     }
 
-    /// Installs a snapshot received from the leader (or written at bootstrap).
-    pub fn apply_snapshot(&self, snap: &Snapshot) -> Result<(), StorageError> {
-        let index = snap.get_metadata().index;
-        let mut hs = self.mem.rl().hard_state().clone();
-        hs.term = hs.term.max(snap.get_metadata().term);
-        hs.commit = hs.commit.max(index);
+    fn apply_snapshot(&self, snap: &Snapshot) -> Result<(), StorageError> {
+        let hs = self.mirror().hard_state_with(snap);
         self.transact(|tx| {
             let mut table = tx.open_table(ENTRIES)?;
             let all: Vec<u64> = table
@@ -305,23 +568,11 @@ impl DiskStorage {
             meta.insert(HARD_STATE, encode(&hs).as_slice())?;
             Ok(())
         })?;
-        self.mem.wl().apply_snapshot(snap.clone())?;
-        if let Ok(mut s) = self.snapshot.write() {
-            *s = snap.clone();
-        }
-        Ok(())
+        self.mirror().apply_snapshot(snap, hs)
     }
 
-    /// Takes a snapshot of the applied state at `index` and drops the log up
-    /// to it.
-    pub fn compact(&self, index: u64, data: Vec<u8>) -> Result<(), StorageError> {
-        let term = self.mem.term(index)?;
-        let mut snap = Snapshot::default();
-        snap.set_data(data.into());
-        let meta = snap.mut_metadata();
-        meta.index = index;
-        meta.term = term;
-        meta.set_conf_state(self.conf_state());
+    fn compact(&self, index: u64, data: Vec<u8>) -> Result<(), StorageError> {
+        let snap = self.mirror().compaction_snapshot(index, data)?;
         self.transact(|tx| {
             let mut table = tx.open_table(ENTRIES)?;
             let old: Vec<u64> = table
@@ -335,21 +586,27 @@ impl DiskStorage {
                 .insert(SNAPSHOT, encode(&snap).as_slice())?;
             Ok(())
         })?;
-        // Keep the entry at `index` in memory: MemStorage has no way to move
-        // its snapshot metadata without dropping every entry, and with an
-        // empty entry list it would report the *old* snapshot's index as
-        // the last index. On disk the snapshot carries it instead.
-        self.mem.wl().compact(index)?;
-        if let Ok(mut s) = self.snapshot.write() {
-            *s = snap;
-        }
-        Ok(())
+        self.mirror().compact(snap)
     }
 
-    /// The data of the latest snapshot (the serialized store), if any.
-    pub fn snapshot_data(&self) -> Option<Vec<u8>> {
-        let s = self.snapshot.read().ok()?;
-        (!s.get_data().is_empty()).then(|| s.get_data().to_vec())
+    fn conf_state(&self) -> ConfState {
+        self.mirror().conf_state()
+    }
+
+    fn snapshot_index(&self) -> u64 {
+        self.mirror().snapshot_index()
+    }
+
+    fn snapshot_data(&self) -> Option<Vec<u8>> {
+        self.mirror().snapshot_data()
+    }
+
+    fn take_snapshot_wanted(&self) -> bool {
+        self.mirror().take_snapshot_wanted()
+    }
+
+    fn describe(&self) -> String {
+        self.inner.path.display().to_string()
     }
 }
 
@@ -428,46 +685,6 @@ fn open_db(path: &Path) -> Result<Database, StorageError> {
             source: Box::new(source),
         },
     })
-}
-
-impl Storage for DiskStorage {
-    fn initial_state(&self) -> raft::Result<RaftState> {
-        self.mem.initial_state()
-    }
-
-    fn entries(
-        &self,
-        low: u64,
-        high: u64,
-        max_size: impl Into<Option<u64>>,
-        context: GetEntriesContext,
-    ) -> raft::Result<Vec<Entry>> {
-        self.mem.entries(low, high, max_size, context)
-    }
-
-    fn term(&self, idx: u64) -> raft::Result<u64> {
-        self.mem.term(idx)
-    }
-
-    fn first_index(&self) -> raft::Result<u64> {
-        self.mem.first_index()
-    }
-
-    fn last_index(&self) -> raft::Result<u64> {
-        self.mem.last_index()
-    }
-
-    fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
-        let snap = self
-            .snapshot
-            .read()
-            .map_err(|_| raft::Error::Store(raft::StorageError::SnapshotTemporarilyUnavailable))?
-            .clone();
-        if snap.get_metadata().index < request_index {
-            return self.mem.snapshot(request_index, to);
-        }
-        Ok(snap)
-    }
 }
 
 #[cfg(test)]

@@ -14,7 +14,8 @@ use tokio::sync::watch;
 use crate::agent::Agent;
 use crate::api::{self, ApiState};
 use crate::blobs::Blobs;
-use crate::dispatcher::{Dispatcher, DispatcherConfig};
+use crate::dispatcher::{ClusterCall, Dispatcher, DispatcherConfig, Forwarding};
+use crate::link::{AddressBook, PoolCall, RaftLink, WriteError, Writer};
 use crate::identity::Identity;
 use crate::mesh::{Mesh, Publish};
 use crate::raft::{self, DiskStorage, RaftConfig, RaftHandle};
@@ -48,9 +49,26 @@ pub struct Cluster {
     /// What nodes' agents talk to (mounted on the cluster port's
     /// `/v1/dispatcher/…` routes; this node's agent calls it in process).
     pub dispatcher: Arc<Dispatcher>,
+    /// Proposes through whichever manager leads.
+    pub writer: Arc<Writer>,
+    /// raft ID → cluster address of the managers.
+    pub book: Arc<AddressBook>,
 }
 
 impl Cluster {
+    /// Proposes through the leader (see `link::writer`).
+    pub async fn propose(&self, command: swarmlet_proto::Command) -> Result<u64, WriteError> {
+        self.writer.propose(command).await
+    }
+
+    /// A client's write, applied at most once (see `link::writer`).
+    pub async fn propose_once(
+        &self,
+        command: swarmlet_proto::Command,
+    ) -> Result<u64, WriteError> {
+        self.writer.propose_once(command).await
+    }
+
     /// Waits until this node leads (a single voter elects itself at once).
     pub async fn wait_leader(&self) {
         let mut l = self.raft.leadership();
@@ -71,13 +89,35 @@ pub async fn start_cluster(
     st: &ApiState,
     bootstrap: Option<crate::store::State>,
 ) -> anyhow::Result<Option<Cluster>> {
+    start_manager(st, bootstrap, &[]).await
+}
+
+/// `start_cluster`, also for a manager that joined and has no log yet
+/// (`peers`: the managers its join answer named; it then waits for the
+/// leader to send it the log).
+pub async fn start_manager(
+    st: &ApiState,
+    bootstrap: Option<crate::store::State>,
+    peers: &[swarmlet_proto::cluster::ManagerPeer],
+) -> anyhow::Result<Option<Cluster>> {
     let storage = DiskStorage::open(&raft_path(&st.data_dir))?;
+    let joined_manager = st
+        .joined
+        .get()
+        .is_some_and(|j| j.role == swarmlet_proto::NodeRole::Manager);
     match (bootstrap.is_some(), storage.is_initialized()) {
         (true, true) => bail!("the data dir already holds a swarm's raft log"),
-        (false, false) => return Ok(None),
+        (false, false) if !joined_manager => return Ok(None),
         _ => {}
     }
     let store = Arc::new(Store::new());
+    let book = Arc::new(AddressBook::default());
+    for p in peers {
+        book.set(p.raft_id, p.addr.clone());
+    }
+    let (unreachable_tx, mut unreachable_rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move { while unreachable_rx.recv().await.is_some() {} });
+    let link = RaftLink::new(st.cluster_port.clone(), book.clone(), unreachable_tx);
     let (handle, raft_task) = raft::start(
         RaftConfig {
             id: st.identity.raft_id,
@@ -85,9 +125,13 @@ pub async fn start_cluster(
         storage,
         store.clone(),
         bootstrap,
-        Arc::new(raft::NoTransport),
+        link,
         st.shutdown.clone(),
     )?;
+    spawn_critical(
+        "address book",
+        keep_addresses(store.clone(), book.clone(), st.shutdown.clone()),
+    );
     tokio::spawn(async move {
         let why = match raft_task.await {
             Ok(Ok(())) => return,
@@ -107,6 +151,16 @@ pub async fn start_cluster(
         "orchestrator",
         crate::orchestrator::run(store.clone(), handle.clone(), st.shutdown.clone()),
     );
+    spawn_critical(
+        "manager set",
+        crate::orchestrator::managers::run(store.clone(), handle.clone(), st.shutdown.clone()),
+    );
+    let writer = Arc::new(Writer {
+        raft: handle.clone(),
+        book: book.clone(),
+        port: st.cluster_port.clone(),
+    });
+    let call: Arc<dyn ClusterCall> = Arc::new(PoolCall(st.cluster_port.clone()));
     let dispatcher = Dispatcher::new(
         st.identity.node_id.clone(),
         store.clone(),
@@ -114,7 +168,14 @@ pub async fn start_cluster(
         DispatcherConfig {
             node_down_after: st.node_down_after,
         },
-        None,
+        Some(Forwarding {
+            call: call.clone(),
+            leader_addr: {
+                let (raft, book) = (handle.clone(), book.clone());
+                Arc::new(move || raft.leader().and_then(|id| book.get(id)))
+            },
+            writer: writer.clone(),
+        }),
     );
     spawn_critical(
         "dispatcher",
@@ -126,7 +187,7 @@ pub async fn start_cluster(
             st.identity.node_id.clone(),
             dispatcher.clone(),
             st.blobs.clone(),
-            None,
+            Some(call.clone()),
         )),
         runtime: st.runtime.clone(),
         blobs: st.blobs.clone(),
@@ -147,7 +208,59 @@ pub async fn start_cluster(
         raft: handle,
         store,
         dispatcher,
+        writer,
+        book,
     }))
+}
+
+/// Keeps the address book in line with the store's managers.
+async fn keep_addresses(
+    store: Arc<Store>,
+    book: Arc<AddressBook>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut changes = store.changes();
+    loop {
+        for n in store.read().nodes.values() {
+            if n.role == swarmlet_proto::NodeRole::Manager {
+                book.set(n.raft_id, n.addr.clone());
+            }
+        }
+        tokio::select! {
+            r = changes.changed() => if r.is_err() { return },
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+/// A worker's parts: its agent on the dispatcher of whichever manager
+/// answers (the join answer's managers, later the ones it is told about).
+async fn start_worker(st: &ApiState, joined: &crate::api::join::Joined) -> anyhow::Result<()> {
+    let call: Arc<dyn ClusterCall> = Arc::new(PoolCall(st.cluster_port.clone()));
+    let managers_file = st.data_dir.join("managers.json");
+    let mut managers = crate::agent::remote::RemoteSource::load_managers(&managers_file);
+    if managers.is_empty() {
+        managers = joined.managers.clone();
+    }
+    let source = crate::agent::remote::RemoteSource::new(
+        call,
+        st.blobs.clone(),
+        managers,
+        Some(managers_file),
+    );
+    if let Err(e) = source.connect().await {
+        // Not fatal: the agent keeps trying every manager it knows.
+        tracing::warn!("no manager answered yet: {e}; retrying");
+    }
+    let agent = Agent {
+        node_id: st.identity.node_id.clone(),
+        source: Arc::new(source),
+        runtime: st.runtime.clone(),
+        blobs: st.blobs.clone(),
+        mesh: st.mesh.clone(),
+    };
+    spawn_critical("agent", agent.run(st.shutdown.clone()));
+    Ok(())
 }
 
 /// Spawns a task the node cannot work without: if it panics, the process
@@ -404,8 +517,16 @@ pub async fn after_join(st: &ApiState, joined: &crate::api::join::Joined) -> any
         role = ?joined.role,
         cluster = %joined.cluster_id,
         managers = ?joined.managers,
-        "in the swarm as a joined node; raft/agent start is not wired yet"
+        "in the swarm as a joined node"
     );
+    match joined.role {
+        swarmlet_proto::NodeRole::Manager => {
+            if let Some(cluster) = start_manager(st, None, &joined.peers).await? {
+                let _ = st.cluster.set(cluster);
+            }
+        }
+        swarmlet_proto::NodeRole::Worker => start_worker(st, joined).await?,
+    }
     Ok(())
 }
 

@@ -13,6 +13,7 @@ pub mod dispatcher;
 pub mod fault;
 pub mod fsutil;
 pub mod identity;
+pub mod link;
 pub mod listen;
 pub mod membership;
 pub mod mesh;

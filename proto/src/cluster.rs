@@ -68,6 +68,17 @@ pub struct JoinResponse {
     /// Key for authenticating gossip (empty until membership hands one out).
     #[serde(default)]
     pub gossip_key: String,
+    /// The managers' raft IDs and addresses: a joining manager answers the
+    /// leader's raft messages before it holds the store that names them.
+    #[serde(default)]
+    pub peers: Vec<ManagerPeer>,
+}
+
+/// A manager as raft addresses it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManagerPeer {
+    pub raft_id: u64,
+    pub addr: String,
 }
 
 /// `POST /v1/swarm/join` (unix socket): the CLI asks its local daemon to join.

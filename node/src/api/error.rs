@@ -75,3 +75,16 @@ impl From<BlobError> for ApiError {
         }
     }
 }
+
+impl From<crate::link::WriteError> for ApiError {
+    fn from(e: crate::link::WriteError) -> Self {
+        use crate::link::WriteError;
+        match e {
+            WriteError::Propose(p) => p.into(),
+            WriteError::Remote { status, message } => Self::new(status, message),
+            WriteError::RemoteFateUnknown(m) => Self::new(503, m),
+            WriteError::RemoteAlreadyApplied => Self::conflict(e.to_string()),
+            WriteError::NoLeader => Self::new(503, e.to_string()),
+        }
+    }
+}

@@ -41,6 +41,9 @@ pub struct Joined {
     pub joined_via: String,
     #[serde(default)]
     pub gossip_key: String,
+    /// The managers' raft IDs and addresses at join time.
+    #[serde(default)]
+    pub peers: Vec<swarmlet_proto::cluster::ManagerPeer>,
 }
 
 fn joined_path(data_dir: &Path) -> std::path::PathBuf {
@@ -216,15 +219,23 @@ pub async fn accept_join(st: &ApiState, body: Incoming) -> Result<Response, ApiE
         // Ready once its first heartbeat reaches the leader's dispatcher.
         status: swarmlet_proto::NodeStatus::default(),
     };
-    cluster.raft.propose(Command::AddNode { node }).await?;
+    cluster.propose(Command::AddNode { node }).await?;
     tracing::info!(node = %req.node_id, addr = %req.addr, ?role, "a node joined the swarm");
-    let managers = cluster
+    let manager_nodes: Vec<Node> = cluster
         .store
         .read()
         .nodes
         .values()
         .filter(|n| n.role == NodeRole::Manager)
-        .map(|n| n.addr.clone())
+        .cloned()
+        .collect();
+    let managers = manager_nodes.iter().map(|n| n.addr.clone()).collect();
+    let peers = manager_nodes
+        .iter()
+        .map(|n| swarmlet_proto::cluster::ManagerPeer {
+            raft_id: n.raft_id,
+            addr: n.addr.clone(),
+        })
         .collect();
     Ok(json(
         200,
@@ -235,6 +246,7 @@ pub async fn accept_join(st: &ApiState, body: Incoming) -> Result<Response, ApiE
             cluster_id,
             managers,
             gossip_key: String::new(),
+            peers,
         },
     ))
 }
@@ -384,6 +396,7 @@ pub async fn join(st: &ApiState, body: Incoming) -> Result<Response, ApiError> {
         managers: resp.managers.clone(),
         joined_via: remote.clone(),
         gossip_key: resp.gossip_key.clone(),
+        peers: resp.peers.clone(),
     };
     let write = |e: pki::PkiError| {
         match &e {
@@ -436,9 +449,7 @@ pub async fn join_token(st: &ApiState, role: &str, rotate: bool) -> Result<Respo
     let role = parse_role(role)?;
     let cluster = st.cluster()?;
     if rotate {
-        cluster
-            .raft
-            .propose(Command::RotateJoinToken {
+        cluster.propose_once(Command::RotateJoinToken {
                 role,
                 secret: pki::new_secret(),
             })

@@ -8,6 +8,7 @@ mod error;
 mod handlers;
 pub mod join;
 mod nodes;
+mod peers;
 mod server;
 
 pub use error::ApiError;

@@ -54,9 +54,7 @@ pub async fn set_availability(
     let cluster = st.cluster()?;
     let req: NodeAvailabilityRequest = body_json(body).await?;
     let n = find(cluster, key)?;
-    cluster
-        .raft
-        .propose(Command::SetNodeAvailability {
+    cluster.propose_once(Command::SetNodeAvailability {
             node_id: n.id.clone(),
             availability: req.availability,
         })

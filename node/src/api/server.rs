@@ -189,6 +189,16 @@ pub async fn route_cluster(state: Arc<ApiState>, req: hyper::Request<Incoming>) 
         (&Method::POST, ["v1", "cluster", "join"]) => {
             super::join::accept_join(&state, req.into_body()).await
         }
+        (&Method::POST, ["v1", "raft", "messages"]) => {
+            super::peers::raft_messages(&state, req.into_body()).await
+        }
+        (&Method::POST, ["v1", "raft", "propose"]) => {
+            super::peers::raft_propose(&state, req.into_body()).await
+        }
+        (&Method::POST, ["v1", "dispatcher", what]) => {
+            let what = what.to_string();
+            super::peers::dispatcher(&state, &peer, &what, req.into_body()).await
+        }
         _ => return route(state, req).await,
     };
     match result {

@@ -144,6 +144,8 @@ pub struct Forwarding {
     pub call: Arc<dyn ClusterCall>,
     /// The leader's cluster address, if one is known.
     pub leader_addr: Arc<dyn Fn() -> Option<String> + Send + Sync>,
+    /// Proposes through the leader (a follower's status reports).
+    pub writer: Arc<crate::link::Writer>,
 }
 
 struct ForwardState {
@@ -377,16 +379,25 @@ impl Dispatcher {
         }
         let n = accepted.len();
         if n > 0 {
-            self.raft
-                .propose(Command::ReportTaskStatuses {
-                    node_id: node.to_string(),
-                    updates: accepted,
-                })
-                .await
-                .map_err(|e| match e {
-                    ProposeError::Refused(e) => DispatcherError::BadRequest(e.to_string()),
-                    e => DispatcherError::Unavailable(format!("storing the task reports: {e}")),
-                })?;
+            let command = Command::ReportTaskStatuses {
+                node_id: node.to_string(),
+                updates: accepted,
+            };
+            let result = match &self.forwarding {
+                Some(fw) => fw.writer.propose(command).await,
+                None => self
+                    .raft
+                    .propose(command)
+                    .await
+                    .map(|o| o.index)
+                    .map_err(crate::link::WriteError::from),
+            };
+            result.map_err(|e| match e {
+                crate::link::WriteError::Propose(ProposeError::Refused(e)) => {
+                    DispatcherError::BadRequest(e.to_string())
+                }
+                e => DispatcherError::Unavailable(format!("storing the task reports: {e}")),
+            })?;
         }
         Ok(StatusAck {
             accepted: n,
@@ -509,7 +520,7 @@ pub async fn run(d: Arc<Dispatcher>, mut shutdown: watch::Receiver<bool>) {
                     })
                     .await
                 {
-                    Ok(()) => tracing::info!(node = %node_id, %state, "{message}"),
+                    Ok(_) => tracing::info!(node = %node_id, %state, "{message}"),
                     // Decided again at the next check.
                     Err(e) => {
                         tracing::debug!(node = %node_id, "marking the node {state} failed: {e}")

@@ -4,6 +4,7 @@
 //! Architecture invariant: the orchestrator changes the cluster only through
 //! raft proposals; `reconcile` decides, this loop proposes.
 
+pub mod managers;
 mod reconcile;
 pub mod scheduler;
 

@@ -51,6 +51,8 @@ pub struct ClusterPort {
     tls: crate::listen::TlsSwitch,
     cluster_id: ArcSwapOption<String>,
     revoked: ArcSwap<HashSet<String>>,
+    /// The outgoing side with the same certificates (set with them).
+    client: ArcSwapOption<Pool>,
 }
 
 impl ClusterPort {
@@ -68,8 +70,16 @@ impl ClusterPort {
         let config = server_config(certs)?;
         let id = cert_identity(crate::pki::cert_der(&certs.cert_pem)?.as_ref())?;
         self.cluster_id.store(Some(Arc::new(id.cluster_id)));
+        let pool = Pool::for_node(certs, client::PoolOptions::default())?;
+        self.client.store(Some(Arc::new(pool)));
         self.tls.store(Some(config));
         Ok(())
+    }
+
+    /// The pooled mTLS client presenting this node's certificate, once the
+    /// node has one.
+    pub fn client(&self) -> Option<Pool> {
+        self.client.load().as_deref().cloned()
     }
 
     /// Whether the port serves TLS (the node has certificates).

@@ -4,10 +4,21 @@
 use futures::future::BoxFuture;
 
 use crate::dispatcher::{CallError, ClusterCall};
-use crate::transport::{Pool, Target, TransportError};
+use std::sync::Arc;
 
-/// The node's pooled mTLS client, speaking to managers.
-pub struct PoolCall(pub Pool);
+use crate::transport::{ClusterPort, Pool, Target, TransportError};
+
+/// The node's pooled mTLS client (`ClusterPort::client`), speaking to managers.
+pub struct PoolCall(pub Arc<ClusterPort>);
+
+impl PoolCall {
+    fn pool(&self, addr: &str) -> Result<Pool, CallError> {
+        self.0.client().ok_or_else(|| CallError::Unreachable {
+            addr: addr.to_string(),
+            reason: "this node has no certificate yet".into(),
+        })
+    }
+}
 
 fn call_error(addr: &str, e: TransportError) -> CallError {
     match e {
@@ -35,7 +46,7 @@ impl ClusterCall for PoolCall {
         body: serde_json::Value,
     ) -> BoxFuture<'a, Result<serde_json::Value, CallError>> {
         Box::pin(async move {
-            self.0
+            self.pool(addr)?
                 .post_json(addr, &Target::Manager, path, &body)
                 .await
                 .map_err(|e| call_error(addr, e))
@@ -49,7 +60,7 @@ impl ClusterCall for PoolCall {
     ) -> BoxFuture<'a, Result<Vec<u8>, CallError>> {
         Box::pin(async move {
             let resp = self
-                .0
+                .pool(addr)?
                 .stream(
                     addr,
                     &Target::Manager,

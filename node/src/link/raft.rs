@@ -12,7 +12,7 @@
 //! Architecture invariant: sending never blocks the raft driver.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -20,50 +20,36 @@ use protobuf::Message as _;
 use raft::eraftpb::Message;
 use tokio::sync::mpsc;
 
-use crate::transport::{client::full, Pool, Target};
+use super::AddressBook;
+use crate::transport::{client::full, ClusterPort, Target};
 
 /// Batches queued per peer before new ones are dropped.
 const QUEUE: usize = 256;
 /// Largest raft request body accepted (a snapshot carries the whole state).
 pub const MAX_BODY: usize = 256 << 20;
 
-/// raft ID → cluster address of every manager this node knows.
-#[derive(Default)]
-pub struct AddressBook(RwLock<HashMap<u64, String>>);
-
-impl AddressBook {
-    pub fn get(&self, raft_id: u64) -> Option<String> {
-        self.0
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&raft_id)
-            .cloned()
-    }
-
-    pub fn set(&self, raft_id: u64, addr: String) {
-        self.0
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(raft_id, addr);
-    }
-}
-
 pub struct RaftLink {
-    pool: Pool,
+    port: Arc<ClusterPort>,
     book: Arc<AddressBook>,
     queues: Mutex<HashMap<u64, mpsc::Sender<Vec<Message>>>>,
     unreachable: mpsc::UnboundedSender<u64>,
 }
 
+impl crate::raft::RaftTransport for RaftLink {
+    fn send(&self, to: u64, msgs: Vec<Message>) {
+        RaftLink::send(self, to, msgs)
+    }
+}
+
 impl RaftLink {
     /// `unreachable` receives the raft IDs of peers a send failed to.
     pub fn new(
-        pool: Pool,
+        port: Arc<ClusterPort>,
         book: Arc<AddressBook>,
         unreachable: mpsc::UnboundedSender<u64>,
     ) -> Arc<RaftLink> {
         Arc::new(RaftLink {
-            pool,
+            port,
             book,
             queues: Mutex::default(),
             unreachable,
@@ -77,7 +63,7 @@ impl RaftLink {
             tokio::spawn(sender(
                 to,
                 rx,
-                self.pool.clone(),
+                self.port.clone(),
                 self.book.clone(),
                 self.unreachable.clone(),
             ));
@@ -92,7 +78,7 @@ impl RaftLink {
 async fn sender(
     to: u64,
     mut rx: mpsc::Receiver<Vec<Message>>,
-    pool: Pool,
+    port: Arc<ClusterPort>,
     book: Arc<AddressBook>,
     unreachable: mpsc::UnboundedSender<u64>,
 ) {
@@ -101,6 +87,10 @@ async fn sender(
         while let Ok(more) = rx.try_recv() {
             batch.extend(more);
         }
+        let Some(pool) = port.client() else {
+            tracing::debug!(to, "no certificates yet; dropping raft messages");
+            continue;
+        };
         let Some(addr) = book.get(to) else {
             tracing::debug!(to, "no address for raft peer yet; dropping messages");
             continue;

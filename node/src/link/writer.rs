@@ -16,10 +16,12 @@ use serde::{Deserialize, Serialize};
 use swarmlet_proto::Command;
 use tokio::time::Instant;
 
-use super::Cluster;
-use crate::raft::ProposeError;
+use std::sync::Arc;
+
+use super::AddressBook;
+use crate::raft::{ProposeError, RaftHandle};
 use crate::store::StoreError;
-use crate::transport::Target;
+use crate::transport::{ClusterPort, Target};
 
 /// How long a write waits for a leader (an election takes 1–2 s).
 const LEADER_WAIT: Duration = Duration::from_secs(8);
@@ -76,7 +78,14 @@ pub enum WriteError {
     NoLeader,
 }
 
-impl Cluster {
+/// Proposes through whichever manager leads. Cheap to share.
+pub struct Writer {
+    pub raft: RaftHandle,
+    pub book: Arc<AddressBook>,
+    pub port: Arc<ClusterPort>,
+}
+
+impl Writer {
     /// Proposes `command` through the leader and returns its log index once
     /// it is applied on this manager.
     pub async fn propose(&self, command: Command) -> Result<u64, WriteError> {
@@ -140,8 +149,11 @@ impl Cluster {
     }
 
     async fn forward(&self, addr: &str, command: &Command) -> Result<u64, Forwarded> {
-        let reply: ProposeReply = self
-            .pool
+        let pool = self
+            .port
+            .client()
+            .ok_or_else(|| Forwarded::Retry("this node has no certificate yet".into()))?;
+        let reply: ProposeReply = pool
             .post_json(
                 addr,
                 &Target::Manager,
@@ -178,8 +190,8 @@ enum Forwarded {
 }
 
 /// The leader's side of `POST /v1/raft/propose`.
-pub async fn serve(cluster: &Cluster, req: ProposeRequest) -> ProposeReply {
-    match cluster.raft.propose(req.command).await {
+pub async fn serve(raft: &RaftHandle, req: ProposeRequest) -> ProposeReply {
+    match raft.propose(req.command).await {
         Ok(o) => ProposeReply {
             index: Some(o.index),
             error: None,

@@ -578,7 +578,21 @@ impl Sim {
     }
 }
 
+/// Runs one schedule; a panic (raft-rs's own assertions) is a failure of
+/// that seed too, reported with it.
 fn run(seed: u64, bugs: Bugs) -> Result<Stats, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_schedule(seed, bugs)))
+        .unwrap_or_else(|panic| {
+            let what = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            Err(format!("panicked: {what}"))
+        })
+}
+
+fn run_schedule(seed: u64, bugs: Bugs) -> Result<Stats, String> {
     let mut sim = Sim::new(seed, bugs)?;
     for _ in 0..CHAOS_UNITS {
         sim.step(true)?;

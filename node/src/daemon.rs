@@ -15,8 +15,8 @@ use crate::agent::Agent;
 use crate::api::{self, ApiState};
 use crate::blobs::Blobs;
 use crate::dispatcher::{ClusterCall, Dispatcher, DispatcherConfig, Forwarding};
-use crate::link::{AddressBook, PoolCall, RaftLink, WriteError, Writer};
 use crate::identity::Identity;
+use crate::link::{AddressBook, PoolCall, RaftLink, WriteError, Writer};
 use crate::mesh::{Mesh, Publish};
 use crate::raft::{self, DiskStorage, RaftConfig, RaftHandle};
 use crate::runtime::wasm::WasmRuntime;
@@ -62,10 +62,7 @@ impl Cluster {
     }
 
     /// A client's write, applied at most once (see `link::writer`).
-    pub async fn propose_once(
-        &self,
-        command: swarmlet_proto::Command,
-    ) -> Result<u64, WriteError> {
+    pub async fn propose_once(&self, command: swarmlet_proto::Command) -> Result<u64, WriteError> {
         self.writer.propose_once(command).await
     }
 

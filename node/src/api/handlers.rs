@@ -458,7 +458,8 @@ pub async fn create_service(st: &ApiState, body: Incoming) -> Result<Response, A
         created_at_ms: now,
         updated_at_ms: now,
     };
-    cluster.propose_once(Command::CreateService {
+    cluster
+        .propose_once(Command::CreateService {
             service: service.clone(),
         })
         .await?;
@@ -535,7 +536,8 @@ fn service_id(cluster: &crate::daemon::Cluster, key: &str) -> Result<String, Api
 pub async fn remove_service(st: &ApiState, key: &str) -> Result<Response, ApiError> {
     let cluster = st.cluster()?;
     let id = service_id(cluster, key)?;
-    cluster.propose_once(Command::RemoveService {
+    cluster
+        .propose_once(Command::RemoveService {
             service_id: id.clone(),
         })
         .await?;
@@ -547,7 +549,8 @@ pub async fn scale_service(st: &ApiState, key: &str, body: Incoming) -> Result<R
     let req: ScaleRequest = body_json(body).await?;
     check_replicas(req.replicas)?;
     let id = service_id(cluster, key)?;
-    cluster.propose_once(Command::ScaleService {
+    cluster
+        .propose_once(Command::ScaleService {
             service_id: id.clone(),
             replicas: req.replicas,
         })

@@ -449,7 +449,8 @@ pub async fn join_token(st: &ApiState, role: &str, rotate: bool) -> Result<Respo
     let role = parse_role(role)?;
     let cluster = st.cluster()?;
     if rotate {
-        cluster.propose_once(Command::RotateJoinToken {
+        cluster
+            .propose_once(Command::RotateJoinToken {
                 role,
                 secret: pki::new_secret(),
             })

@@ -12,14 +12,17 @@ use crate::daemon::Cluster;
 /// How `node ls` shows one node to the manager `st`.
 fn view(st: &ApiState, cluster: &Cluster, n: &Node) -> NodeView {
     let is_self = n.id == st.identity.node_id;
-    let leader = cluster.raft.is_leader();
+    let ready = n.status.state == swarmlet_proto::NodeState::Ready;
     NodeView {
         node: n.clone(),
         status: n.status.state.to_string(),
-        manager_status: match (n.role, is_self && leader) {
-            (NodeRole::Manager, true) => "Leader".into(),
-            (NodeRole::Manager, false) => "Reachable".into(),
-            (NodeRole::Worker, _) => String::new(),
+        manager_status: match n.role {
+            NodeRole::Manager if cluster.raft.leader() == Some(n.raft_id) => "Leader".into(),
+            // Heartbeats reach the leader's dispatcher (a follower passes
+            // its own on), so a manager that is Ready is reachable.
+            NodeRole::Manager if ready || is_self => "Reachable".into(),
+            NodeRole::Manager => "Unreachable".into(),
+            NodeRole::Worker => String::new(),
         },
         is_self,
     }
@@ -54,7 +57,8 @@ pub async fn set_availability(
     let cluster = st.cluster()?;
     let req: NodeAvailabilityRequest = body_json(body).await?;
     let n = find(cluster, key)?;
-    cluster.propose_once(Command::SetNodeAvailability {
+    cluster
+        .propose_once(Command::SetNodeAvailability {
             node_id: n.id.clone(),
             availability: req.availability,
         })

@@ -38,7 +38,8 @@ pub async fn raft_messages(st: &ApiState, body: Incoming) -> Result<Response, Ap
         .await
         .map_err(|e| ApiError::bad_request(format!("reading raft messages: {e}")))?
         .to_bytes();
-    let msgs = crate::link::raft::decode(bytes).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let msgs =
+        crate::link::raft::decode(bytes).map_err(|e| ApiError::bad_request(e.to_string()))?;
     for m in msgs {
         cluster.raft.step(m);
     }
@@ -49,7 +50,10 @@ pub async fn raft_messages(st: &ApiState, body: Incoming) -> Result<Response, Ap
 pub async fn raft_propose(st: &ApiState, body: Incoming) -> Result<Response, ApiError> {
     let cluster = st.cluster()?;
     let req: crate::link::writer::ProposeRequest = body_json(body).await?;
-    Ok(json(200, &crate::link::writer::serve(&cluster.raft, req).await))
+    Ok(json(
+        200,
+        &crate::link::writer::serve(&cluster.raft, req).await,
+    ))
 }
 
 /// `POST /v1/dispatcher/{session,assignments,status,heartbeats}`.

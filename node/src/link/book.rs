@@ -25,4 +25,3 @@ impl AddressBook {
             .insert(raft_id, addr);
     }
 }
-

@@ -112,7 +112,10 @@ mod tests {
             Some(Step::AddLearner(2))
         );
         // A learner far behind waits; caught up, it votes.
-        assert_eq!(next_step(&m(&[1, 2]), &[(1, true, 100), (2, false, 3)], 1, 100), None);
+        assert_eq!(
+            next_step(&m(&[1, 2]), &[(1, true, 100), (2, false, 3)], 1, 100),
+            None
+        );
         assert_eq!(
             next_step(&m(&[1, 2]), &[(1, true, 100), (2, false, 98)], 1, 100),
             Some(Step::Promote(2))
@@ -122,6 +125,9 @@ mod tests {
             next_step(&m(&[1]), &[(1, true, 9), (2, true, 9)], 1, 9),
             Some(Step::Remove(2))
         );
-        assert_eq!(next_step(&m(&[2]), &[(1, true, 9), (2, true, 9)], 1, 9), None);
+        assert_eq!(
+            next_step(&m(&[2]), &[(1, true, 9), (2, true, 9)], 1, 9),
+            None
+        );
     }
 }

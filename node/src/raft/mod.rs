@@ -347,7 +347,7 @@ pub fn restore_store<S: RaftStorage>(storage: &S, store: &Store) -> Result<u64, 
             StorageError::UnreadableState {
                 path: storage.describe(),
                 what: "snapshot".into(),
-                source,
+                source: source.into(),
             }
         })?;
         store.restore(state);
@@ -523,7 +523,7 @@ impl Driver {
                     at_ms: now_ms(),
                     command,
                 };
-                let data = match serde_json::to_vec(&env) {
+                let data = match crate::store::entry::encode(&env) {
                     Ok(d) => d,
                     Err(e) => {
                         let _ = reply.send(Err(ProposeError::Raft(e.to_string())));
@@ -662,7 +662,7 @@ impl Driver {
             StorageError::UnreadableState {
                 path: self.storage.describe(),
                 what: "snapshot from the leader".into(),
-                source,
+                source: source.into(),
             }
         })?;
         self.store.restore(state);
@@ -758,11 +758,11 @@ impl Driver {
                     // A committed entry this node cannot read stops it:
                     // skipping it would make this replica differ from the
                     // others, and later snapshots would make that permanent.
-                    let env: Envelope = serde_json::from_slice(&data).map_err(|source| {
+                    let env: Envelope = crate::store::entry::decode(&data).map_err(|source| {
                         StorageError::UnreadableState {
                             path: self.storage.describe(),
                             what: format!("committed entry {}", entry.index),
-                            source,
+                            source: source.into(),
                         }
                     })?;
                     let result = self.store.apply(&env);

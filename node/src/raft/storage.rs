@@ -44,7 +44,7 @@ pub enum StorageError {
     UnreadableState {
         path: String,
         what: String,
-        source: serde_json::Error,
+        source: crate::store::entry::EntryError,
     },
     #[error("{path} is damaged ({detail}); the swarm state cannot be read. Restore the file from a backup, or move it away to start a new swarm with \"swarmlet init\" (its services are then lost)")]
     Damaged { path: String, detail: String },

@@ -71,13 +71,18 @@ for round in $(seq "$ROUNDS"); do
     wt=$(cli m1 swarm join-token -q worker)
     for n in m2 m3; do cli "$n" join --token "$mt" "${IP[m1]}:2377" >/dev/null; done
     for n in w1 w2; do cli "$n" join --token "$wt" "${IP[m1]}:2377" >/dev/null; done
+    # Every node Ready before the service is created, so replicas spread.
+    until [ "$(cli m1 node ls --format json | python3 -c 'import json,sys; print(sum(r["status"]=="Ready" for r in json.load(sys.stdin)))')" = 5 ]; do
+        sleep 0.1
+    done
     cli m1 service create --name web --replicas 6 "$HELLO" >/dev/null
 
     # Worker kill: the worker with most replicas.
     victim=$(cli m1 service ps web --format json | python3 -c '
 import collections, json, sys
 c = collections.Counter(t["node_name"] for t in json.load(sys.stdin) if t["node_name"].startswith("w"))
-print(c.most_common(1)[0][0] if c else "w1")')
+print(c.most_common(1)[0][0] if c else "")')
+    [ -n "$victim" ] || { echo "no replica landed on a worker; cannot measure" >&2; exit 1; }
     t0=$(now_ms)
     kill -9 "${PID[$victim]}"
     until running_elsewhere m1 web 6 "$victim"; do sleep 0.05; done

@@ -597,8 +597,8 @@ fn task_views(state: &State, s: &Service, only_running: bool) -> Vec<TaskView> {
 /// How long `status?wait=V` holds a request when nothing changes.
 const LONG_POLL: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// A service and its tasks at one store version. With `wait=V` the answer
-/// waits (up to `LONG_POLL`) until the store has moved past version V, so a
+/// A service and its tasks at one raft applied index. With `wait=V` the
+/// answer waits (up to `LONG_POLL`) until the store has applied past V, so a
 /// client following convergence learns of each change at once without
 /// polling in a loop.
 pub async fn service_status(st: &ApiState, key: &str, query: &str) -> Result<Response, ApiError> {
@@ -611,11 +611,12 @@ pub async fn service_status(st: &ApiState, key: &str, query: &str) -> Result<Res
                 .map_err(|_| ApiError::bad_request(format!("wait={v:?} is not a store version")))
         })
         .transpose()?;
+    // Versions are raft's applied index: the same number means the same
+    // state on every manager, so a client may follow on any of them.
     if let Some(v) = wait {
-        let mut changes = cluster.store.changes();
-        let _ = tokio::time::timeout(LONG_POLL, changes.wait_for(|now| *now != v)).await;
+        let _ = tokio::time::timeout(LONG_POLL, cluster.raft.wait_applied(v + 1)).await;
     }
-    let version = cluster.store.version();
+    let version = cluster.raft.applied_index();
     let state = cluster.store.read();
     let s = state.find_service(key).ok_or_else(|| not_found(key))?;
     Ok(json(

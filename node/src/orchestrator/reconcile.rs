@@ -35,9 +35,28 @@ pub fn reconcile(state: &State, now_ms: u64) -> Vec<Command> {
         }
         for slot in 1..=service.spec.replicas {
             let tasks = slots.get(&slot).map(Vec::as_slice).unwrap_or(&[]);
-            let live = tasks
+            // One task per slot should run. Two can (a CreateTasks whose
+            // fate was unknown after a leader change commits after all,
+            // beside the new leader's): keep the one furthest along
+            // (not ended, then the higher state, then the newest) and stop
+            // the others. Found by the control-plane simulation.
+            let wanted: Vec<&Task> = tasks
                 .iter()
-                .find(|t| t.desired_state == DesiredState::Running);
+                .copied()
+                .filter(|t| t.desired_state == DesiredState::Running)
+                .collect();
+            let live = wanted
+                .iter()
+                .copied()
+                .max_by_key(|t| (!t.state.is_terminal(), t.state, t.created_at_ms, &t.id));
+            if let Some(keep) = live {
+                stop.extend(
+                    wanted
+                        .iter()
+                        .filter(|t| t.id != keep.id)
+                        .map(|t| t.id.clone()),
+                );
+            }
             match live {
                 Some(t) if !t.state.is_terminal() && node_lost(state, t) => {
                     // Its node is Down (or gone): the slot gets a new task

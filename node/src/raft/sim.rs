@@ -14,7 +14,12 @@
 //! - once healed (partitions gone, crashed nodes restarted, no loss) the
 //!   cluster converges: one leader, every node applied up to its log end;
 //! - every acknowledged proposal is in every node's store, and the stores
-//!   are equal.
+//!   are equal;
+//! - desired == actual once healed: the orchestrator (`reconcile` on the
+//!   leader's store) and an agent per node (reporting the tasks its own,
+//!   possibly lagging, store assigns to it, through the leader as the
+//!   dispatcher does) bring every service, created and scaled by clients
+//!   during the chaos, to exactly its replica count, all running.
 //!
 //! `SWARMLET_SIM_SEEDS=N` runs seeds 1..=N (default 200);
 //! `SWARMLET_SIM_SEED=S` replays one; `scripts/sim.sh` runs many more.
@@ -38,6 +43,8 @@ const HEAL_UNITS: u64 = 6000;
 /// Entries after the last snapshot before a node compacts (small, so
 /// snapshots are sent to lagging and new nodes).
 const COMPACT_AT: u64 = 25;
+/// Simulated time units between two rounds of the orchestrator and agents.
+const CONTROL_EVERY: u64 = 20;
 
 /// Deliberate bugs, to show the checker catches them.
 #[derive(Clone, Copy, Default)]
@@ -100,6 +107,10 @@ fn logger() -> slog::Logger {
     slog::Logger::root(slog::Discard, slog::o!())
 }
 
+fn node_name(raft_id: u64) -> String {
+    format!("node-{raft_id}")
+}
+
 fn service(name: &str, at: u64) -> Service {
     Service {
         id: format!("id-{name}"),
@@ -129,8 +140,25 @@ impl Sim {
         let loss = [0.0, 0.01, 0.05, 0.15][rng.gen_range(0..4)];
         let max_delay = rng.gen_range(1..=40);
         // The founders share the first snapshot (as `init` writes it for one).
-        let mut snap =
-            super::bootstrap_snapshot(1, &State::default()).map_err(|e| e.to_string())?;
+        // Every node is in the store from the start, Ready, so the
+        // orchestrator places tasks on all of them.
+        let mut first = State::default();
+        for id in 1..=n {
+            first.nodes.insert(
+                node_name(id),
+                swarmlet_proto::Node {
+                    id: node_name(id),
+                    raft_id: id,
+                    hostname: node_name(id),
+                    role: swarmlet_proto::NodeRole::Manager,
+                    availability: swarmlet_proto::Availability::Active,
+                    addr: String::new(),
+                    created_at_ms: 0,
+                    status: swarmlet_proto::NodeStatus::ready(),
+                },
+            );
+        }
+        let mut snap = super::bootstrap_snapshot(1, &first).map_err(|e| e.to_string())?;
         snap.mut_metadata().mut_conf_state().voters = vec![1, 2, 3];
         let mut nodes = Vec::new();
         for id in 1..=n {
@@ -312,7 +340,7 @@ impl Sim {
             match core.on_committed(&e).map_err(|e| e.to_string())? {
                 Committed::Empty => {}
                 Committed::Command { data, proposal } => {
-                    let env: Envelope = serde_json::from_slice(&data)
+                    let env: Envelope = crate::store::entry::decode(&data)
                         .map_err(|e| format!("node {id}: unreadable entry: {e}"))?;
                     let ok = node.store.apply(&env).is_ok();
                     if let Some(name) = proposal.and_then(|p| node.waiting.remove(&p)) {
@@ -373,7 +401,7 @@ impl Sim {
                 service: service(&name, self.now),
             },
         };
-        let data = serde_json::to_vec(&env).unwrap_or_default();
+        let data = crate::store::entry::encode(&env).unwrap_or_default();
         let node = &mut self.nodes[i];
         if let Some(core) = node.core.as_mut() {
             if core.propose(id, data).is_ok() {
@@ -414,6 +442,125 @@ impl Sim {
         }
     }
 
+    /// Proposes `command` on the leader, nobody waiting for it (the
+    /// orchestrator's and the agents' proposals: they decide again next
+    /// round if it is lost).
+    fn propose_unacked(&mut self, command: Command) {
+        let Some(i) = self.leader() else { return };
+        let id = self.next_proposal;
+        self.next_proposal += 1;
+        let env = Envelope {
+            proposal_id: id,
+            at_ms: self.now,
+            command,
+        };
+        let data = crate::store::entry::encode(&env).unwrap_or_default();
+        if let Some(core) = self.nodes[i].core.as_mut() {
+            let _ = core.propose(id, data);
+        }
+    }
+
+    /// One round of the control plane above raft: the orchestrator's
+    /// `reconcile` on the leader's store, and on every live node an agent
+    /// that "runs" the tasks its own (maybe lagging) store assigns to it
+    /// and reports them through the leader, as the dispatcher does.
+    fn control(&mut self) {
+        if let Some(l) = self.leader() {
+            let commands = crate::orchestrator::reconcile(&self.nodes[l].store.read(), self.now);
+            for c in commands {
+                self.propose_unacked(c);
+            }
+        }
+        for i in 0..self.nodes.len() {
+            if self.nodes[i].core.is_none() {
+                continue;
+            }
+            let me = node_name(self.nodes[i].id);
+            let updates: Vec<swarmlet_proto::TaskStatus> = self.nodes[i]
+                .store
+                .read()
+                .tasks
+                .values()
+                .filter(|t| t.node_id.as_deref() == Some(me.as_str()))
+                .filter_map(|t| {
+                    let state = match t.desired_state {
+                        swarmlet_proto::DesiredState::Running
+                            if t.state < swarmlet_proto::TaskState::Running =>
+                        {
+                            swarmlet_proto::TaskState::Running
+                        }
+                        swarmlet_proto::DesiredState::Shutdown if !t.state.is_terminal() => {
+                            swarmlet_proto::TaskState::Shutdown
+                        }
+                        _ => return None,
+                    };
+                    Some(swarmlet_proto::TaskStatus {
+                        task_id: t.id.clone(),
+                        state,
+                        message: String::new(),
+                        error: None,
+                    })
+                })
+                .collect();
+            if !updates.is_empty() {
+                self.propose_unacked(Command::ReportTaskStatuses {
+                    node_id: me,
+                    updates,
+                });
+            }
+        }
+    }
+
+    /// A client scales a random service of the leader's store.
+    fn scale(&mut self) {
+        let Some(l) = self.leader() else { return };
+        let ids: Vec<String> = self.nodes[l]
+            .store
+            .read()
+            .services
+            .keys()
+            .cloned()
+            .collect();
+        if ids.is_empty() {
+            return;
+        }
+        let service_id = ids[self.rng.gen_range(0..ids.len())].clone();
+        let replicas = self.rng.gen_range(0..=3);
+        self.propose_unacked(Command::ScaleService {
+            service_id,
+            replicas,
+        });
+    }
+
+    /// Desired == actual on the leader's store: every service has exactly
+    /// `replicas` tasks that should run, and all of them run.
+    fn replicas_converged(&self) -> Result<(), String> {
+        let Some(l) = self.leader() else {
+            return Err("no leader".into());
+        };
+        let state = self.nodes[l].store.read();
+        for s in state.services.values() {
+            let live: Vec<_> = state
+                .tasks_of(&s.id)
+                .filter(|t| t.desired_state == swarmlet_proto::DesiredState::Running)
+                .collect();
+            let running = live
+                .iter()
+                .filter(|t| t.state == swarmlet_proto::TaskState::Running)
+                .count();
+            if live.len() as u64 != s.spec.replicas || running as u64 != s.spec.replicas {
+                return Err(format!(
+                    "service {} wants {} replicas: {} tasks should run, {} run",
+                    s.spec.name,
+                    s.spec.replicas,
+                    live.len(),
+                    running
+                ));
+            }
+        }
+        Ok(())
+    }
+
     fn check_leaders(&mut self) -> Result<(), String> {
         for node in &self.nodes {
             let Some(core) = node.core.as_ref() else {
@@ -450,6 +597,9 @@ impl Sim {
         for i in 0..self.nodes.len() {
             self.process(i)?;
         }
+        if self.now.is_multiple_of(CONTROL_EVERY) {
+            self.control();
+        }
         self.check_leaders()
     }
 
@@ -484,6 +634,9 @@ impl Sim {
         if self.rng.gen_bool(0.02) {
             self.propose();
         }
+        if self.rng.gen_bool(0.005) {
+            self.scale();
+        }
         if n > 3 && self.rng.gen_bool(0.002) {
             self.change_membership();
         }
@@ -507,12 +660,13 @@ impl Sim {
             if self.now.is_multiple_of(50) && self.nodes.len() > 3 {
                 self.change_membership();
             }
-            if self.converged() {
+            if self.converged() && self.replicas_converged().is_ok() {
                 return Ok(());
             }
         }
         Err(format!(
-            "the healed cluster did not converge in {HEAL_UNITS} time units: {}",
+            "the healed cluster did not converge in {HEAL_UNITS} time units ({}): {}",
+            self.replicas_converged().err().unwrap_or_default(),
             self.describe()
         ))
     }

@@ -277,8 +277,20 @@ pub fn start(
         crate::fault::point("init.after_bootstrap");
     }
     let applied = restore_store(&storage, &store)?;
-    let committed_at_start = storage.initial_state()?.hard_state.commit;
     let single_voter = storage.conf_state().voters == vec![cfg.id];
+    // A single voter commits everything its log holds as soon as it leads
+    // (an entry saved just before a crash, never acknowledged), so its
+    // replay waits for all of it: the API then never shows a state that
+    // changes under the client a moment later.
+    let committed_at_start = if single_voter {
+        storage
+            .initial_state()?
+            .hard_state
+            .commit
+            .max(storage.last_index()?)
+    } else {
+        storage.initial_state()?.hard_state.commit
+    };
     let core_cfg = CoreConfig {
         id: cfg.id,
         election_tick: ELECTION_TICKS,

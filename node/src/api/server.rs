@@ -57,7 +57,16 @@ impl ApiState {
         self.mesh.publish_addr()
     }
     pub fn cluster(&self) -> Result<&Cluster, ApiError> {
-        self.cluster.get().ok_or_else(ApiError::not_in_swarm)
+        self.cluster.get().ok_or_else(|| {
+            if self.joined.get().is_some() {
+                ApiError::new(
+                    503,
+                    "this node is a swarm worker: workers cannot be used to view or modify cluster state; run the command on a manager (or promote this node with \"swarmlet node promote\" on one)",
+                )
+            } else {
+                ApiError::not_in_swarm()
+            }
+        })
     }
 }
 

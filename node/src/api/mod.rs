@@ -6,6 +6,7 @@
 pub mod client;
 mod error;
 mod handlers;
+mod leave;
 pub mod join;
 mod nodes;
 mod peers;

@@ -151,7 +151,9 @@ pub async fn watch_demotion(m: ManagerSide, mut shutdown: watch::Receiver<bool>)
             _ = shutdown.changed() => return,
         }
     }
-    tracing::info!("this node was demoted to a worker; waiting for the leader to take it out of raft");
+    tracing::info!(
+        "this node was demoted to a worker; waiting for the leader to take it out of raft"
+    );
     let deadline = tokio::time::Instant::now() + REMOVAL_WAIT;
     loop {
         let in_raft = match m.raft.peers_status().await {
@@ -253,7 +255,9 @@ pub async fn watch_promotion(
             if answer.role == NodeRole::Manager {
                 match become_manager(&node_id, &data_dir, &pool, addr, &joined).await {
                     Ok(()) => restart_daemon("this worker was promoted to a manager"),
-                    Err(e) => tracing::warn!("promoted, but switching to a manager failed: {e}; retrying"),
+                    Err(e) => {
+                        tracing::warn!("promoted, but switching to a manager failed: {e}; retrying")
+                    }
                 }
             }
             break;

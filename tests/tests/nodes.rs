@@ -101,8 +101,15 @@ fn a_promoted_worker_becomes_a_manager_and_a_demoted_one_a_worker_again() {
         }
     });
     // The three managers left still write.
-    let out = m1.cli(&["service", "scale", "made-on-promoted=2"]);
-    assert!(out.status.success(), "scale after the demotion: {out:?}");
+    m1.ok(&["service", "scale", "made-on-promoted=2", "--detach"]);
+    eventually("2 running replicas after the demotion", || {
+        let out = m1.ok(&["service", "ps", "made-on-promoted"]);
+        if out.matches("Running").count() + out.matches("running").count() >= 2 {
+            Ok(())
+        } else {
+            Err(format!("{out}\n{:?}", node_rows(m1)))
+        }
+    });
     swarm.wait_all_ready();
     // Demoting an already-worker node changes nothing and says so plainly.
     m1.ok(&["node", "demote", &w.name]);

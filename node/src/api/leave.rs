@@ -41,7 +41,7 @@ pub fn leave(st: &ApiState, query: &str) -> Result<Response, ApiError> {
                  Removing the last manager erases all current state of the swarm. \
                  Use --force to ignore this message."
                     .to_string()
-            } else if reachable * 2 <= managers - 1 {
+            } else if reachable * 2 < managers {
                 format!(
                     "You are attempting to leave the swarm on a node that is participating as a manager. \
                      Removing this node leaves {reachable} reachable managers out of {}: the swarm would lose quorum \

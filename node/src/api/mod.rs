@@ -6,8 +6,8 @@
 pub mod client;
 mod error;
 mod handlers;
-mod leave;
 pub mod join;
+mod leave;
 mod nodes;
 mod peers;
 mod server;

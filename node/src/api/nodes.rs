@@ -115,15 +115,15 @@ pub async fn set_role(st: &ApiState, key: &str, body: Incoming) -> Result<Respon
     let n = find(cluster, key)?;
     if n.role == req.role {
         // Docker answers the same: nothing to do is not an error.
-        return Ok(json(200, &serde_json::json!({ "id": n.id, "changed": false })));
+        return Ok(json(
+            200,
+            &serde_json::json!({ "id": n.id, "changed": false }),
+        ));
     }
     if req.role == NodeRole::Worker {
         let state = cluster.store.read();
         let nodes: Vec<&Node> = state.nodes.values().collect();
-        let managers = nodes
-            .iter()
-            .filter(|n| n.role == NodeRole::Manager)
-            .count();
+        let managers = nodes.iter().filter(|n| n.role == NodeRole::Manager).count();
         if managers <= 1 {
             // Never forced: a swarm without managers cannot be managed.
             return Err(ApiError::conflict(format!(
@@ -143,7 +143,10 @@ pub async fn set_role(st: &ApiState, key: &str, body: Incoming) -> Result<Respon
         })
         .await?;
     tracing::info!(node = %n.id, role = ?req.role, "node role changed");
-    Ok(json(200, &serde_json::json!({ "id": n.id, "changed": true })))
+    Ok(json(
+        200,
+        &serde_json::json!({ "id": n.id, "changed": true }),
+    ))
 }
 
 /// `DELETE /v1/nodes/{id}[?force=true]`.
@@ -164,11 +167,7 @@ pub async fn remove(st: &ApiState, key: &str, query: &str) -> Result<Response, A
         let state = cluster.store.read();
         let nodes: Vec<&Node> = state.nodes.values().collect();
         if n.role == NodeRole::Manager
-            && nodes
-                .iter()
-                .filter(|n| n.role == NodeRole::Manager)
-                .count()
-                <= 1
+            && nodes.iter().filter(|n| n.role == NodeRole::Manager).count() <= 1
         {
             return Err(ApiError::conflict(format!(
                 "node {} is the last manager of the swarm and cannot be removed",

@@ -231,3 +231,30 @@ fn a_worker_leaves_and_joins_again() {
         }
     });
 }
+
+#[test]
+fn the_demoted_leader_hands_over_and_becomes_a_worker() {
+    let swarm = Swarm::start("demoteleader", 3, 0);
+    let leader = swarm.leader();
+    let old = &swarm.managers[leader];
+    let other = &swarm.managers[(leader + 1) % 3];
+    let out = other.ok(&["node", "demote", &old.name]);
+    assert!(out.contains("demoted"), "{out}");
+    eventually(
+        &format!("{} a Ready worker and a new leader", old.name),
+        || {
+            let rows = node_rows(other)?;
+            let r = row(other, &old.name)?;
+            let leaders = rows.iter().filter(|r| r.manager_status == "Leader").count();
+            if r.role == "worker" && r.status == "Ready" && leaders == 1 {
+                Ok(())
+            } else {
+                Err(format!("{rows:?}"))
+            }
+        },
+    );
+    // The two managers left still change the swarm.
+    other.create("after-leader-demotion", "hello", &["--replicas", "3"]);
+    let err = old.fails(&["service", "ls"]);
+    assert!(err.contains("manager"), "{err}");
+}

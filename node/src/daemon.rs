@@ -129,6 +129,10 @@ pub async fn start_manager(
         "address book",
         keep_addresses(store.clone(), book.clone(), st.shutdown.clone()),
     );
+    spawn_critical(
+        "revoked certificates",
+        keep_revoked(store.clone(), st.cluster_port.clone(), st.shutdown.clone()),
+    );
     tokio::spawn(async move {
         let why = match raft_task.await {
             Ok(Ok(())) => return,
@@ -151,6 +155,18 @@ pub async fn start_manager(
     spawn_critical(
         "manager set",
         crate::orchestrator::managers::run(store.clone(), handle.clone(), st.shutdown.clone()),
+    );
+    spawn_critical(
+        "demotion watch",
+        crate::roles::watch_demotion(
+            crate::roles::ManagerSide {
+                node_id: st.identity.node_id.clone(),
+                data_dir: st.data_dir.clone(),
+                store: store.clone(),
+                raft: handle.clone(),
+            },
+            st.shutdown.clone(),
+        ),
     );
     let writer = Arc::new(Writer {
         raft: handle.clone(),
@@ -230,6 +246,24 @@ async fn keep_addresses(
     }
 }
 
+/// Keeps the cluster port's refused certificates in line with the store's
+/// removed nodes, on every manager.
+async fn keep_revoked(
+    store: Arc<Store>,
+    port: Arc<crate::transport::ClusterPort>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut changes = store.changes();
+    loop {
+        let removed = store.read().removed_nodes.iter().cloned().collect();
+        port.set_revoked(removed);
+        tokio::select! {
+            r = changes.changed() => if r.is_err() { return },
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
 /// A worker's parts: its agent on the dispatcher of whichever manager
 /// answers (the join answer's managers, later the ones it is told about).
 async fn start_worker(st: &ApiState, joined: &crate::api::join::Joined) -> anyhow::Result<()> {
@@ -257,6 +291,16 @@ async fn start_worker(st: &ApiState, joined: &crate::api::join::Joined) -> anyho
         mesh: st.mesh.clone(),
     };
     spawn_critical("agent", agent.run(st.shutdown.clone()));
+    spawn_critical(
+        "promotion watch",
+        crate::roles::watch_promotion(
+            st.identity.node_id.clone(),
+            st.data_dir.clone(),
+            st.cluster_port.clone(),
+            joined.clone(),
+            st.shutdown.clone(),
+        ),
+    );
     Ok(())
 }
 

@@ -21,6 +21,7 @@ pub mod netutil;
 pub mod orchestrator;
 pub mod pki;
 pub mod raft;
+pub mod roles;
 pub mod runtime;
 pub mod store;
 pub mod transport;

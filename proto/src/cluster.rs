@@ -115,3 +115,25 @@ pub struct ClientBundle {
     pub cert_pem: String,
     pub key_pem: String,
 }
+
+/// `POST /v1/dispatcher/role` (cluster port, node certificates): a node asks
+/// which role the store gives it, and with `csr_pem` a certificate for that
+/// role (a promoted worker needs a manager certificate).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RoleRequest {
+    #[serde(default)]
+    pub csr_pem: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RoleAnswer {
+    pub role: NodeRole,
+    /// Signed for `role` when the request carried a CSR.
+    #[serde(default)]
+    pub cert_pem: Option<String>,
+    pub cluster_id: String,
+    /// Cluster-port addresses of the managers.
+    pub managers: Vec<String>,
+    /// The managers' raft IDs and addresses.
+    pub peers: Vec<ManagerPeer>,
+}

@@ -7,6 +7,7 @@ pub mod client;
 mod error;
 mod handlers;
 pub mod join;
+mod leave;
 mod nodes;
 mod peers;
 mod server;

@@ -2,7 +2,7 @@
 //! ask of a manager.
 
 use hyper::body::Incoming;
-use swarmlet_proto::api::{NodeAvailabilityRequest, NodeView};
+use swarmlet_proto::api::{NodeAvailabilityRequest, NodeRoleRequest, NodeView};
 use swarmlet_proto::{Command, Node, NodeRole};
 
 use super::server::{body_json, json, ApiState, Response};
@@ -64,4 +64,198 @@ pub async fn set_availability(
         })
         .await?;
     Ok(json(200, &serde_json::json!({ "id": n.id })))
+}
+
+/// Whether the managers left after `leaving` goes can still form a quorum
+/// (Docker's rule): counting only reachable ones (`Ready`, or the node
+/// answering), they must be a majority of the new manager count. `Err`
+/// says why not and what to do.
+fn quorum_after(
+    st: &ApiState,
+    nodes: &[&Node],
+    leaving: &Node,
+    what: &str,
+) -> Result<(), ApiError> {
+    let managers: Vec<&&Node> = nodes
+        .iter()
+        .filter(|n| n.role == NodeRole::Manager)
+        .collect();
+    if managers.len() <= 1 {
+        return Err(ApiError::conflict(format!(
+            "node {} is the last manager of the swarm: it cannot be {what}; \
+             removing the last manager erases all current state of the swarm. \
+             Promote another node first (\"swarmlet node promote NODE\")",
+            leaving.hostname
+        )));
+    }
+    let left = managers.len() - 1;
+    let reachable = managers
+        .iter()
+        .filter(|n| n.id != leaving.id)
+        .filter(|n| {
+            n.status.state == swarmlet_proto::NodeState::Ready || n.id == st.identity.node_id
+        })
+        .count();
+    if reachable * 2 <= left {
+        return Err(ApiError::conflict(format!(
+            "node {} cannot be {what}: only {reachable} of the {left} managers left would be \
+             reachable, fewer than a quorum ({} needed), and the swarm could no longer change. \
+             Bring the Down managers back first, or repeat with --force to do it anyway",
+            leaving.hostname,
+            left / 2 + 1
+        )));
+    }
+    Ok(())
+}
+
+/// `POST /v1/nodes/{id}/role` `{role, force}`: promote or demote.
+pub async fn set_role(st: &ApiState, key: &str, body: Incoming) -> Result<Response, ApiError> {
+    let cluster = st.cluster()?;
+    let req: NodeRoleRequest = body_json(body).await?;
+    let n = find(cluster, key)?;
+    if n.role == req.role {
+        // Docker answers the same: nothing to do is not an error.
+        return Ok(json(
+            200,
+            &serde_json::json!({ "id": n.id, "changed": false }),
+        ));
+    }
+    if req.role == NodeRole::Worker {
+        let state = cluster.store.read();
+        let nodes: Vec<&Node> = state.nodes.values().collect();
+        let managers = nodes.iter().filter(|n| n.role == NodeRole::Manager).count();
+        if managers <= 1 {
+            // Never forced: a swarm without managers cannot be managed.
+            return Err(ApiError::conflict(format!(
+                "node {} is the last manager of the swarm and cannot be demoted; \
+                 promote another node first (\"swarmlet node promote NODE\")",
+                n.hostname
+            )));
+        }
+        if !req.force {
+            quorum_after(st, &nodes, &n, "demoted")?;
+        }
+    }
+    cluster
+        .propose_once(Command::SetNodeRole {
+            node_id: n.id.clone(),
+            role: req.role,
+        })
+        .await?;
+    tracing::info!(node = %n.id, role = ?req.role, "node role changed");
+    Ok(json(
+        200,
+        &serde_json::json!({ "id": n.id, "changed": true }),
+    ))
+}
+
+/// `DELETE /v1/nodes/{id}[?force=true]`.
+pub async fn remove(st: &ApiState, key: &str, query: &str) -> Result<Response, ApiError> {
+    let cluster = st.cluster()?;
+    let force = query
+        .split('&')
+        .any(|kv| kv == "force=true" || kv == "force=1" || kv == "force");
+    let n = find(cluster, key)?;
+    if n.id == st.identity.node_id {
+        return Err(ApiError::conflict(format!(
+            "node {} is the node answering this request; run \"swarmlet leave\" on it \
+             (demote it first if it is a manager), or \"node rm\" it from another manager",
+            n.hostname
+        )));
+    }
+    {
+        let state = cluster.store.read();
+        let nodes: Vec<&Node> = state.nodes.values().collect();
+        if n.role == NodeRole::Manager
+            && nodes.iter().filter(|n| n.role == NodeRole::Manager).count() <= 1
+        {
+            return Err(ApiError::conflict(format!(
+                "node {} is the last manager of the swarm and cannot be removed",
+                n.hostname
+            )));
+        }
+        if !force {
+            if n.status.state == swarmlet_proto::NodeState::Ready {
+                return Err(ApiError::conflict(format!(
+                    "node {} is not down and can't be removed: run \"swarmlet leave\" on it \
+                     first, or repeat with --force",
+                    n.hostname
+                )));
+            }
+            if n.role == NodeRole::Manager {
+                quorum_after(st, &nodes, &n, "removed")?;
+            }
+        }
+    }
+    cluster
+        .propose_once(Command::RemoveNode {
+            node_id: n.id.clone(),
+        })
+        .await?;
+    tracing::info!(node = %n.id, "node removed from the swarm");
+    Ok(json(200, &serde_json::json!({ "id": n.id })))
+}
+
+/// `POST /v1/dispatcher/role` (a node about itself): the role the store
+/// gives the caller, and with a CSR a certificate for that role.
+pub fn node_role(
+    st: &ApiState,
+    caller_node_id: &str,
+    req: swarmlet_proto::cluster::RoleRequest,
+) -> Result<Response, ApiError> {
+    let cluster = st.cluster()?;
+    let (me, ca, cluster_id, managers) = {
+        let s = cluster.store.read();
+        let managers: Vec<Node> = s
+            .nodes
+            .values()
+            .filter(|n| n.role == NodeRole::Manager)
+            .cloned()
+            .collect();
+        (
+            s.nodes.get(caller_node_id).cloned(),
+            s.cluster_ca.clone(),
+            s.cluster_id.clone(),
+            managers,
+        )
+    };
+    let me = me.ok_or_else(|| {
+        ApiError::not_found(format!(
+            "node {caller_node_id} is not in this swarm; run \"swarmlet leave\" on it and join again"
+        ))
+    })?;
+    let (Some(ca), Some(cluster_id)) = (ca, cluster_id) else {
+        return Err(ApiError::new(503, "this swarm has no cluster CA"));
+    };
+    let cert_pem = match req.csr_pem {
+        Some(csr) => {
+            let ca = crate::pki::Ca::load(&ca).map_err(|e| ApiError::new(500, e.to_string()))?;
+            let role = match me.role {
+                NodeRole::Manager => crate::pki::CertRole::Manager,
+                NodeRole::Worker => crate::pki::CertRole::Worker,
+            };
+            let cert = ca
+                .sign_node(&csr, &me.id, role, &cluster_id)
+                .map_err(|e| ApiError::bad_request(e.to_string()))?;
+            tracing::info!(node = %me.id, ?role, "issued a certificate for a node's new role");
+            Some(cert)
+        }
+        None => None,
+    };
+    Ok(json(
+        200,
+        &swarmlet_proto::cluster::RoleAnswer {
+            role: me.role,
+            cert_pem,
+            cluster_id,
+            managers: managers.iter().map(|n| n.addr.clone()).collect(),
+            peers: managers
+                .iter()
+                .map(|n| swarmlet_proto::cluster::ManagerPeer {
+                    raft_id: n.raft_id,
+                    addr: n.addr.clone(),
+                })
+                .collect(),
+        },
+    ))
 }

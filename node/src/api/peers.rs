@@ -56,7 +56,7 @@ pub async fn raft_propose(st: &ApiState, body: Incoming) -> Result<Response, Api
     ))
 }
 
-/// `POST /v1/dispatcher/{session,assignments,status,heartbeats}`.
+/// `POST /v1/dispatcher/{session,assignments,status,heartbeats,role}`.
 pub async fn dispatcher(
     st: &ApiState,
     peer: &Peer,
@@ -70,6 +70,8 @@ pub async fn dispatcher(
         "assignments" => answer(routes::assignments(d, &caller, body_json(body).await?).await),
         "status" => answer(routes::status(d, &caller, body_json(body).await?).await),
         "heartbeats" => answer(routes::heartbeats(d, &caller, body_json(body).await?).await),
+        // A node about its own role (promotion), with a CSR its new certificate.
+        "role" => super::nodes::node_role(st, &caller.node_id, body_json(body).await?),
         other => Err(ApiError::not_found(format!(
             "no dispatcher route {other:?}"
         ))),

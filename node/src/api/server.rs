@@ -131,6 +131,9 @@ async fn route(state: Arc<ApiState>, req: hyper::Request<Incoming>) -> Response 
         (&Method::POST, ["v1", "nodes", key, "availability"]) => {
             nodes::set_availability(&state, key, body).await
         }
+        (&Method::POST, ["v1", "nodes", key, "role"]) => nodes::set_role(&state, key, body).await,
+        (&Method::DELETE, ["v1", "nodes", key]) => nodes::remove(&state, key, &query).await,
+        (&Method::POST, ["v1", "swarm", "leave"]) => super::leave::leave(&state, &query),
         (&Method::POST, ["v1", "blobs"]) => handlers::put_blob(&state, body).await,
         (&Method::GET, ["v1", "blobs", digest]) => handlers::get_blob(&state, digest),
         (&Method::GET, ["v1", "services"]) => handlers::services(&state),

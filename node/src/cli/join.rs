@@ -142,3 +142,35 @@ pub async fn ca(c: Client, a: CaArgs) -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[derive(clap::Args)]
+pub struct LeaveArgs {
+    /// Leave even as a manager (the swarm may lose its quorum; the last
+    /// manager's leaving erases the swarm's state)
+    #[arg(short, long)]
+    force: bool,
+}
+
+/// `leave [--force]`: the daemon forgets the swarm and restarts as a new
+/// node (a new node ID); this waits until the restarted daemon answers, so
+/// the next command (e.g. `join`) finds it.
+pub async fn leave(c: Client, a: LeaveArgs) -> anyhow::Result<()> {
+    use swarmlet_proto::api::InfoResponse;
+    let before: InfoResponse = c.get("/v1/info").await?;
+    let q = if a.force { "?force=true" } else { "" };
+    c.post::<_, serde_json::Value>(&format!("/v1/swarm/leave{q}"), &serde_json::json!({}))
+        .await
+        .context("leaving the swarm failed")?;
+    for _ in 0..600 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        if let Ok(now) = c.get::<InfoResponse>("/v1/info").await {
+            if now.node_id != before.node_id {
+                println!("Node left the swarm.");
+                return Ok(());
+            }
+        }
+    }
+    anyhow::bail!(
+        "the node forgot the swarm but its daemon did not come back within a minute; check its log (journalctl -u swarmlet)"
+    )
+}

@@ -60,6 +60,8 @@ enum Command {
     CompileComponent(CompileArgs),
     /// Join a swarm as a worker or manager (the token says which)
     Join(join::JoinArgs),
+    /// Leave the swarm (a manager only with --force; demote it first)
+    Leave(join::LeaveArgs),
 }
 
 #[derive(Args)]
@@ -82,6 +84,8 @@ enum SwarmCommand {
     JoinToken(join::JoinTokenArgs),
     /// The cluster CA: write a client bundle for remote control
     Ca(join::CaArgs),
+    /// Leave the swarm (a manager only with --force; demote it first)
+    Leave(join::LeaveArgs),
 }
 
 #[derive(Args)]
@@ -217,6 +221,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Swarm(SwarmCommand::JoinToken(a)) => join::join_token(client(cli.host)?, a).await,
         Command::Swarm(SwarmCommand::Ca(a)) => join::ca(client(cli.host)?, a).await,
+        Command::Leave(a) | Command::Swarm(SwarmCommand::Leave(a)) => {
+            join::leave(client(cli.host)?, a).await
+        }
     }
 }
 

@@ -48,9 +48,13 @@ pub fn next_step(
     {
         return Some(Step::Promote(p.0));
     }
+    // Others first; a demoted leader removes itself last (it then stops
+    // counting in the quorum, and its node restarts as a worker: see
+    // `roles::watch_demotion`; the others elect a new leader).
     peers
         .iter()
-        .find(|p| p.0 != me && !managers.contains(&p.0))
+        .filter(|p| !managers.contains(&p.0))
+        .min_by_key(|p| p.0 == me)
         .map(|p| Step::Remove(p.0))
 }
 
@@ -120,14 +124,18 @@ mod tests {
             next_step(&m(&[1, 2]), &[(1, true, 100), (2, false, 98)], 1, 100),
             Some(Step::Promote(2))
         );
-        // A demoted or removed manager leaves; the leader never removes itself here.
+        // A demoted or removed manager leaves; a demoted leader leaves last.
         assert_eq!(
             next_step(&m(&[1]), &[(1, true, 9), (2, true, 9)], 1, 9),
             Some(Step::Remove(2))
         );
         assert_eq!(
+            next_step(&m(&[2]), &[(1, true, 9), (2, true, 9), (3, true, 9)], 1, 9),
+            Some(Step::Remove(3))
+        );
+        assert_eq!(
             next_step(&m(&[2]), &[(1, true, 9), (2, true, 9)], 1, 9),
-            None
+            Some(Step::Remove(1))
         );
     }
 }

@@ -18,7 +18,7 @@ mod token;
 
 pub use ca::{create_ca, new_csr, Ca, NodeKey, CA_VALIDITY, NODE_CERT_VALIDITY};
 pub use files::{
-    load_client_bundle, load_node_certs, save_node_certs, write_client_bundle, NodeCerts,
+    certs_dir, load_client_bundle, load_node_certs, save_node_certs, write_client_bundle, NodeCerts,
 };
 pub use names::{cert_identity, CertIdentity, CertKind, CertRole};
 pub use token::{ca_digest, new_secret, verify_token, Token, TokenError};

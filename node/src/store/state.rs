@@ -76,6 +76,10 @@ pub struct State {
     /// The join tokens' secrets (current per role + retired), set at `init`.
     #[serde(default)]
     pub join_tokens: Option<swarmlet_proto::cluster::JoinTokens>,
+    /// IDs of nodes removed with `node rm`: their certificates are refused
+    /// on every manager's cluster port (`ClusterPort::set_revoked`).
+    #[serde(default)]
+    pub removed_nodes: std::collections::BTreeSet<String>,
 }
 
 impl State {
@@ -265,6 +269,7 @@ impl State {
                 self.nodes
                     .remove(node_id)
                     .ok_or_else(|| StoreError::NoSuchNode(node_id.clone()))?;
+                self.removed_nodes.insert(node_id.clone());
                 // Its tasks are replaced elsewhere by the orchestrator.
                 for t in self
                     .tasks

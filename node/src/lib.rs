@@ -15,6 +15,7 @@ pub mod fsutil;
 pub mod identity;
 pub mod link;
 pub mod listen;
+pub mod gossip;
 pub mod membership;
 pub mod mesh;
 pub mod netutil;

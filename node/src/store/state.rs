@@ -76,6 +76,10 @@ pub struct State {
     /// The join tokens' secrets (current per role + retired), set at `init`.
     #[serde(default)]
     pub join_tokens: Option<swarmlet_proto::cluster::JoinTokens>,
+    /// The cluster's gossip key (64 hex characters), set at `init` and
+    /// handed to joining nodes; it keys the MAC on every gossip datagram.
+    #[serde(default)]
+    pub gossip_key: Option<String>,
 }
 
 impl State {

@@ -471,9 +471,11 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     // configuration error the operator must see now, not a silent hint gap.
     match crate::gossip::start(&state).await {
         Ok(()) | Err(crate::gossip::GossipStartError::NotInSwarm) => {}
-        Err(e @ crate::gossip::GossipStartError::Membership(
-            crate::membership::MembershipError::Bind { .. },
-        )) => return Err(e.into()),
+        Err(
+            e @ crate::gossip::GossipStartError::Membership(
+                crate::membership::MembershipError::Bind { .. },
+            ),
+        ) => return Err(e.into()),
         Err(e) => tracing::warn!("running without gossip: {e}"),
     }
     tracing::info!(

@@ -31,7 +31,9 @@ use swarmlet_proto::{Availability, NodeRole};
 /// Why membership did not start.
 #[derive(Debug, thiserror::Error)]
 pub enum GossipStartError {
-    #[error("this swarm has no gossip key (it was created by an older swarmlet); gossip stays off")]
+    #[error(
+        "this swarm has no gossip key (it was created by an older swarmlet); gossip stays off"
+    )]
     NoKey,
     #[error("this node is not in a swarm")]
     NotInSwarm,
@@ -65,11 +67,11 @@ fn seeds_of<'a>(addrs: impl IntoIterator<Item = &'a String>) -> Vec<SocketAddr> 
 }
 
 fn plan(st: &ApiState) -> Result<Plan, GossipStartError> {
-    let joined: Option<Joined> = st.joined.get().cloned().or_else(|| {
-        crate::api::join::load_joined(&st.data_dir)
-            .ok()
-            .flatten()
-    });
+    let joined: Option<Joined> = st
+        .joined
+        .get()
+        .cloned()
+        .or_else(|| crate::api::join::load_joined(&st.data_dir).ok().flatten());
     let from_store = st.cluster.get().map(|c| {
         let s = c.store.read();
         let managers: Vec<String> = s
@@ -117,9 +119,8 @@ fn plan(st: &ApiState) -> Result<Plan, GossipStartError> {
     };
     let mut seeds = seeds_of(&store_managers);
     if seeds.is_empty() {
-        let known = crate::agent::remote::RemoteSource::load_managers(
-            &st.data_dir.join("managers.json"),
-        );
+        let known =
+            crate::agent::remote::RemoteSource::load_managers(&st.data_dir.join("managers.json"));
         seeds = seeds_of(
             known
                 .iter()
@@ -136,17 +137,22 @@ fn plan(st: &ApiState) -> Result<Plan, GossipStartError> {
     })
 }
 
-/// Where to bind gossip and what to advertise, for a node whose cluster
-/// address is `addr`.
-fn addresses(st: &ApiState, addr: SocketAddr) -> (SocketAddr, Option<SocketAddr>) {
-    match st.gossip_addr {
+/// Where to bind gossip and what to advertise: `flag` is `--gossip-addr`,
+/// `listen` the cluster listen address, `addr` the node's advertised
+/// cluster address.
+fn addresses(
+    flag: Option<SocketAddr>,
+    listen: SocketAddr,
+    addr: SocketAddr,
+) -> (SocketAddr, Option<SocketAddr>) {
+    match flag {
         Some(g) if g.ip().is_unspecified() => (g, Some(SocketAddr::new(addr.ip(), g.port()))),
         Some(g) => (g, None),
-        None if st.api_addr.ip().is_unspecified() => (
-            SocketAddr::new(st.api_addr.ip(), DEFAULT_GOSSIP_PORT),
+        None if listen.ip().is_unspecified() => (
+            SocketAddr::new(listen.ip(), DEFAULT_GOSSIP_PORT),
             Some(default_gossip_addr(addr)),
         ),
-        None => (default_gossip_addr(st.api_addr), None),
+        None => (default_gossip_addr(listen), None),
     }
 }
 
@@ -157,7 +163,7 @@ pub async fn start(st: &ApiState) -> Result<(), GossipStartError> {
         .membership
         .get_or_try_init(|| async {
             let plan = plan(st)?;
-            let (bind_addr, advertise_addr) = addresses(st, plan.addr);
+            let (bind_addr, advertise_addr) = addresses(st.gossip_addr, st.api_addr, plan.addr);
             let mut info = NodeInfo::new(plan.role, plan.addr.to_string());
             info.availability = plan.availability;
             let m = Membership::start(MembershipConfig {
@@ -233,6 +239,34 @@ async fn follow_self(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn sa(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn gossip_binds_beside_the_cluster_port_unless_told_otherwise() {
+        let me = sa("10.0.0.5:2377");
+        // Default: the listen IP, port 7946, advertised as bound.
+        assert_eq!(
+            addresses(None, sa("10.0.0.5:2377"), me),
+            (sa("10.0.0.5:7946"), None)
+        );
+        // Listening everywhere: bind everywhere, advertise the node's IP.
+        assert_eq!(
+            addresses(None, sa("0.0.0.0:2377"), me),
+            (sa("0.0.0.0:7946"), Some(sa("10.0.0.5:7946")))
+        );
+        // --gossip-addr wins; a wildcard one is advertised on the node's IP.
+        assert_eq!(
+            addresses(Some(sa("10.0.0.5:8000")), sa("0.0.0.0:2377"), me),
+            (sa("10.0.0.5:8000"), None)
+        );
+        assert_eq!(
+            addresses(Some(sa("0.0.0.0:8000")), sa("10.0.0.5:2377"), me),
+            (sa("0.0.0.0:8000"), Some(sa("10.0.0.5:8000")))
+        );
+    }
 
     #[test]
     fn seeds_are_the_managers_ips_on_the_gossip_port() {

@@ -176,7 +176,8 @@ pub fn info_json(node: &Node) -> Result<serde_json::Value, String> {
     if !out.status.success() {
         return Err(String::from_utf8_lossy(&out.stderr).into_owned());
     }
-    serde_json::from_slice(&out.stdout).map_err(|e| format!("info --format json printed no JSON: {e}"))
+    serde_json::from_slice(&out.stdout)
+        .map_err(|e| format!("info --format json printed no JSON: {e}"))
 }
 
 /// `node inspect ID` on `node`: the one view it prints, or the CLI's error.

@@ -23,7 +23,10 @@ fn gossip_spreads_platforms_rejects_forgeries_and_notices_a_dead_manager() {
     // (the store never holds it).
     for m in &swarm.managers {
         eventually(
-            &format!("{}'s node inspect to show the worker's gossiped platform", m.name),
+            &format!(
+                "{}'s node inspect to show the worker's gossiped platform",
+                m.name
+            ),
             || {
                 let v = inspect_node(m, &worker_id)?;
                 let g = &v["gossip"];
@@ -71,7 +74,8 @@ fn gossip_spreads_platforms_rejects_forgeries_and_notices_a_dead_manager() {
         .expect("a rejected-datagram count");
     let sock = UdpSocket::bind((worker.ip, 0)).expect("bind a UDP socket");
     let to = format!("{}:7946", target.ip);
-    sock.send_to(b"not gossip at all", &to).expect("send garbage");
+    sock.send_to(b"not gossip at all", &to)
+        .expect("send garbage");
     let mut forged = vec![1u8];
     forged.extend_from_slice(&[0xAB; 32]);
     forged.extend_from_slice(b"\x00a chitchat message from someone without the key");
@@ -84,7 +88,10 @@ fn gossip_spreads_platforms_rejects_forgeries_and_notices_a_dead_manager() {
         }
     });
     let g = info_json(target).expect("info")["gossip"].clone();
-    assert_eq!(g["members"], 4, "a forged datagram changed the members: {g}");
+    assert_eq!(
+        g["members"], 4,
+        "a forged datagram changed the members: {g}"
+    );
     let rows = node_rows(target).expect("node ls");
     assert_eq!(rows.len(), 4, "{rows:?}");
 
@@ -96,7 +103,10 @@ fn gossip_spreads_platforms_rejects_forgeries_and_notices_a_dead_manager() {
     swarm.managers[victim].kill9();
     for m in swarm.managers.iter().filter(|m| m.pid().is_some()) {
         eventually(
-            &format!("{} to show the killed manager {victim_name} Unreachable", m.name),
+            &format!(
+                "{} to show the killed manager {victim_name} Unreachable",
+                m.name
+            ),
             || {
                 let rows = node_rows(m)?;
                 let row = rows
@@ -116,5 +126,41 @@ fn gossip_spreads_platforms_rejects_forgeries_and_notices_a_dead_manager() {
         );
         let g = info_json(m).expect("info")["gossip"].clone();
         assert_eq!(g["live"], 3, "{}: {g}", m.name);
+    }
+
+    // Restarts: the manager (key from its raft store) and the worker (key
+    // from swarm.json) gossip again, and everyone sees all four live.
+    swarm.managers[victim].spawn();
+    swarm.workers[0].sigterm();
+    swarm.workers[0].spawn();
+    for n in swarm.nodes() {
+        eventually(
+            &format!(
+                "{} to gossip with 4 live members after the restarts",
+                n.name
+            ),
+            || {
+                let g = info_json(n)?["gossip"].clone();
+                if g["running"] == true && g["members"] == 4 && g["live"] == 4 {
+                    Ok(())
+                } else {
+                    Err(g.to_string())
+                }
+            },
+        );
+    }
+    for m in &swarm.managers {
+        eventually(
+            &format!("{} to show {victim_name} Reachable again", m.name),
+            || {
+                let rows = node_rows(m)?;
+                match rows.iter().find(|r| r.hostname == victim_name) {
+                    Some(r) if r.manager_status == "Reachable" || r.manager_status == "Leader" => {
+                        Ok(())
+                    }
+                    _ => Err(format!("{rows:?}")),
+                }
+            },
+        );
     }
 }

@@ -362,11 +362,7 @@ impl Membership {
     /// keeps the membership in its API state); later calls do nothing.
     pub async fn stop(&self) -> Result<(), MembershipError> {
         self.refresher.abort();
-        let handle = self
-            .handle
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
+        let handle = self.handle.lock().unwrap_or_else(|p| p.into_inner()).take();
         match handle {
             Some(handle) => handle
                 .shutdown()

@@ -109,6 +109,7 @@ pub(crate) async fn cluster() -> TestCluster {
         storage,
         store.clone(),
         Some(state),
+        Arc::new(raft::NoTransport),
         stop,
     )
     .unwrap();

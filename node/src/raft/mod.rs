@@ -762,7 +762,7 @@ impl Driver {
                         StorageError::UnreadableState {
                             path: self.storage.describe(),
                             what: format!("committed entry {}", entry.index),
-                            source: source.into(),
+                            source,
                         }
                     })?;
                     let result = self.store.apply(&env);

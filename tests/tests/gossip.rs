@@ -163,4 +163,25 @@ fn gossip_spreads_platforms_rejects_forgeries_and_notices_a_dead_manager() {
             },
         );
     }
+
+    // A gossip port someone else holds stops the daemon at start, saying
+    // which address and which flag; freed, the node starts and gossips.
+    let w = &mut swarm.workers[0];
+    w.sigterm();
+    let squatter = UdpSocket::bind((w.ip, 7946)).expect("take the worker's gossip port");
+    let stderr = w.refuses_to_start(&[]);
+    assert!(
+        stderr.contains(&format!("{}:7946", w.ip)) && stderr.contains("--gossip-addr"),
+        "{stderr}"
+    );
+    drop(squatter);
+    w.spawn();
+    eventually("the worker to gossip again once its port is free", || {
+        let g = info_json(&swarm.workers[0])?["gossip"].clone();
+        if g["running"] == true && g["live"] == 4 {
+            Ok(())
+        } else {
+            Err(g.to_string())
+        }
+    });
 }

@@ -40,6 +40,8 @@ pub struct DaemonConfig {
     pub instance_memory_budget: Option<u64>,
     /// `--node-down-after` (dispatcher::DEFAULT_NODE_DOWN_AFTER).
     pub node_down_after: Duration,
+    /// `--gossip-addr`; `None`: the listen IP with port 7946.
+    pub gossip_addr: Option<SocketAddr>,
 }
 
 /// The parts that exist once the node is in a swarm.
@@ -492,6 +494,9 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         cluster_port: crate::transport::ClusterPort::new(),
         joined: tokio::sync::OnceCell::new(),
         node_down_after: cfg.node_down_after,
+        gossip_addr: cfg.gossip_addr,
+        membership: tokio::sync::OnceCell::new(),
+        gossip_error: std::sync::Mutex::new(None),
     });
     if let Some(cluster) = start_cluster(&state, None).await? {
         let _ = state.cluster.set(cluster);
@@ -505,6 +510,17 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         if state.cluster.get().is_none() {
             after_join(&state, &joined).await?;
         }
+    }
+    // A node in a swarm gossips; a gossip port that cannot be bound is a
+    // configuration error the operator must see now, not a silent hint gap.
+    match crate::gossip::start(&state).await {
+        Ok(()) | Err(crate::gossip::GossipStartError::NotInSwarm) => {}
+        Err(
+            e @ crate::gossip::GossipStartError::Membership(
+                crate::membership::MembershipError::Bind { .. },
+            ),
+        ) => return Err(e.into()),
+        Err(e) => tracing::warn!("running without gossip: {e}"),
     }
     tracing::info!(
         node = %state.identity.node_id,
@@ -542,6 +558,11 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         );
     }
     let _ = shutdown_tx.send(true);
+    if let Some(m) = state.membership.get() {
+        if let Err(e) = m.stop().await {
+            tracing::warn!("stopping gossip: {e}");
+        }
+    }
     tracing::info!("stopped");
     Ok(())
 }
@@ -568,6 +589,8 @@ pub async fn after_join(st: &ApiState, joined: &crate::api::join::Joined) -> any
         }
         swarmlet_proto::NodeRole::Worker => start_worker(st, joined).await?,
     }
+    // Not fatal here: the node joined; `swarmlet info` tells why gossip is off.
+    let _ = crate::gossip::start(st).await;
     Ok(())
 }
 

@@ -12,6 +12,7 @@ pub mod daemon;
 pub mod dispatcher;
 pub mod fault;
 pub mod fsutil;
+pub mod gossip;
 pub mod identity;
 pub mod link;
 pub mod listen;

@@ -183,9 +183,17 @@ pub async fn watch_demotion(m: ManagerSide, mut shutdown: watch::Receiver<bool>)
 }
 
 fn become_worker(m: &ManagerSide) -> Result<(), RoleError> {
-    let (ca, cluster_id) = {
+    let (ca, cluster_id, gossip_key, addr) = {
         let s = m.store.read();
-        (s.cluster_ca.clone(), s.cluster_id.clone())
+        (
+            s.cluster_ca.clone(),
+            s.cluster_id.clone(),
+            s.gossip_key.clone().unwrap_or_default(),
+            s.nodes
+                .get(&m.node_id)
+                .map(|n| n.addr.clone())
+                .unwrap_or_default(),
+        )
     };
     let (Some(ca), Some(cluster_id)) = (ca, cluster_id) else {
         return Err(RoleError::Other("the store holds no cluster CA".into()));
@@ -199,8 +207,9 @@ fn become_worker(m: &ManagerSide) -> Result<(), RoleError> {
         cluster_id,
         joined_via: managers.first().cloned().unwrap_or_default(),
         managers,
-        gossip_key: String::new(),
+        gossip_key,
         peers,
+        addr,
     };
     pki::save_node_certs(
         &m.data_dir,
@@ -317,6 +326,7 @@ async fn become_manager(
             joined_via: addr.to_string(),
             gossip_key: joined.gossip_key.clone(),
             peers: answer.peers,
+            addr: joined.addr.clone(),
         },
     )?;
     Ok(())

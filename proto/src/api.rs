@@ -35,6 +35,32 @@ pub struct InfoResponse {
     /// The wasm engine's isolation and instance allocator.
     #[serde(default)]
     pub engine: Option<EngineInfo>,
+    /// The node's gossip membership, once it is in a swarm.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gossip: Option<GossipInfo>,
+}
+
+/// `swarmlet info`'s view of the node's gossip (chitchat over UDP).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GossipInfo {
+    /// Whether membership runs on this node.
+    pub running: bool,
+    /// Where peers gossip with this node (IP:PORT, UDP); empty when off.
+    #[serde(default)]
+    pub addr: String,
+    /// Nodes gossip knows (this one included).
+    #[serde(default)]
+    pub members: usize,
+    /// Of those, the ones its failure detector calls live.
+    #[serde(default)]
+    pub live: usize,
+    /// Datagrams dropped because their MAC did not verify (forged,
+    /// corrupted or keyed for another swarm).
+    #[serde(default)]
+    pub rejected_datagrams: u64,
+    /// Why gossip does not run, when it does not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// How a node's wasm engine isolates guests and allocates their instances.
@@ -67,6 +93,30 @@ pub struct NodeView {
     pub manager_status: String,
     /// The node that answered the request (docker marks it with `*`).
     pub is_self: bool,
+    /// What the node gossips about itself, as the answering node last
+    /// heard it (a hint, not the store's word); absent when gossip does
+    /// not know the node or does not run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gossip: Option<NodeGossip>,
+}
+
+/// One node as the answering node's gossip sees it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeGossip {
+    /// Where the node gossips (UDP).
+    pub addr: String,
+    /// The failure detector's verdict: `live` or `dead`.
+    pub liveness: String,
+    /// `linux`, `macos`, ... (Rust's `std::env::consts::OS`).
+    pub os: String,
+    /// `x86_64`, `aarch64`, ... (Rust's `std::env::consts::ARCH`).
+    pub arch: String,
+    /// CPUs the node's process may use.
+    pub cpus: u32,
+    /// The machine's memory in bytes (0 when unknown).
+    pub memory_bytes: u64,
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 /// `POST /v1/blobs` answer: the blob's content address.

@@ -169,3 +169,37 @@ impl Swarm {
         found.expect("a leader was found")
     }
 }
+
+/// `info --format json` on `node`, or the CLI's error.
+pub fn info_json(node: &Node) -> Result<serde_json::Value, String> {
+    let out = node.cli(&["info", "--format", "json"]);
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    serde_json::from_slice(&out.stdout)
+        .map_err(|e| format!("info --format json printed no JSON: {e}"))
+}
+
+/// `node inspect ID` on `node`: the one view it prints, or the CLI's error.
+pub fn inspect_node(node: &Node, id: &str) -> Result<serde_json::Value, String> {
+    let out = node.cli(&["node", "inspect", id]);
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .map_err(|e| format!("node inspect printed no JSON: {e}"))?;
+    v.as_array()
+        .and_then(|a| a.first())
+        .cloned()
+        .ok_or_else(|| format!("node inspect printed no view: {v}"))
+}
+
+/// The ID `node ls` on `manager` gives the node named `name`.
+pub fn node_id(manager: &Node, name: &str) -> String {
+    let rows = node_rows(manager).expect("node ls");
+    rows.iter()
+        .find(|r| r.hostname == name)
+        .unwrap_or_else(|| panic!("no node named {name} in {rows:?}"))
+        .id
+        .clone()
+}

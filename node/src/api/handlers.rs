@@ -30,8 +30,36 @@ pub async fn info(st: &ApiState) -> Result<Response, ApiError> {
             cluster_id: cluster.and_then(|c| c.store.read().cluster_id.clone()),
             api_addr: st.api_addr.to_string(),
             engine: Some(engine_info(st.runtime.settings())),
+            gossip: gossip_info(st),
         },
     ))
+}
+
+fn gossip_info(st: &ApiState) -> Option<GossipInfo> {
+    if let Some(m) = st.membership.get() {
+        let members = m.members();
+        return Some(GossipInfo {
+            running: true,
+            addr: m.gossip_addr().to_string(),
+            members: members.len(),
+            live: members.iter().filter(|m| m.is_live()).count(),
+            rejected_datagrams: m.rejected_datagrams(),
+            error: None,
+        });
+    }
+    let error = st
+        .gossip_error
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    error.map(|e| GossipInfo {
+        running: false,
+        addr: String::new(),
+        members: 0,
+        live: 0,
+        rejected_datagrams: 0,
+        error: Some(e),
+    })
 }
 
 fn engine_info(s: &crate::runtime::wasm::EngineSettings) -> EngineInfo {
@@ -123,6 +151,8 @@ pub async fn init(st: &ApiState, body: Incoming) -> Result<Response, ApiError> {
             ),
         )
     })?;
+    // Not fatal: the swarm exists; `swarmlet info` tells why gossip is off.
+    let _ = crate::gossip::start(st).await;
     tracing::info!(%cluster_id, "swarm initialized");
     Ok(json(
         200,

@@ -39,8 +39,12 @@ pub struct Joined {
     pub managers: Vec<String>,
     /// The manager this node joined through.
     pub joined_via: String,
+    /// The cluster's gossip key (64 hex), as the manager handed it out.
     #[serde(default)]
     pub gossip_key: String,
+    /// This node's own cluster address as it joined with it.
+    #[serde(default)]
+    pub addr: String,
     /// The managers' raft IDs and addresses at join time.
     #[serde(default)]
     pub peers: Vec<swarmlet_proto::cluster::ManagerPeer>,
@@ -126,6 +130,7 @@ pub fn bootstrap_pki(state: &mut crate::store::State, cluster_id: &str) -> Resul
         manager: pki::new_secret(),
         retired: Vec::new(),
     });
+    state.gossip_key = Some(crate::membership::GossipKey::generate().to_hex());
     Ok(())
 }
 
@@ -175,6 +180,7 @@ pub async fn accept_join(st: &ApiState, body: Incoming) -> Result<Response, ApiE
             "this swarm has no cluster CA or join tokens; it cannot take new nodes",
         ));
     };
+    let gossip_key = cluster.store.read().gossip_key.clone().unwrap_or_default();
     let role = pki::verify_token(&token, &ca.cert_pem, &tokens).map_err(|e| {
         tracing::info!(node = %req.node_id, addr = %req.addr, "refused a join: {e}");
         ApiError::new(403, e.to_string())
@@ -245,7 +251,7 @@ pub async fn accept_join(st: &ApiState, body: Incoming) -> Result<Response, ApiE
             role,
             cluster_id,
             managers,
-            gossip_key: String::new(),
+            gossip_key,
             peers,
         },
     ))
@@ -396,6 +402,7 @@ pub async fn join(st: &ApiState, body: Incoming) -> Result<Response, ApiError> {
         managers: resp.managers.clone(),
         joined_via: remote.clone(),
         gossip_key: resp.gossip_key.clone(),
+        addr: advertise.to_string(),
         peers: resp.peers.clone(),
     };
     let write = |e: pki::PkiError| {

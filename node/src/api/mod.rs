@@ -15,3 +15,10 @@ mod server;
 pub use error::ApiError;
 pub use server::route_cluster;
 pub use server::{serve, ApiState, Listeners, REMOTE_REFUSED};
+
+/// The cluster address this node advertises by default (`--advertise-addr`,
+/// else the listen address, else the machine's one IPv4 address), as
+/// `init` and `join` choose it.
+pub fn advertise_addr(st: &ApiState) -> Result<std::net::SocketAddr, String> {
+    handlers::advertise_for(st, st.advertise_addr.as_deref()).map_err(|e| e.message)
+}

@@ -50,6 +50,12 @@ pub struct ApiState {
     /// `--node-down-after`: how long the leader waits for a node's
     /// heartbeat before it marks the node `Down`.
     pub node_down_after: std::time::Duration,
+    /// `--gossip-addr`; `None`: the cluster listen IP, port 7946.
+    pub gossip_addr: Option<SocketAddr>,
+    /// Gossip membership, once the node is in a swarm (`crate::gossip`).
+    pub membership: tokio::sync::OnceCell<Arc<crate::membership::Membership>>,
+    /// Why membership did not start, for `swarmlet info`.
+    pub gossip_error: std::sync::Mutex<Option<String>>,
 }
 
 impl ApiState {

@@ -33,6 +33,18 @@ fn render(i: &InfoResponse) -> String {
         out += "Swarm: inactive\n";
     }
     out += &format!(" Cluster port: {}\n", i.api_addr);
+    if let Some(g) = &i.gossip {
+        if g.running {
+            out += &format!(" Gossip: {} (udp)\n", g.addr);
+            out += &format!("  Members: {} ({} live)\n", g.members, g.live);
+            out += &format!("  Forged datagrams dropped: {}\n", g.rejected_datagrams);
+        } else {
+            out += &format!(
+                " Gossip: off ({})\n",
+                g.error.as_deref().unwrap_or("not started")
+            );
+        }
+    }
     if let Some(e) = &i.engine {
         out += &engine(e);
     }

@@ -141,6 +141,12 @@ pub struct DaemonArgs {
     /// one every second (e.g. 3s, 500ms)
     #[arg(long, default_value = "3s", value_parser = parse_node_down_after)]
     node_down_after: Duration,
+    /// Where gossip (membership, UDP) listens, IP:PORT; every node of a
+    /// swarm must be reachable there by the others [default: the listen
+    /// IP with port 7946; with a 0.0.0.0 listen address, 0.0.0.0:7946
+    /// advertised on the advertise IP]
+    #[arg(long)]
+    gossip_addr: Option<SocketAddr>,
 }
 
 /// `--node-down-after`: a duration that leaves room for a few heartbeats.
@@ -204,6 +210,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 wasm_isolation: a.wasm_isolation,
                 instance_memory_budget: a.instance_memory_budget,
                 node_down_after: a.node_down_after,
+                gossip_addr: a.gossip_addr,
             })
             .await
         }

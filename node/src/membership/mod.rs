@@ -209,7 +209,8 @@ pub enum MembershipError {
 
 /// A running membership: gossip in the background, a view in the foreground.
 pub struct Membership {
-    handle: Option<ChitchatHandle>,
+    /// Taken by [`Membership::stop`].
+    handle: std::sync::Mutex<Option<ChitchatHandle>>,
     chitchat: Arc<Mutex<Chitchat>>,
     self_id: ChitchatId,
     info: std::sync::Mutex<NodeInfo>,
@@ -291,7 +292,7 @@ impl Membership {
         tracing::info!(node = %config.node_id, gossip = %advertise, seeds = ?config.seeds,
             "gossip membership started");
         Ok(Membership {
-            handle: Some(handle),
+            handle: std::sync::Mutex::new(Some(handle)),
             chitchat,
             self_id,
             info: std::sync::Mutex::new(config.info),
@@ -353,9 +354,16 @@ impl Membership {
 
     /// Stops gossiping and releases the UDP port. Peers notice through
     /// their failure detectors (chitchat has no "leave" message).
-    pub async fn shutdown(mut self) -> Result<(), MembershipError> {
+    pub async fn shutdown(self) -> Result<(), MembershipError> {
+        self.stop().await
+    }
+
+    /// [`Membership::shutdown`] through a shared reference (the daemon
+    /// keeps the membership in its API state); later calls do nothing.
+    pub async fn stop(&self) -> Result<(), MembershipError> {
         self.refresher.abort();
-        match self.handle.take() {
+        let handle = self.handle.lock().unwrap_or_else(|p| p.into_inner()).take();
+        match handle {
             Some(handle) => handle
                 .shutdown()
                 .await

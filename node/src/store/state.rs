@@ -80,6 +80,10 @@ pub struct State {
     /// on every manager's cluster port (`ClusterPort::set_revoked`).
     #[serde(default)]
     pub removed_nodes: std::collections::BTreeSet<String>,
+    /// The cluster's gossip key (64 hex characters), set at `init` and
+    /// handed to joining nodes; it keys the MAC on every gossip datagram.
+    #[serde(default)]
+    pub gossip_key: Option<String>,
 }
 
 impl State {

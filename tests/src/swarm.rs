@@ -85,7 +85,21 @@ impl Swarm {
     /// `start` with extra daemon flags for every node.
     pub fn start_with(prefix: &str, managers: usize, workers: usize, args: &[&str]) -> Swarm {
         assert!(managers >= 1);
-        let first = Node::start_with(&format!("{prefix}-m1"), args);
+        let managers = (1..=managers)
+            .map(|i| Node::start_with(&format!("{prefix}-m{i}"), args))
+            .collect();
+        let workers = (1..=workers)
+            .map(|i| Node::start_with(&format!("{prefix}-w{i}"), args))
+            .collect();
+        Swarm::form(managers, workers)
+    }
+
+    /// Joins daemons already running (e.g. each in its own network
+    /// namespace, `Node::start_in`) into a swarm: the first manager inits,
+    /// the others join it with its tokens. Returns as `start` does.
+    pub fn form(managers: Vec<Node>, workers: Vec<Node>) -> Swarm {
+        let mut managers = managers.into_iter();
+        let first = managers.next().expect("at least one manager");
         let out = first.ok(&["init"]);
         assert!(out.contains("Swarm initialized"), "{out}");
         let manager_token = join_token(&first, "manager");
@@ -94,8 +108,7 @@ impl Swarm {
             managers: vec![first],
             workers: Vec::new(),
         };
-        for i in 2..=managers {
-            let n = Node::start_with(&format!("{prefix}-m{i}"), args);
+        for n in managers {
             let out = join(&n, &manager_token, &swarm.managers[0]);
             assert!(
                 out.contains("This node joined a swarm as a manager"),
@@ -103,8 +116,7 @@ impl Swarm {
             );
             swarm.managers.push(n);
         }
-        for i in 1..=workers {
-            let n = Node::start_with(&format!("{prefix}-w{i}"), args);
+        for n in workers {
             let out = join(&n, &worker_token, &swarm.managers[0]);
             assert!(
                 out.contains("This node joined a swarm as a worker"),

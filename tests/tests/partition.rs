@@ -173,7 +173,9 @@ fn writes_again(node: &Node, args: &[&str]) {
             if out.status.success() {
                 Ok(())
             } else {
-                Err(String::from_utf8_lossy(&out.stderr).into_owned())
+                let err = String::from_utf8_lossy(&out.stderr).into_owned();
+                eprintln!("after the heal, {} answered: {}", node.name, err.trim());
+                Err(err)
             }
         },
     );

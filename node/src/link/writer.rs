@@ -115,7 +115,7 @@ impl Writer {
                 let answer = tokio::time::timeout(wait, self.forward(&addr, &command))
                     .await
                     .unwrap_or_else(|_| {
-                        Err(Forwarded::Retry(format!("no answer within {wait:?}")))
+                        Err(Forwarded::Retry("its connection went silent".into()))
                     });
                 match answer {
                     Ok(index) => {

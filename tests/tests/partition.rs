@@ -195,7 +195,11 @@ fn a_cut_off_follower_cannot_change_desired_state_and_catches_up_when_healed() {
     let cut = (leader + 1) % 3;
     let other = (leader + 2) % 3;
     swarm.managers[leader].create("web", "hello", &["--replicas", "2", "--detach"]);
-    shows(&swarm.managers[cut], &[("web", 2)], "the service before the cut");
+    shows(
+        &swarm.managers[cut],
+        &[("web", 2)],
+        "the service before the cut",
+    );
 
     net.cut(cut);
     let m = &swarm.managers[cut];
@@ -203,9 +207,7 @@ fn a_cut_off_follower_cannot_change_desired_state_and_catches_up_when_healed() {
     let hello = hello_path();
     write_fails(
         m,
-        &[
-            "service", "create", "--name", "cutoff", "--detach", &hello,
-        ],
+        &["service", "create", "--name", "cutoff", "--detach", &hello],
     );
     // The majority side goes on: through the leader and through the other
     // follower (forwarded).
@@ -228,7 +230,11 @@ fn a_cut_off_follower_cannot_change_desired_state_and_catches_up_when_healed() {
     // And it writes again (forwarded to the leader).
     writes_again(m, &["service", "scale", "during=2", "--detach"]);
     for n in &swarm.managers {
-        shows(n, &[("web", 3), ("during", 2)], "a write from the healed manager");
+        shows(
+            n,
+            &[("web", 3), ("during", 2)],
+            "a write from the healed manager",
+        );
     }
 }
 
@@ -247,16 +253,18 @@ fn a_cut_off_leader_loses_the_lead_and_catches_up_when_healed() {
     net.cut(old);
     let rest: Vec<usize> = (0..3).filter(|&i| i != old).collect();
     let new = agreed_leader(&swarm, &rest);
-    let survivor = rest.iter().copied().find(|&i| i != new).expect("a third manager");
+    let survivor = rest
+        .iter()
+        .copied()
+        .find(|&i| i != new)
+        .expect("a third manager");
     // The old leader cannot commit anything alone.
     let m = &swarm.managers[old];
     write_fails(m, &["service", "scale", "web=5", "--detach"]);
     let hello = hello_path();
     write_fails(
         m,
-        &[
-            "service", "create", "--name", "cutoff", "--detach", &hello,
-        ],
+        &["service", "create", "--name", "cutoff", "--detach", &hello],
     );
     // The two others elected a leader and accept writes, also forwarded.
     swarm.managers[new].ok(&["service", "scale", "web=3", "--detach"]);
@@ -277,6 +285,10 @@ fn a_cut_off_leader_loses_the_lead_and_catches_up_when_healed() {
     agreed_leader(&swarm, &[0, 1, 2]);
     writes_again(m, &["service", "scale", "during=2", "--detach"]);
     for n in &swarm.managers {
-        shows(n, &[("web", 3), ("during", 2)], "a write from the old leader");
+        shows(
+            n,
+            &[("web", 3), ("during", 2)],
+            "a write from the old leader",
+        );
     }
 }

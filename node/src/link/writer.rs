@@ -114,9 +114,7 @@ impl Writer {
                     .max(MIN_FORWARD_WAIT);
                 let answer = tokio::time::timeout(wait, self.forward(&addr, &command))
                     .await
-                    .unwrap_or_else(|_| {
-                        Err(Forwarded::Retry("its connection went silent".into()))
-                    });
+                    .unwrap_or_else(|_| Err(Forwarded::Retry("its connection went silent".into())));
                 match answer {
                     Ok(index) => {
                         let _ =

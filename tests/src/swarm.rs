@@ -85,13 +85,35 @@ impl Swarm {
     /// `start` with extra daemon flags for every node.
     pub fn start_with(prefix: &str, managers: usize, workers: usize, args: &[&str]) -> Swarm {
         assert!(managers >= 1);
-        let managers = (1..=managers)
-            .map(|i| Node::start_with(&format!("{prefix}-m{i}"), args))
-            .collect();
-        let workers = (1..=workers)
-            .map(|i| Node::start_with(&format!("{prefix}-w{i}"), args))
-            .collect();
-        Swarm::form(managers, workers)
+        let first = Node::start_with(&format!("{prefix}-m1"), args);
+        let out = first.ok(&["init"]);
+        assert!(out.contains("Swarm initialized"), "{out}");
+        let manager_token = join_token(&first, "manager");
+        let worker_token = join_token(&first, "worker");
+        let mut swarm = Swarm {
+            managers: vec![first],
+            workers: Vec::new(),
+        };
+        for i in 2..=managers {
+            let n = Node::start_with(&format!("{prefix}-m{i}"), args);
+            let out = join(&n, &manager_token, &swarm.managers[0]);
+            assert!(
+                out.contains("This node joined a swarm as a manager"),
+                "{out}"
+            );
+            swarm.managers.push(n);
+        }
+        for i in 1..=workers {
+            let n = Node::start_with(&format!("{prefix}-w{i}"), args);
+            let out = join(&n, &worker_token, &swarm.managers[0]);
+            assert!(
+                out.contains("This node joined a swarm as a worker"),
+                "{out}"
+            );
+            swarm.workers.push(n);
+        }
+        swarm.wait_all_ready();
+        swarm
     }
 
     /// Joins daemons already running (e.g. each in its own network

@@ -79,6 +79,10 @@ pub struct Node {
     pub ulimit_v_kib: Option<u64>,
     /// Extra environment of every start of the daemon.
     pub env: Vec<(String, String)>,
+    /// The network namespace the daemon runs in (`ip netns exec NS`), for
+    /// partition tests (`Node::start_in`). The CLI still reaches it over
+    /// the unix socket in `data_dir`, which works across namespaces.
+    pub netns: Option<String>,
     child: Option<Child>,
 }
 
@@ -133,10 +137,25 @@ impl Node {
         node
     }
 
+    /// Starts a daemon inside node `i`'s namespace of `net`, on that
+    /// namespace's address (so `net.cut(i)` partitions it), and waits for
+    /// its API.
+    pub fn start_in(net: &netns::Network, i: usize, name: &str) -> Node {
+        let mut node = Self::new_at(name, net.ip(i));
+        node.netns = Some(net.netns(i).name().to_string());
+        let _ = std::fs::remove_dir_all(&node.data_dir);
+        std::fs::create_dir_all(&node.data_dir).expect("create data dir");
+        node.spawn();
+        node
+    }
+
     /// A node whose daemon is not started yet; `data_dir` is where it will
     /// run (the test may mount something there first), then call `spawn`.
     pub fn new(name: &str) -> Node {
-        let ip = next_ip();
+        Self::new_at(name, next_ip())
+    }
+
+    fn new_at(name: &str, ip: Ipv4Addr) -> Node {
         let data_dir =
             std::env::temp_dir().join(format!("swarmlet-e2e-{}-{name}-{ip}", std::process::id()));
         Node {
@@ -147,6 +166,7 @@ impl Node {
             umask: None,
             ulimit_v_kib: None,
             env: Vec::new(),
+            netns: None,
             child: None,
         }
     }
@@ -241,15 +261,19 @@ impl Node {
             .append(true)
             .open(self.data_dir.join("daemon.log"))
             .expect("daemon log");
-        let mut cmd = match self.ulimit_v_kib {
-            Some(kib) => {
-                let mut c = Command::new("sh");
-                c.args(["-c", "ulimit -v \"$0\" && exec \"$@\"", &kib.to_string()])
-                    .arg(swarmlet_bin());
-                c
-            }
-            None => Command::new(swarmlet_bin()),
-        };
+        // `ip netns exec` and `sh -c '… exec'` both exec the next program,
+        // so the child's pid stays the daemon's.
+        let mut argv: Vec<std::ffi::OsString> = Vec::new();
+        if let Some(ns) = &self.netns {
+            argv.extend(["ip", "netns", "exec", ns.as_str()].map(Into::into));
+        }
+        if let Some(kib) = self.ulimit_v_kib {
+            let kib = kib.to_string();
+            argv.extend(["sh", "-c", "ulimit -v \"$0\" && exec \"$@\"", &kib].map(Into::into));
+        }
+        argv.push(swarmlet_bin().into());
+        let mut cmd = Command::new(&argv[0]);
+        cmd.args(&argv[1..]);
         cmd.args(["daemon", "--data-dir"])
             .arg(&self.data_dir)
             .args([

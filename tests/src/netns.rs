@@ -173,6 +173,10 @@ impl Network {
             }
         };
         sweep_stale();
+        // Held until the bridge has its address, so that networks created
+        // at once by parallel tests of this process pick different subnets
+        // (`free_subnet_octet` sees only addresses already assigned).
+        let subnet_guard = SUBNETS.lock().unwrap_or_else(|p| p.into_inner());
         let mut net = Network {
             bridge: format!("{prefix}br"),
             table: prefix.clone(),
@@ -188,6 +192,7 @@ impl Network {
         let host = format!("{}/24", net.host_ip());
         must("ip", &["addr", "add", &host, "dev", &br]);
         must("ip", &["link", "set", &br, "up"]);
+        drop(subnet_guard);
         // Bridged frames traverse the host's iptables FORWARD chain
         // (bridge-nf-call-iptables); if its policy is DROP (Docker sets it)
         // traffic between our namespaces would die there.
@@ -286,7 +291,11 @@ impl Network {
             return;
         }
         let ip = self.ip(i).to_string();
-        for dir in ["saddr", "daddr"] {
+        // The hook sees the frames of every bridge on the host: match only
+        // this network's ports (`PREFIXv*`), so a cut never touches another
+        // test's network, even one that had to reuse an address.
+        let ports = format!("{}v*", self.prefix);
+        for (port, dir) in [("iifname", "saddr"), ("oifname", "daddr")] {
             let out = must(
                 "nft",
                 &[
@@ -297,6 +306,8 @@ impl Network {
                     "bridge",
                     &self.table,
                     "cut",
+                    port,
+                    &ports,
                     "ip",
                     dir,
                     &ip,
@@ -334,6 +345,9 @@ fn rule_handle(out: &Output) -> u64 {
         })
         .unwrap_or_else(|| panic!("nft printed no rule handle: {text}"))
 }
+
+/// Serializes subnet choice between the networks of this process.
+static SUBNETS: Mutex<()> = Mutex::new(());
 
 /// A third octet for `10.14.X.0/24` that no interface of this machine uses.
 fn free_subnet_octet() -> u8 {

@@ -116,6 +116,40 @@ impl Swarm {
         swarm
     }
 
+    /// Joins daemons already running (e.g. each in its own network
+    /// namespace, `Node::start_in`) into a swarm: the first manager inits,
+    /// the others join it with its tokens. Returns as `start` does.
+    pub fn form(managers: Vec<Node>, workers: Vec<Node>) -> Swarm {
+        let mut managers = managers.into_iter();
+        let first = managers.next().expect("at least one manager");
+        let out = first.ok(&["init"]);
+        assert!(out.contains("Swarm initialized"), "{out}");
+        let manager_token = join_token(&first, "manager");
+        let worker_token = join_token(&first, "worker");
+        let mut swarm = Swarm {
+            managers: vec![first],
+            workers: Vec::new(),
+        };
+        for n in managers {
+            let out = join(&n, &manager_token, &swarm.managers[0]);
+            assert!(
+                out.contains("This node joined a swarm as a manager"),
+                "{out}"
+            );
+            swarm.managers.push(n);
+        }
+        for n in workers {
+            let out = join(&n, &worker_token, &swarm.managers[0]);
+            assert!(
+                out.contains("This node joined a swarm as a worker"),
+                "{out}"
+            );
+            swarm.workers.push(n);
+        }
+        swarm.wait_all_ready();
+        swarm
+    }
+
     /// Every node, managers first.
     pub fn nodes(&self) -> impl Iterator<Item = &Node> {
         self.managers.iter().chain(self.workers.iter())

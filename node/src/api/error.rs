@@ -84,7 +84,9 @@ impl From<crate::link::WriteError> for ApiError {
             WriteError::Remote { status, message } => Self::new(status, message),
             WriteError::RemoteFateUnknown(m) => Self::new(503, m),
             WriteError::RemoteAlreadyApplied => Self::conflict(e.to_string()),
-            WriteError::NoLeader => Self::new(503, e.to_string()),
+            WriteError::NoLeader | WriteError::LeaderUnreachable { .. } => {
+                Self::new(503, e.to_string())
+            }
         }
     }
 }

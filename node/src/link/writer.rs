@@ -25,6 +25,8 @@ use crate::transport::{ClusterPort, Target};
 
 /// How long a write waits for a leader (an election takes 1–2 s).
 const LEADER_WAIT: Duration = Duration::from_secs(8);
+/// The least a forward is given, also when the deadline is nearly up.
+const MIN_FORWARD_WAIT: Duration = Duration::from_secs(1);
 /// How long a forwarded write waits to be applied on this manager too.
 const LOCAL_APPLY_WAIT: Duration = Duration::from_secs(5);
 /// How often a write whose fate was unknown is proposed again.
@@ -76,6 +78,10 @@ pub enum WriteError {
     RemoteAlreadyApplied,
     #[error("no raft leader was elected within {LEADER_WAIT:?}; the swarm has lost its quorum of managers (check \"swarmlet node ls\" and bring managers back), or an election is under way — retry")]
     NoLeader,
+    /// A leader was known but no forward to it got an answer in time (a
+    /// partition, a dead connection): the write may still commit there.
+    #[error("the raft leader at {addr} did not answer within {LEADER_WAIT:?} ({why}): this manager may be cut off from the other managers (check \"swarmlet node ls\" on another manager); the change may or may not have been applied, check before retrying")]
+    LeaderUnreachable { addr: String, why: String },
 }
 
 /// Proposes through whichever manager leads. Cheap to share.
@@ -90,6 +96,9 @@ impl Writer {
     /// it is applied on this manager.
     pub async fn propose(&self, command: Command) -> Result<u64, WriteError> {
         let deadline = Instant::now() + LEADER_WAIT;
+        // The last forward that may have reached the leader without an
+        // answer: (leader address, why).
+        let mut unanswered: Option<(String, String)> = None;
         loop {
             let leader = match self.raft.propose(command.clone()).await {
                 Ok(o) => return Ok(o.index),
@@ -97,7 +106,16 @@ impl Writer {
                 Err(e) => return Err(e.into()),
             };
             if let Some(addr) = leader.and_then(|id| self.book.get(id)) {
-                match self.forward(&addr, &command).await {
+                // Bounded by the write's own deadline: a request on a
+                // connection a partition silently broke would otherwise
+                // wait for the pool's request timeout or keep-alive (20-30 s).
+                let wait = deadline
+                    .saturating_duration_since(Instant::now())
+                    .max(MIN_FORWARD_WAIT);
+                let answer = tokio::time::timeout(wait, self.forward(&addr, &command))
+                    .await
+                    .unwrap_or_else(|_| Err(Forwarded::Retry("its connection went silent".into())));
+                match answer {
                     Ok(index) => {
                         let _ =
                             tokio::time::timeout(LOCAL_APPLY_WAIT, self.raft.wait_applied(index))
@@ -106,12 +124,22 @@ impl Writer {
                     }
                     Err(Forwarded::Retry(why)) => {
                         tracing::debug!(%addr, "forwarding a write: {why}; retrying");
+                        unanswered = Some((addr, why));
+                    }
+                    // An earlier forward without an answer did apply it.
+                    Err(Forwarded::Failed(WriteError::RemoteAlreadyApplied))
+                        if unanswered.is_some() =>
+                    {
+                        return Ok(self.raft.applied_index());
                     }
                     Err(Forwarded::Failed(e)) => return Err(e),
                 }
             }
             if Instant::now() >= deadline {
-                return Err(WriteError::NoLeader);
+                return Err(match unanswered {
+                    Some((addr, why)) => WriteError::LeaderUnreachable { addr, why },
+                    None => WriteError::NoLeader,
+                });
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }

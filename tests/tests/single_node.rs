@@ -208,3 +208,46 @@ fn no_request_fails_while_scaling() {
         &failed[..failed.len().min(5)]
     );
 }
+
+/// A client that retries a write with the same `Idempotency-Key` (its
+/// connection broke, it timed out) gets it applied once and the first
+/// answer again; another key is another write.
+#[test]
+fn a_retried_write_with_the_same_key_applies_once() {
+    let node = Node::start("n1");
+    init(&node);
+    node.create("a", "hello", &["--detach"]);
+    let inspect: serde_json::Value =
+        serde_json::from_str(&node.ok(&["service", "inspect", "a"])).unwrap();
+    let digest = inspect[0]["service"]["spec"]["image"]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let body = format!(
+        r#"{{"name":"b","replicas":1,"wasm_digest":"{digest}","wasm_name":"hello.wasm","ports":[]}}"#
+    );
+    let post = |key: &str| {
+        node.api_raw(
+            format!(
+                "POST /v1/services HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nIdempotency-Key: {key}\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        )
+    };
+    let first = post("retry-me-1");
+    let again = post("retry-me-1");
+    assert!(first.starts_with("HTTP/1.1 201"), "{first}");
+    assert!(
+        again.starts_with("HTTP/1.1 201"),
+        "the retry answers as the first did: {again}"
+    );
+    let ls = node.ok(&["service", "ls"]);
+    assert_eq!(ls.matches(" b ").count(), 1, "one service b:\n{ls}");
+    // A new key is a new write: refused by name, as any second create.
+    let other = post("another-key");
+    assert!(other.starts_with("HTTP/1.1 409"), "{other}");
+    assert!(other.contains("already in use"), "{other}");
+    let bad = post("not a key");
+    assert!(bad.starts_with("HTTP/1.1 400"), "{bad}");
+}

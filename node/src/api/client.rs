@@ -125,6 +125,7 @@ impl Client {
         path: &str,
         body: Bytes,
         content_type: &str,
+        key: &str,
     ) -> Result<(u16, Bytes), ClientError> {
         let unreachable = |e: std::io::Error| ClientError::Unreachable {
             host: self.display.clone(),
@@ -139,6 +140,7 @@ impl Client {
             .uri(path)
             .header(http::header::HOST, "swarmlet")
             .header(http::header::CONTENT_TYPE, content_type)
+            .header("idempotency-key", key)
             .body(Full::new(body))
             .map_err(|e| ClientError::Protocol {
                 host: self.display.clone(),
@@ -179,7 +181,17 @@ impl Client {
         body: Bytes,
         ct: &str,
     ) -> Result<T, ClientError> {
-        let (status, bytes) = self.send(method, path, body, ct).await?;
+        // One key per request, kept for its retry: a write whose fate the
+        // manager could not learn (a leader change, a manager cut off) is
+        // sent once more with the same key, and the swarm applies it once.
+        let key = crate::identity::random_id(32);
+        let (mut status, mut bytes) = self
+            .send(method.clone(), path, body.clone(), ct, &key)
+            .await?;
+        if status == 503 && method != http::Method::GET && fate_unknown(&bytes) {
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            (status, bytes) = self.send(method, path, body, ct, &key).await?;
+        }
         if !(200..300).contains(&status) {
             let message = serde_json::from_slice::<ErrorBody>(&bytes)
                 .map(|e| e.message)
@@ -225,6 +237,12 @@ impl Client {
         self.call(http::Method::DELETE, path, Bytes::new(), "application/json")
             .await
     }
+}
+
+/// Whether a 503 says the write may or may not have been applied.
+fn fate_unknown(body: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(body);
+    text.contains("may or may not have been applied")
 }
 
 #[cfg(test)]

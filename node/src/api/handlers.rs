@@ -418,6 +418,13 @@ fn port_taken(st: &ApiState, port: u16) -> Option<std::io::Error> {
 pub async fn create_service(st: &ApiState, body: Incoming) -> Result<Response, ApiError> {
     let cluster = st.cluster()?;
     let req: CreateServiceRequest = body_json(body).await?;
+    if replayed(cluster) {
+        // The client's retry of a create that was applied: the same answer.
+        let state = cluster.store.read();
+        if let Some(s) = state.find_service(&req.name) {
+            return Ok(json(201, &service_view(&state, s)));
+        }
+    }
     check_replicas(req.replicas)?;
     check_memory_limit(req.limit_memory)?;
     check_request_settings(&req)?;
@@ -494,7 +501,14 @@ pub async fn create_service(st: &ApiState, body: Incoming) -> Result<Response, A
         })
         .await?;
     let state = cluster.store.read();
-    Ok(json(201, &service_view(&state, &service)))
+    // A client's retry (same Idempotency-Key) made no new service: answer
+    // with the one its first attempt created.
+    let created = state
+        .services
+        .get(&service.id)
+        .or_else(|| state.find_service(&service.spec.name))
+        .unwrap_or(&service);
+    Ok(json(201, &service_view(&state, created)))
 }
 
 fn allocate_ports(
@@ -563,8 +577,19 @@ fn service_id(cluster: &crate::daemon::Cluster, key: &str) -> Result<String, Api
         .ok_or_else(|| not_found(key))
 }
 
+/// Whether this request's `Idempotency-Key` names a write the swarm has
+/// applied already (the client is retrying it).
+fn replayed(cluster: &crate::daemon::Cluster) -> bool {
+    crate::link::writer::CLIENT_KEY
+        .try_with(|k| cluster.store.read().request_keys.contains_key(k))
+        .unwrap_or(false)
+}
+
 pub async fn remove_service(st: &ApiState, key: &str) -> Result<Response, ApiError> {
     let cluster = st.cluster()?;
+    if replayed(cluster) {
+        return Ok(json(200, &serde_json::json!({ "id": key })));
+    }
     let id = service_id(cluster, key)?;
     cluster
         .propose_once(Command::RemoveService {

@@ -128,44 +128,58 @@ async fn route(state: Arc<ApiState>, req: hyper::Request<Incoming>) -> Response 
     let path = req.uri().path().to_string();
     let query = req.uri().query().unwrap_or("").to_string();
     let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let key = match client_key(&req) {
+        Ok(k) => k,
+        Err(e) => return error_response(e),
+    };
     let body = req.into_body();
-    let result = match (&method, segs.as_slice()) {
-        (&Method::GET, ["v1", "info"]) => handlers::info(&state).await,
-        (&Method::POST, ["v1", "swarm", "init"]) => handlers::init(&state, body).await,
-        (&Method::GET, ["v1", "nodes"]) => nodes::list(&state),
-        (&Method::GET, ["v1", "nodes", key]) => nodes::inspect(&state, key),
-        (&Method::POST, ["v1", "nodes", key, "availability"]) => {
-            nodes::set_availability(&state, key, body).await
+    let work = async {
+        match (&method, segs.as_slice()) {
+            (&Method::GET, ["v1", "info"]) => handlers::info(&state).await,
+            (&Method::POST, ["v1", "swarm", "init"]) => handlers::init(&state, body).await,
+            (&Method::GET, ["v1", "nodes"]) => nodes::list(&state),
+            (&Method::GET, ["v1", "nodes", key]) => nodes::inspect(&state, key),
+            (&Method::POST, ["v1", "nodes", key, "availability"]) => {
+                nodes::set_availability(&state, key, body).await
+            }
+            (&Method::POST, ["v1", "nodes", key, "role"]) => {
+                nodes::set_role(&state, key, body).await
+            }
+            (&Method::DELETE, ["v1", "nodes", key]) => nodes::remove(&state, key, &query).await,
+            (&Method::POST, ["v1", "swarm", "leave"]) => super::leave::leave(&state, &query),
+            (&Method::POST, ["v1", "blobs"]) => handlers::put_blob(&state, body).await,
+            (&Method::GET, ["v1", "blobs", digest]) => handlers::get_blob(&state, digest),
+            (&Method::GET, ["v1", "services"]) => handlers::services(&state),
+            (&Method::POST, ["v1", "services"]) => handlers::create_service(&state, body).await,
+            (&Method::GET, ["v1", "services", key]) => handlers::service(&state, key),
+            (&Method::DELETE, ["v1", "services", key]) => {
+                handlers::remove_service(&state, key).await
+            }
+            (&Method::POST, ["v1", "services", key, "scale"]) => {
+                handlers::scale_service(&state, key, body).await
+            }
+            (&Method::GET, ["v1", "services", key, "status"]) => {
+                handlers::service_status(&state, key, &query).await
+            }
+            (&Method::GET, ["v1", "services", key, "tasks"]) => {
+                handlers::service_tasks(&state, key, &query)
+            }
+            (&Method::POST, ["v1", "swarm", "join"]) => super::join::join(&state, body).await,
+            (&Method::GET, ["v1", "swarm", "join-token", role]) => {
+                super::join::join_token(&state, role, false).await
+            }
+            (&Method::POST, ["v1", "swarm", "join-token", role, "rotate"]) => {
+                super::join::join_token(&state, role, true).await
+            }
+            (&Method::POST, ["v1", "swarm", "client-bundle"]) => super::join::client_bundle(&state),
+            _ => Err(ApiError::not_found(format!(
+                "no such API endpoint: {method} {path}"
+            ))),
         }
-        (&Method::POST, ["v1", "nodes", key, "role"]) => nodes::set_role(&state, key, body).await,
-        (&Method::DELETE, ["v1", "nodes", key]) => nodes::remove(&state, key, &query).await,
-        (&Method::POST, ["v1", "swarm", "leave"]) => super::leave::leave(&state, &query),
-        (&Method::POST, ["v1", "blobs"]) => handlers::put_blob(&state, body).await,
-        (&Method::GET, ["v1", "blobs", digest]) => handlers::get_blob(&state, digest),
-        (&Method::GET, ["v1", "services"]) => handlers::services(&state),
-        (&Method::POST, ["v1", "services"]) => handlers::create_service(&state, body).await,
-        (&Method::GET, ["v1", "services", key]) => handlers::service(&state, key),
-        (&Method::DELETE, ["v1", "services", key]) => handlers::remove_service(&state, key).await,
-        (&Method::POST, ["v1", "services", key, "scale"]) => {
-            handlers::scale_service(&state, key, body).await
-        }
-        (&Method::GET, ["v1", "services", key, "status"]) => {
-            handlers::service_status(&state, key, &query).await
-        }
-        (&Method::GET, ["v1", "services", key, "tasks"]) => {
-            handlers::service_tasks(&state, key, &query)
-        }
-        (&Method::POST, ["v1", "swarm", "join"]) => super::join::join(&state, body).await,
-        (&Method::GET, ["v1", "swarm", "join-token", role]) => {
-            super::join::join_token(&state, role, false).await
-        }
-        (&Method::POST, ["v1", "swarm", "join-token", role, "rotate"]) => {
-            super::join::join_token(&state, role, true).await
-        }
-        (&Method::POST, ["v1", "swarm", "client-bundle"]) => super::join::client_bundle(&state),
-        _ => Err(ApiError::not_found(format!(
-            "no such API endpoint: {method} {path}"
-        ))),
+    };
+    let result = match key {
+        Some(k) => crate::link::writer::CLIENT_KEY.scope(k, work).await,
+        None => work.await,
     };
     match result {
         Ok(r) => r,
@@ -173,6 +187,22 @@ async fn route(state: Arc<ApiState>, req: hyper::Request<Incoming>) -> Response 
             tracing::debug!(%method, %path, status = e.status, "api error: {}", e.message);
             error_response(e)
         }
+    }
+}
+
+/// The request's `Idempotency-Key` header: a client that retries a write
+/// with the same key gets it applied once.
+fn client_key(req: &hyper::Request<Incoming>) -> Result<Option<String>, ApiError> {
+    let Some(v) = req.headers().get("idempotency-key") else {
+        return Ok(None);
+    };
+    match v.to_str() {
+        Ok(k) if !k.is_empty() && k.len() <= 128 && k.bytes().all(|b| b.is_ascii_graphic()) => {
+            Ok(Some(k.to_string()))
+        }
+        _ => Err(ApiError::bad_request(
+            "Idempotency-Key must be 1-128 printable ASCII characters (e.g. a random hex string per request)",
+        )),
     }
 }
 

@@ -34,6 +34,12 @@ const UNKNOWN_RETRIES: usize = 3;
 
 pub const PROPOSE_PATH: &str = "/v1/raft/propose";
 
+tokio::task_local! {
+    /// The `Idempotency-Key` of the client request being served, if it
+    /// sent one (set by the API router around the handler).
+    pub static CLIENT_KEY: String;
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 pub struct ProposeRequest {
     pub command: Command,
@@ -148,20 +154,27 @@ impl Writer {
     /// A client's write: applied at most once even when a leader change
     /// makes this manager propose it again.
     pub async fn propose_once(&self, command: Command) -> Result<u64, WriteError> {
+        // The client's own key when it sent one (then a retry of the same
+        // request, even a new connection's, applies once and answers as
+        // the first did), else one for this request.
+        let client_key = CLIENT_KEY.try_with(|k| k.clone()).ok();
         let wrapped = Command::Idempotent {
-            key: crate::identity::random_id(32),
+            key: client_key
+                .clone()
+                .unwrap_or_else(|| crate::identity::random_id(32)),
             command: Box::new(command),
         };
+        let retried_by_client = client_key.is_some();
         let mut tries = 0;
         loop {
             match self.propose(wrapped.clone()).await {
                 Ok(i) => return Ok(i),
                 Err(WriteError::Propose(ProposeError::Refused(StoreError::AlreadyApplied(_))))
-                    if tries > 0 =>
+                    if tries > 0 || retried_by_client =>
                 {
                     return Ok(self.raft.applied_index())
                 }
-                Err(WriteError::RemoteAlreadyApplied) if tries > 0 => {
+                Err(WriteError::RemoteAlreadyApplied) if tries > 0 || retried_by_client => {
                     return Ok(self.raft.applied_index())
                 }
                 Err(WriteError::Propose(ProposeError::Unknown { .. }))

@@ -114,9 +114,7 @@ pub async fn start_manager(
     for p in peers {
         book.set(p.raft_id, p.addr.clone());
     }
-    let (unreachable_tx, mut unreachable_rx) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move { while unreachable_rx.recv().await.is_some() {} });
-    let link = RaftLink::new(st.cluster_port.clone(), book.clone(), unreachable_tx);
+    let link = RaftLink::new(st.cluster_port.clone(), book.clone());
     let (handle, raft_task) = raft::start(
         RaftConfig {
             id: st.identity.raft_id,

@@ -94,7 +94,7 @@ pub fn diff(old: &NodeView, new: &NodeView) -> Diff {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use swarmlet_proto::{DesiredState, Image, ServiceSpec, Task, TaskState};
+    use swarmlet_proto::{DesiredState, Image, ServiceSpec, TaskState};
 
     fn state() -> State {
         let mut st = State::default();
@@ -121,23 +121,8 @@ mod tests {
             },
         );
         for (id, node, slot) in [("t1", "a", 1), ("t2", "b", 2), ("t3", "a", 3)] {
-            st.tasks.insert(
-                id.into(),
-                Task {
-                    id: id.into(),
-                    service_id: "s".into(),
-                    service_name: "web".into(),
-                    slot,
-                    service_version: 1,
-                    node_id: Some(node.into()),
-                    desired_state: DesiredState::Running,
-                    state: TaskState::Assigned,
-                    message: String::new(),
-                    error: None,
-                    created_at_ms: 0,
-                    updated_at_ms: 0,
-                },
-            );
+            st.tasks
+                .insert(id.into(), crate::dispatcher::tests::task(id, node, slot));
         }
         st
     }

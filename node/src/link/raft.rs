@@ -6,8 +6,9 @@
 //! (protobuf messages, each prefixed by its length as a u32, big-endian).
 //! A full queue or a failed send drops the messages: raft resends what
 //! matters (appends are retried from the follower's progress, heartbeats
-//! come every tick), and the driver is told the peer is unreachable so the
-//! leader probes it instead of streaming to it.
+//! come every tick). Failures are not reported back to raft (raft-rs's
+//! `report_unreachable` would make the leader probe instead of stream);
+//! its own retransmission is what recovers.
 //!
 //! Architecture invariant: sending never blocks the raft driver.
 
@@ -32,7 +33,6 @@ pub struct RaftLink {
     port: Arc<ClusterPort>,
     book: Arc<AddressBook>,
     queues: Mutex<HashMap<u64, mpsc::Sender<Vec<Message>>>>,
-    unreachable: mpsc::UnboundedSender<u64>,
 }
 
 impl crate::raft::RaftTransport for RaftLink {
@@ -42,17 +42,11 @@ impl crate::raft::RaftTransport for RaftLink {
 }
 
 impl RaftLink {
-    /// `unreachable` receives the raft IDs of peers a send failed to.
-    pub fn new(
-        port: Arc<ClusterPort>,
-        book: Arc<AddressBook>,
-        unreachable: mpsc::UnboundedSender<u64>,
-    ) -> Arc<RaftLink> {
+    pub fn new(port: Arc<ClusterPort>, book: Arc<AddressBook>) -> Arc<RaftLink> {
         Arc::new(RaftLink {
             port,
             book,
             queues: Mutex::default(),
-            unreachable,
         })
     }
 
@@ -60,13 +54,7 @@ impl RaftLink {
         let mut queues = self.queues.lock().unwrap_or_else(|e| e.into_inner());
         let tx = queues.entry(to).or_insert_with(|| {
             let (tx, rx) = mpsc::channel(QUEUE);
-            tokio::spawn(sender(
-                to,
-                rx,
-                self.port.clone(),
-                self.book.clone(),
-                self.unreachable.clone(),
-            ));
+            tokio::spawn(sender(to, rx, self.port.clone(), self.book.clone()));
             tx
         });
         if tx.try_send(msgs).is_err() {
@@ -80,7 +68,6 @@ async fn sender(
     mut rx: mpsc::Receiver<Vec<Message>>,
     port: Arc<ClusterPort>,
     book: Arc<AddressBook>,
-    unreachable: mpsc::UnboundedSender<u64>,
 ) {
     let mut failing = false;
     while let Some(mut batch) = rx.recv().await {
@@ -120,14 +107,12 @@ async fn sender(
             }
             Ok(r) => {
                 tracing::warn!(to, %addr, status = %r.status(), "raft peer refused messages");
-                let _ = unreachable.send(to);
             }
             Err(e) => {
                 if !failing {
                     tracing::warn!(to, %addr, "raft peer unreachable: {e}");
                     failing = true;
                 }
-                let _ = unreachable.send(to);
                 // Don't spin on a dead peer; what queued meanwhile is
                 // stale anyway and raft sends fresh messages.
                 tokio::time::sleep(Duration::from_millis(100)).await;

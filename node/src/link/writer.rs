@@ -97,6 +97,26 @@ pub struct Writer {
     pub port: Arc<ClusterPort>,
 }
 
+impl WriteError {
+    /// The store had applied this very write (same key) before, here or
+    /// on the leader.
+    fn already_applied(&self) -> bool {
+        matches!(
+            self,
+            WriteError::Propose(ProposeError::Refused(StoreError::AlreadyApplied(_)))
+                | WriteError::RemoteAlreadyApplied
+        )
+    }
+
+    /// A leader change left the write's fate unknown, here or on the leader.
+    fn fate_unknown(&self) -> bool {
+        matches!(
+            self,
+            WriteError::Propose(ProposeError::Unknown { .. }) | WriteError::RemoteFateUnknown(_)
+        )
+    }
+}
+
 impl Writer {
     /// Proposes `command` through the leader and returns its log index once
     /// it is applied on this manager.
@@ -169,18 +189,10 @@ impl Writer {
         loop {
             match self.propose(wrapped.clone()).await {
                 Ok(i) => return Ok(i),
-                Err(WriteError::Propose(ProposeError::Refused(StoreError::AlreadyApplied(_))))
-                    if tries > 0 || retried_by_client =>
-                {
+                Err(e) if e.already_applied() && (tries > 0 || retried_by_client) => {
                     return Ok(self.raft.applied_index())
                 }
-                Err(WriteError::RemoteAlreadyApplied) if tries > 0 || retried_by_client => {
-                    return Ok(self.raft.applied_index())
-                }
-                Err(WriteError::Propose(ProposeError::Unknown { .. }))
-                | Err(WriteError::RemoteFateUnknown(_))
-                    if tries < UNKNOWN_RETRIES =>
-                {
+                Err(e) if e.fate_unknown() && tries < UNKNOWN_RETRIES => {
                     tries += 1;
                     tracing::info!("a write's fate was unknown after a leader change; proposing it again with the same key");
                 }

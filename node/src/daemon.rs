@@ -17,7 +17,7 @@ use crate::blobs::Blobs;
 use crate::dispatcher::{ClusterCall, Dispatcher, DispatcherConfig, Forwarding};
 use crate::identity::Identity;
 use crate::link::{AddressBook, PoolCall, RaftLink, WriteError, Writer};
-use crate::mesh::{Mesh, Publish};
+use crate::mesh::Mesh;
 use crate::raft::{self, DiskStorage, RaftConfig, RaftHandle};
 use crate::runtime::wasm::WasmRuntime;
 use crate::store::Store;
@@ -207,10 +207,6 @@ pub async fn start_manager(
         mesh: st.mesh.clone(),
     };
     spawn_critical("agent", agent.run(st.shutdown.clone()));
-    spawn_critical(
-        "mesh sync",
-        sync_mesh(store.clone(), st.mesh.clone(), st.shutdown.clone()),
-    );
     tokio::spawn(collect_blobs(
         store.clone(),
         st.blobs.clone(),
@@ -319,39 +315,6 @@ pub(crate) fn spawn_critical(
             }
         }
     });
-}
-
-/// Keeps the mesh's listeners in line with the services' published ports.
-async fn sync_mesh(store: Arc<Store>, mesh: Arc<Mesh>, mut shutdown: watch::Receiver<bool>) {
-    let mut changes = store.changes();
-    let mut last_failed: Vec<u16> = Vec::new();
-    loop {
-        let desired: Vec<Publish> = store
-            .read()
-            .services
-            .values()
-            .flat_map(|s| {
-                s.spec.ports.iter().map(|p| Publish {
-                    port: p.published,
-                    service_id: s.id.clone(),
-                    service_name: s.spec.name.clone(),
-                })
-            })
-            .collect();
-        let failed = mesh.sync_listeners(&desired);
-        let ports: Vec<u16> = failed.iter().map(|(p, _)| *p).collect();
-        for (port, e) in failed {
-            if !last_failed.contains(&port) {
-                tracing::error!(port, "cannot listen on published port: {e}; retrying");
-            }
-        }
-        last_failed = ports;
-        tokio::select! {
-            _ = changes.changed() => {}
-            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
-            _ = shutdown.changed() => { mesh.close_all(); return; }
-        }
-    }
 }
 
 /// How old an unreferenced blob must be before it is deleted: an upload

@@ -107,6 +107,12 @@ pub enum Command {
         node_id: String,
         updates: Vec<TaskStatus>,
     },
+    /// Dispatcher: the published ports node `node_id` cannot listen on
+    /// (the whole set, replacing the last one).
+    SetNodePortProblems {
+        node_id: String,
+        problems: Vec<crate::model::PortProblem>,
+    },
 }
 
 /// One task's reported state, as carried by `Command::UpdateTaskStatuses`.

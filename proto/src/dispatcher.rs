@@ -16,6 +16,8 @@
 //! - `POST /v1/dispatcher/heartbeats` `ForwardedHeartbeats` → `{}`: a
 //!   follower manager passes on the nodes it heard from to the leader
 //!   (managers only).
+//! - `POST /v1/dispatcher/ports` `PortReport` → `{}`: the published ports
+//!   this node cannot listen on (`node inspect` shows them).
 //! - `GET /v1/blobs/<digest>` → the component's bytes; the receiver checks
 //!   them against the digest before it stores them.
 
@@ -94,6 +96,45 @@ pub struct Assignments {
     pub services: Vec<Service>,
     #[serde(default)]
     pub removed_services: Vec<String>,
+    /// The cluster's routing view, when it changed since the answer `since`
+    /// named (always with `full`): the whole new view, not a diff.
+    #[serde(default)]
+    pub routes: Option<Routes>,
+}
+
+/// What every node's mesh needs to send a request anywhere in the cluster.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Routes {
+    /// Every published port of the cluster (each belongs to one service).
+    pub ports: Vec<RoutePort>,
+    /// The replicas requests may go to: tasks desired and reported `running`
+    /// on nodes not marked `Down`, sorted by task ID.
+    pub replicas: Vec<RouteReplica>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoutePort {
+    pub port: u16,
+    pub service_id: String,
+    pub service_name: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteReplica {
+    pub task_id: String,
+    pub service_id: String,
+    /// `hello.2`
+    pub name: String,
+    pub node_id: String,
+    /// The node's cluster port, IP:PORT (TLS server name = node_id).
+    pub node_addr: String,
+}
+
+/// `POST /v1/dispatcher/ports`: the published ports this node could not
+/// listen on, with why (the whole current set; empty: all listen).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortReport {
+    pub problems: Vec<crate::model::PortProblem>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

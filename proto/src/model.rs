@@ -20,6 +20,18 @@ pub struct Node {
     /// `Unknown` until the node's next heartbeat.
     #[serde(default)]
     pub status: NodeStatus,
+    /// Published ports this node cannot listen on (another process holds
+    /// them), as the node last reported; the other nodes still serve them.
+    #[serde(default)]
+    pub port_problems: Vec<PortProblem>,
+}
+
+/// A published port a node could not open, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortProblem {
+    pub port: u16,
+    pub service_name: String,
+    pub error: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -22,6 +22,7 @@
 //! replica is in the mesh before its task is reported `running`.
 
 mod fetch;
+mod ports;
 pub mod remote;
 mod report;
 pub mod source;
@@ -30,7 +31,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use swarmlet_proto::dispatcher::{AssignedTask, Assignments, Since};
+use swarmlet_proto::dispatcher::{AssignedTask, Assignments, Routes, Since};
 use swarmlet_proto::{DesiredState, Service, TaskState, TaskStatus};
 use tokio::sync::{mpsc, watch};
 
@@ -45,10 +46,18 @@ pub use source::{AssignmentSource, InProcess, SourceError};
 struct View {
     tasks: HashMap<String, AssignedTask>,
     services: HashMap<String, Service>,
+    /// The cluster's routing view; `None` until the first answer.
+    routes: Option<Routes>,
+    /// The routing view changed since the mesh was last told.
+    routes_changed: bool,
 }
 
 impl View {
     fn apply(&mut self, a: Assignments) {
+        if let Some(r) = a.routes {
+            self.routes_changed |= self.routes.as_ref() != Some(&r);
+            self.routes = Some(r);
+        }
         if a.full {
             self.tasks.clear();
             self.services.clear();
@@ -171,6 +180,11 @@ impl Agent {
             poll(self.source.clone(), assigned_tx, shutdown.clone()),
         );
         let mut view = View::default();
+        let (port_problems, port_rx) = watch::channel(Vec::new());
+        crate::daemon::spawn_critical(
+            "port reports",
+            ports::report(self.source.clone(), port_rx, shutdown.clone()),
+        );
         let (loaded_tx, mut loaded_rx) = mpsc::unbounded_channel::<Loaded>();
         let mut local: HashMap<String, Local> = HashMap::new();
         // Tasks whose component is loading now.
@@ -228,6 +242,18 @@ impl Agent {
                     status(&id, TaskState::Running, "running", None),
                 );
             }
+            if let Some(routes) = &view.routes {
+                if std::mem::take(&mut view.routes_changed) {
+                    self.mesh.set_routes(routes.clone());
+                }
+                // Every pass, so a port another process held is retried.
+                let problems = ports::sync(&self.mesh, routes);
+                port_problems.send_if_modified(|p| {
+                    let changed = *p != problems;
+                    *p = problems;
+                    changed
+                });
+            }
             tokio::select! {
                 Some(first) = assigned_rx.recv() => {
                     view.apply(first);
@@ -246,7 +272,10 @@ impl Agent {
                     }
                 }
                 _ = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
-                _ = shutdown.changed() => return,
+                _ = shutdown.changed() => {
+                    self.mesh.close_all();
+                    return;
+                }
             }
         }
     }

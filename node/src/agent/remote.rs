@@ -15,7 +15,8 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use futures::FutureExt as _;
 use swarmlet_proto::dispatcher::{
-    Assignments, AssignmentsRequest, Session, SessionRequest, Since, StatusAck, StatusReport,
+    Assignments, AssignmentsRequest, PortReport, Session, SessionRequest, Since, StatusAck,
+    StatusReport,
 };
 use swarmlet_proto::TaskStatus;
 
@@ -203,6 +204,16 @@ impl AssignmentSource for RemoteSource {
             if !ack.refused.is_empty() {
                 tracing::warn!(tasks = ?ack.refused, "the dispatcher refused reports about tasks that are not this node's");
             }
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn report_ports(&self, report: PortReport) -> BoxFuture<'_, Result<(), SourceError>> {
+        async move {
+            let _: serde_json::Value = self
+                .to_current(routes::PORTS, &report, CALL_TIMEOUT)
+                .await?;
             Ok(())
         }
         .boxed()

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use futures::FutureExt as _;
-use swarmlet_proto::dispatcher::{Assignments, AssignmentsRequest, Since, StatusReport};
+use swarmlet_proto::dispatcher::{
+    Assignments, AssignmentsRequest, PortReport, Since, StatusReport,
+};
 use swarmlet_proto::{NodeRole, TaskStatus};
 
 use super::fetch;
@@ -56,6 +58,10 @@ pub trait AssignmentSource: Send + Sync + 'static {
 
     /// How often the agent sends a heartbeat when it has nothing to report.
     fn heartbeat_period(&self) -> Duration;
+
+    /// Reports the published ports this node cannot listen on (the whole
+    /// set); `Ok` once stored.
+    fn report_ports(&self, report: PortReport) -> BoxFuture<'_, Result<(), SourceError>>;
 }
 
 /// On a manager: the local dispatcher, called in process.
@@ -127,5 +133,9 @@ impl AssignmentSource for InProcess {
 
     fn heartbeat_period(&self) -> Duration {
         self.dispatcher.config().heartbeat_period()
+    }
+
+    fn report_ports(&self, report: PortReport) -> BoxFuture<'_, Result<(), SourceError>> {
+        async move { Ok(self.dispatcher.ports(&self.caller, report).await?) }.boxed()
     }
 }

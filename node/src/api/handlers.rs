@@ -115,6 +115,7 @@ pub async fn init(st: &ApiState, body: Incoming) -> Result<Response, ApiError> {
         addr: advertise.to_string(),
         created_at_ms: now_ms(),
         status: swarmlet_proto::NodeStatus::ready(),
+        port_problems: Vec::new(),
     };
     let cluster_id = random_id(25);
     // One durable step: the swarm's first snapshot already holds the cluster

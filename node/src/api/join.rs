@@ -224,6 +224,7 @@ pub async fn accept_join(st: &ApiState, body: Incoming) -> Result<Response, ApiE
         created_at_ms: crate::orchestrator::now_ms(),
         // Ready once its first heartbeat reaches the leader's dispatcher.
         status: swarmlet_proto::NodeStatus::default(),
+        port_problems: Vec::new(),
     };
     cluster.propose(Command::AddNode { node }).await?;
     tracing::info!(node = %req.node_id, addr = %req.addr, ?role, "a node joined the swarm");

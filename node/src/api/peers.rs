@@ -70,6 +70,7 @@ pub async fn dispatcher(
         "assignments" => answer(routes::assignments(d, &caller, body_json(body).await?).await),
         "status" => answer(routes::status(d, &caller, body_json(body).await?).await),
         "heartbeats" => answer(routes::heartbeats(d, &caller, body_json(body).await?).await),
+        "ports" => answer(routes::ports(d, &caller, body_json(body).await?).await),
         // A node about its own role (promotion), with a CSR its new certificate.
         "role" => super::nodes::node_role(st, &caller.node_id, body_json(body).await?),
         other => Err(ApiError::not_found(format!(

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use swarmlet_proto::dispatcher::AssignedTask;
+use swarmlet_proto::dispatcher::{AssignedTask, Routes};
 use swarmlet_proto::Service;
 
 use crate::store::State;
@@ -14,13 +14,18 @@ use crate::store::State;
 pub struct NodeView {
     pub tasks: BTreeMap<String, AssignedTask>,
     pub services: BTreeMap<String, Service>,
+    /// The cluster's routing view (the same for every node).
+    pub routes: Routes,
 }
 
 /// The node's view of the state: tasks assigned to `node_id` that have not
 /// ended (desired running, or to be stopped), and the services they belong
 /// to (a task of a removed service comes without one).
 pub fn view_of(state: &State, node_id: &str) -> NodeView {
-    let mut view = NodeView::default();
+    let mut view = NodeView {
+        routes: super::routing::routes_of(state),
+        ..NodeView::default()
+    };
     for t in state.tasks.values() {
         if t.node_id.as_deref() != Some(node_id) || t.state.is_terminal() {
             continue;
@@ -53,6 +58,8 @@ pub struct Diff {
     pub removed_tasks: Vec<String>,
     pub services: Vec<Service>,
     pub removed_services: Vec<String>,
+    /// The new routing view, when it changed.
+    pub routes: Option<Routes>,
 }
 
 impl Diff {
@@ -61,6 +68,7 @@ impl Diff {
             && self.removed_tasks.is_empty()
             && self.services.is_empty()
             && self.removed_services.is_empty()
+            && self.routes.is_none()
     }
 }
 
@@ -88,6 +96,7 @@ pub fn diff(old: &NodeView, new: &NodeView) -> Diff {
         removed_tasks,
         services,
         removed_services,
+        routes: (old.routes != new.routes).then(|| new.routes.clone()),
     }
 }
 
@@ -141,11 +150,19 @@ mod tests {
     #[test]
     fn diff_names_what_changed_and_what_left() {
         let mut st = state();
+        for n in ["a", "b"] {
+            let node = crate::dispatcher::routing::tests::node(n, swarmlet_proto::NodeState::Ready);
+            st.nodes.insert(n.into(), node);
+        }
         let before = view_of(&st, "a");
         assert!(diff(&before, &view_of(&st, "a")).is_empty());
-        // Another node's task changing is nothing to node a.
+        // Another node's task changing is nothing to node a's tasks, but
+        // its replica running is news to every node's mesh.
         st.tasks.get_mut("t2").unwrap().state = TaskState::Running;
-        assert!(diff(&before, &view_of(&st, "a")).is_empty());
+        let d = diff(&before, &view_of(&st, "a"));
+        assert!(d.tasks.is_empty() && d.removed_tasks.is_empty());
+        assert!(d.routes.is_some(), "the routing view changed");
+        let before = view_of(&st, "a");
         st.tasks.get_mut("t1").unwrap().desired_state = DesiredState::Shutdown;
         st.tasks.remove("t3");
         let d = diff(&before, &view_of(&st, "a"));

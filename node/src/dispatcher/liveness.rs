@@ -139,6 +139,7 @@ mod tests {
                 state,
                 message: String::new(),
             },
+            port_problems: Vec::new(),
         }
     }
 

@@ -44,6 +44,7 @@ pub mod assignments;
 pub mod call;
 pub mod liveness;
 pub mod routes;
+pub mod routing;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -51,7 +52,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use swarmlet_proto::dispatcher::{
-    Assignments, AssignmentsRequest, ForwardedHeartbeats, Session, StatusAck, StatusReport,
+    Assignments, AssignmentsRequest, ForwardedHeartbeats, PortReport, Session, StatusAck,
+    StatusReport,
 };
 use swarmlet_proto::{Command, NodeRole, TaskStatus};
 use tokio::sync::watch;
@@ -315,6 +317,7 @@ impl Dispatcher {
                         removed_tasks: Vec::new(),
                         services: view.services.values().cloned().collect(),
                         removed_services: Vec::new(),
+                        routes: Some(view.routes.clone()),
                     }),
                     Some(base) => {
                         let d = diff(&base.view, &view);
@@ -329,6 +332,7 @@ impl Dispatcher {
                                 removed_tasks: d.removed_tasks,
                                 services: d.services,
                                 removed_services: d.removed_services,
+                                routes: d.routes,
                             })
                         }
                     }
@@ -383,16 +387,7 @@ impl Dispatcher {
                 node_id: node.to_string(),
                 updates: accepted,
             };
-            let result = match &self.forwarding {
-                Some(fw) => fw.writer.propose(command).await,
-                None => self
-                    .raft
-                    .propose(command)
-                    .await
-                    .map(|o| o.index)
-                    .map_err(crate::link::WriteError::from),
-            };
-            result.map_err(|e| match e {
+            self.write(command).await.map_err(|e| match e {
                 crate::link::WriteError::Propose(ProposeError::Refused(e)) => {
                     DispatcherError::BadRequest(e.to_string())
                 }
@@ -405,6 +400,44 @@ impl Dispatcher {
             heartbeat_period_ms: self.cfg.heartbeat_period().as_millis() as u64,
             managers: self.managers(),
         })
+    }
+
+    /// Proposes `command` through the leader (this node's raft when it
+    /// has no forwarding, i.e. a single manager).
+    async fn write(&self, command: Command) -> Result<u64, crate::link::WriteError> {
+        match &self.forwarding {
+            Some(fw) => fw.writer.propose(command).await,
+            None => self
+                .raft
+                .propose(command)
+                .await
+                .map(|o| o.index)
+                .map_err(crate::link::WriteError::from),
+        }
+    }
+
+    /// `POST /v1/dispatcher/ports`: the published ports the caller cannot
+    /// listen on. Stored only when they differ from what the store holds.
+    pub async fn ports(&self, caller: &Caller, req: PortReport) -> Result<(), DispatcherError> {
+        self.known(caller)?;
+        let node = caller.node_id.as_str();
+        let same = self
+            .store
+            .read()
+            .nodes
+            .get(node)
+            .is_some_and(|n| n.port_problems == req.problems);
+        if same {
+            return Ok(());
+        }
+        let command = Command::SetNodePortProblems {
+            node_id: node.to_string(),
+            problems: req.problems,
+        };
+        self.write(command)
+            .await
+            .map(|_| ())
+            .map_err(|e| DispatcherError::Unavailable(format!("storing the port report: {e}")))
     }
 
     /// `POST /v1/dispatcher/heartbeats`: a follower passes on heartbeats.

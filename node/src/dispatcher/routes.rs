@@ -7,14 +7,15 @@
 //! | `POST /v1/dispatcher/assignments` | `AssignmentsRequest` → `Assignments` (long poll) | nodes |
 //! | `POST /v1/dispatcher/status` | `StatusReport` → `StatusAck` | nodes |
 //! | `POST /v1/dispatcher/heartbeats` | `ForwardedHeartbeats` → `{}` | managers |
+//! | `POST /v1/dispatcher/ports` | `PortReport` → `{}` | nodes |
 //! | `GET /v1/blobs/<digest>` | → component bytes (`application/octet-stream`) | nodes |
 //!
 //! An error answers `DispatcherError::status_code()` with the API's
 //! `ErrorBody { message }`.
 
 use swarmlet_proto::dispatcher::{
-    Assignments, AssignmentsRequest, ForwardedHeartbeats, Session, SessionRequest, StatusAck,
-    StatusReport,
+    Assignments, AssignmentsRequest, ForwardedHeartbeats, PortReport, Session, SessionRequest,
+    StatusAck, StatusReport,
 };
 
 use super::{Caller, Dispatcher, DispatcherError};
@@ -24,6 +25,7 @@ pub const SESSION: &str = "/v1/dispatcher/session";
 pub const ASSIGNMENTS: &str = "/v1/dispatcher/assignments";
 pub const STATUS: &str = "/v1/dispatcher/status";
 pub const HEARTBEATS: &str = "/v1/dispatcher/heartbeats";
+pub const PORTS: &str = "/v1/dispatcher/ports";
 /// Followed by the digest (`sha256:<hex>`).
 pub const BLOBS: &str = "/v1/blobs/";
 
@@ -57,6 +59,15 @@ pub async fn heartbeats(
     body: ForwardedHeartbeats,
 ) -> Result<serde_json::Value, DispatcherError> {
     d.forwarded(caller, body)?;
+    Ok(serde_json::json!({}))
+}
+
+pub async fn ports(
+    d: &Dispatcher,
+    caller: &Caller,
+    body: PortReport,
+) -> Result<serde_json::Value, DispatcherError> {
+    d.ports(caller, body).await?;
     Ok(serde_json::json!({}))
 }
 

@@ -38,6 +38,7 @@ pub(crate) fn node(id: &str, raft_id: u64, role: NodeRole) -> Node {
         addr: format!("127.13.0.{raft_id}:2377"),
         created_at_ms: 0,
         status: NodeStatus::ready(),
+        port_problems: Vec::new(),
     }
 }
 

@@ -135,6 +135,12 @@ impl Mesh {
         self.backends.store(Arc::new(table));
     }
 
+    /// The cluster's routing view (lead's stub: the mesh helper's version
+    /// merges remote replicas into the rotation).
+    pub fn set_routes(&self, routes: swarmlet_proto::dispatcher::Routes) {
+        let _ = routes;
+    }
+
     /// Opens listeners for new published ports and closes those no service
     /// publishes any more. Returns the ports that could not be bound, with why.
     pub fn sync_listeners(self: &Arc<Self>, desired: &[Publish]) -> Vec<(u16, std::io::Error)> {

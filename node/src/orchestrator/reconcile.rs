@@ -192,6 +192,7 @@ mod tests {
                 addr: String::new(),
                 created_at_ms: 0,
                 status: swarmlet_proto::NodeStatus::ready(),
+                port_problems: Vec::new(),
             },
         );
         st.services.insert(

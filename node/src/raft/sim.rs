@@ -155,6 +155,7 @@ impl Sim {
                     addr: String::new(),
                     created_at_ms: 0,
                     status: swarmlet_proto::NodeStatus::ready(),
+                    port_problems: Vec::new(),
                 },
             );
         }

@@ -364,6 +364,13 @@ impl State {
                     }
                 }
             }
+            Command::SetNodePortProblems { node_id, problems } => {
+                let n = self
+                    .nodes
+                    .get_mut(node_id)
+                    .ok_or_else(|| StoreError::NoSuchNode(node_id.clone()))?;
+                n.port_problems = problems.clone();
+            }
         }
         Ok(())
     }

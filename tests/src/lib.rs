@@ -12,6 +12,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+pub mod http;
 pub mod netns;
 
 /// The `swarmlet` binary under test: `$SWARMLET_BIN`, or the one cargo built
@@ -480,7 +481,7 @@ pub fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String), String> {
     ))
 }
 
-fn dechunk(mut s: &str) -> String {
+pub(crate) fn dechunk(mut s: &str) -> String {
     let mut out = String::new();
     while let Some((size, rest)) = s.split_once("\r\n") {
         let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);

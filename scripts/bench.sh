@@ -233,6 +233,9 @@ CP=$(cargo run --release -q -p swarmlet --example control_plane -- $([ $QUICK = 
 # --- failover of a real 5-node swarm (3 managers, 2 workers) -----------------
 FAILOVER=$(SWARMLET="$SWARMLET" "$REPO/scripts/bench-failover.sh" $([ $QUICK = 1 ] && echo 1 || echo 5))
 
+# --- the mesh's node-to-node hop vs HAProxy doing the same hop ---------------
+MESH=$(SWARMLET="$SWARMLET" DUR=$DUR CONNS=$CONNS "$REPO/scripts/bench-mesh.sh" "$ROUNDS")
+
 # --- the Docker Swarm peer (full run) ---------------------------------------
 PEER=""
 if [ $QUICK = 0 ] && [ "${NO_DOCKER:-0}" != 1 ]; then
@@ -331,6 +334,8 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a > 0 && b > 0) printf "%.2f×", 
     echo "## Failover (separate daemons on loopback; targets: a new leader answering writes < 2 s, a dead node's replicas elsewhere < 5 s; --node-down-after 3s)"
     echo
     echo "$FAILOVER"
+    echo
+    echo "$MESH"
     echo
     echo "Docker Swarm for comparison (not run here: one dockerd per machine): not measured, swarmkit's defaults are quoted: raft ElectionTick 10 with 1 s ticks (a leader election waits ≥ 10 s) and a dispatcher heartbeat period of 5 s with a node marked down after about three missed periods (~15 s)."
     echo

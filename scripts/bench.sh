@@ -335,9 +335,9 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a > 0 && b > 0) printf "%.2f×", 
     echo
     echo "$FAILOVER"
     echo
-    echo "$MESH"
-    echo
     echo "Docker Swarm for comparison (not run here: one dockerd per machine): not measured, swarmkit's defaults are quoted: raft ElectionTick 10 with 1 s ticks (a leader election waits ≥ 10 s) and a dispatcher heartbeat period of 5 s with a node marked down after about three missed periods (~15 s)."
+    echo
+    echo "$MESH"
     echo
     echo "## Footprint"
     echo

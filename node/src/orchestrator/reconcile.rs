@@ -10,7 +10,6 @@ use super::scheduler;
 use super::slot::{self, Changes};
 use crate::store::State;
 
-pub use slot::RESTART_DELAY_MS;
 /// Docker's default task history per slot.
 pub const TASK_HISTORY: usize = 5;
 
@@ -100,6 +99,7 @@ pub fn reconcile(state: &State, now_ms: u64) -> Vec<Command> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::slot::RESTART_DELAY_MS;
     use super::*;
     use swarmlet_proto::{
         Availability, Envelope, Image, Node, NodeRole, NodeState, Service, ServiceSpec,
@@ -367,7 +367,10 @@ mod tests {
 
         set_availability(&mut st, "n2", Availability::Drain);
         let cmds = reconcile(&st, 2);
-        assert!(stopped(&cmds).is_empty(), "nothing stops before its replacement runs");
+        assert!(
+            stopped(&cmds).is_empty(),
+            "nothing stops before its replacement runs"
+        );
         let mut new_slots: Vec<u64> = created(&cmds)
             .iter()
             .inspect(|t| assert_eq!(t.node_id.as_deref(), Some("n1")))
@@ -375,7 +378,10 @@ mod tests {
             .collect();
         new_slots.sort();
         let old_slots: Vec<u64> = leaving.iter().map(|l| l.1).collect();
-        assert_eq!(new_slots, old_slots, "one new task per slot of the drained node");
+        assert_eq!(
+            new_slots, old_slots,
+            "one new task per slot of the drained node"
+        );
         apply_all(&mut st, cmds);
 
         // While the new tasks start, no second replacement is made and the
@@ -397,7 +403,10 @@ mod tests {
         assert_eq!(stopped(&cmds), vec![leaving[1].0.clone()]);
         apply_all(&mut st, cmds);
         agents_report(&mut st);
-        assert!(live_on(&st, "n2").is_empty(), "the drained node runs nothing");
+        assert!(
+            live_on(&st, "n2").is_empty(),
+            "the drained node runs nothing"
+        );
         assert_eq!(running_slots(&st), vec![1, 2, 3, 4]);
         assert!(reconcile(&st, 6).is_empty(), "drained and converged");
     }
@@ -449,7 +458,11 @@ mod tests {
         assert_eq!(st.tasks[&old_id].desired_state, DesiredState::Running);
         agents_report(&mut st);
         let cmds = reconcile(&st, 20 + RESTART_DELAY_MS);
-        assert_eq!(stopped(&cmds), vec![old_id], "the new one runs: now it stops");
+        assert_eq!(
+            stopped(&cmds),
+            vec![old_id],
+            "the new one runs: now it stops"
+        );
     }
 
     #[test]
@@ -485,7 +498,10 @@ mod tests {
         let on_n2 = live_on(&st, "n2");
         assert_eq!(on_n2.len(), 1);
         set_availability(&mut st, "n2", Availability::Pause);
-        assert!(reconcile(&st, 2).is_empty(), "a paused node keeps its tasks");
+        assert!(
+            reconcile(&st, 2).is_empty(),
+            "a paused node keeps its tasks"
+        );
         st.services.get_mut("s1").unwrap().spec.replicas = 5;
         let cmds = reconcile(&st, 3);
         assert!(created(&cmds)

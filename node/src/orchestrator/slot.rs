@@ -129,12 +129,7 @@ fn node_lost(state: &State, t: &Task) -> bool {
     }
 }
 
-fn new_task(
-    service: &Service,
-    slot: u64,
-    now_ms: u64,
-    placer: &mut ServicePlacer,
-) -> Option<Task> {
+fn new_task(service: &Service, slot: u64, now_ms: u64, placer: &mut ServicePlacer) -> Option<Task> {
     let node_id = placer.place()?;
     Some(Task {
         id: random_id(25),

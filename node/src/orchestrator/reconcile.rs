@@ -377,7 +377,8 @@ mod tests {
             .map(|t| t.slot)
             .collect();
         new_slots.sort();
-        let old_slots: Vec<u64> = leaving.iter().map(|l| l.1).collect();
+        let mut old_slots: Vec<u64> = leaving.iter().map(|l| l.1).collect();
+        old_slots.sort();
         assert_eq!(
             new_slots, old_slots,
             "one new task per slot of the drained node"

@@ -7,6 +7,7 @@
 pub mod managers;
 mod reconcile;
 pub mod scheduler;
+mod slot;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,95 +1,45 @@
 //! Desired services → task changes. A pure function of the store state and
-//! the time: the loop in `mod.rs` proposes what it returns.
+//! the time: the loop in `mod.rs` proposes what it returns. Each replica
+//! slot is decided in `slot`; placement is `scheduler`'s.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
-use swarmlet_proto::{Command, DesiredState, NodeState, Service, Task, TaskState};
+use swarmlet_proto::{Command, DesiredState, Task, TaskState};
 
 use super::scheduler;
-use crate::identity::random_id;
+use super::slot::{self, Changes};
 use crate::store::State;
 
-/// Docker's default restart delay (restart condition `any`).
-pub const RESTART_DELAY_MS: u64 = 5_000;
 /// Docker's default task history per slot.
 pub const TASK_HISTORY: usize = 5;
 
 /// The commands that move the cluster toward its desired state.
 pub fn reconcile(state: &State, now_ms: u64) -> Vec<Command> {
-    let mut create = Vec::new();
-    let mut stop = Vec::new();
-    let mut remove = Vec::new();
-
-    let mut load: HashMap<String, usize> = HashMap::new();
-    for t in state.tasks.values() {
-        if let (Some(n), false) = (&t.node_id, t.state.is_terminal()) {
-            *load.entry(n.clone()).or_default() += 1;
-        }
-    }
-    let mut placer = scheduler::Placer::new(state.nodes.values(), &load);
+    let mut changes = Changes::default();
+    let mut placer = scheduler::Placer::new(state.nodes.values(), state.tasks.values());
 
     for service in state.services.values() {
         let mut slots: BTreeMap<u64, Vec<&Task>> = BTreeMap::new();
         for t in state.tasks_of(&service.id) {
             slots.entry(t.slot).or_default().push(t);
         }
+        let mut placer = placer.for_service(&service.id);
         for slot in 1..=service.spec.replicas {
             let tasks = slots.get(&slot).map(Vec::as_slice).unwrap_or(&[]);
-            // One task per slot should run. Two can (a CreateTasks whose
-            // fate was unknown after a leader change commits after all,
-            // beside the new leader's): keep the one furthest along
-            // (not ended, then the higher state, then the newest) and stop
-            // the others. Found by the control-plane simulation.
-            let wanted: Vec<&Task> = tasks
-                .iter()
-                .copied()
-                .filter(|t| t.desired_state == DesiredState::Running)
-                .collect();
-            let live = wanted
-                .iter()
-                .copied()
-                .max_by_key(|t| (!t.state.is_terminal(), t.state, t.created_at_ms, &t.id));
-            if let Some(keep) = live {
-                stop.extend(
-                    wanted
-                        .iter()
-                        .filter(|t| t.id != keep.id)
-                        .map(|t| t.id.clone()),
-                );
-            }
-            match live {
-                Some(t) if !t.state.is_terminal() && node_lost(state, t) => {
-                    // Its node is Down (or gone): the slot gets a new task
-                    // on another node and the old one is told to stop, which
-                    // the node does if it comes back. With nowhere to go the
-                    // task stays, so a node that returns just resumes it.
-                    if let Some(new) = new_task(service, slot, now_ms, &mut placer) {
-                        stop.push(t.id.clone());
-                        create.push(new);
-                    }
-                }
-                Some(t) if !t.state.is_terminal() => {}
-                Some(t) => {
-                    // It ended although it should run: restart it in a new
-                    // task after the restart delay, as Swarm does.
-                    if now_ms.saturating_sub(t.updated_at_ms) >= RESTART_DELAY_MS {
-                        stop.push(t.id.clone());
-                        if let Some(new) = new_task(service, slot, now_ms, &mut placer) {
-                            create.push(new);
-                        }
-                    }
-                }
-                None => {
-                    if let Some(new) = new_task(service, slot, now_ms, &mut placer) {
-                        create.push(new);
-                    }
-                }
-            }
+            slot::decide(
+                state,
+                service,
+                slot,
+                tasks,
+                now_ms,
+                &mut placer,
+                &mut changes,
+            );
         }
         // Scale down: slots above the replica count stop.
         for (slot, tasks) in &slots {
             if *slot > service.spec.replicas {
-                stop.extend(
+                changes.stop.extend(
                     tasks
                         .iter()
                         .filter(|t| t.desired_state == DesiredState::Running)
@@ -105,7 +55,9 @@ pub fn reconcile(state: &State, now_ms: u64) -> Vec<Command> {
                 .collect();
             if ended.len() > TASK_HISTORY {
                 ended.sort_by_key(|t| std::cmp::Reverse(t.created_at_ms));
-                remove.extend(ended[TASK_HISTORY..].iter().map(|t| t.id.clone()));
+                changes
+                    .remove
+                    .extend(ended[TASK_HISTORY..].iter().map(|t| t.id.clone()));
             }
         }
     }
@@ -118,12 +70,17 @@ pub fn reconcile(state: &State, now_ms: u64) -> Vec<Command> {
             continue;
         }
         if t.state.is_terminal() || t.node_id.is_none() || t.state == TaskState::New {
-            remove.push(t.id.clone());
+            changes.remove.push(t.id.clone());
         } else if t.desired_state == DesiredState::Running {
-            stop.push(t.id.clone());
+            changes.stop.push(t.id.clone());
         }
     }
 
+    let Changes {
+        create,
+        stop,
+        remove,
+    } = changes;
     let mut out = Vec::new();
     if !stop.is_empty() {
         out.push(Command::SetDesiredState {
@@ -140,44 +97,13 @@ pub fn reconcile(state: &State, now_ms: u64) -> Vec<Command> {
     out
 }
 
-/// Whether `t`'s node is `Down` or no longer in the cluster.
-fn node_lost(state: &State, t: &Task) -> bool {
-    match &t.node_id {
-        Some(n) => state
-            .nodes
-            .get(n)
-            .is_none_or(|n| n.status.state == NodeState::Down),
-        None => false,
-    }
-}
-
-fn new_task(
-    service: &Service,
-    slot: u64,
-    now_ms: u64,
-    placer: &mut scheduler::Placer,
-) -> Option<Task> {
-    let node_id = placer.place()?;
-    Some(Task {
-        id: random_id(25),
-        service_id: service.id.clone(),
-        service_name: service.spec.name.clone(),
-        slot,
-        service_version: service.version,
-        node_id: Some(node_id),
-        desired_state: DesiredState::Running,
-        state: TaskState::Assigned,
-        message: "assigned".into(),
-        error: None,
-        created_at_ms: now_ms,
-        updated_at_ms: now_ms,
-    })
-}
-
 #[cfg(test)]
 mod tests {
+    use super::super::slot::RESTART_DELAY_MS;
     use super::*;
-    use swarmlet_proto::{Availability, Envelope, Image, Node, NodeRole, ServiceSpec};
+    use swarmlet_proto::{
+        Availability, Envelope, Image, Node, NodeRole, NodeState, Service, ServiceSpec,
+    };
 
     fn state_with(replicas: u64) -> State {
         let mut st = State::default();
@@ -379,5 +305,247 @@ mod tests {
         apply_all(&mut st, cmds);
         assert_eq!(st.tasks.len(), 2);
         assert_eq!(running_slots(&st), vec![1]);
+    }
+
+    /// Every task not yet running (and meant to) reports `Running`; every
+    /// task told to stop reports `Shutdown`, as the agents do.
+    fn agents_report(st: &mut State) {
+        for t in st.tasks.values_mut() {
+            match t.desired_state {
+                DesiredState::Running if !t.state.is_terminal() => t.state = TaskState::Running,
+                DesiredState::Shutdown if !t.state.is_terminal() => t.state = TaskState::Shutdown,
+                _ => {}
+            }
+        }
+    }
+
+    fn live_on(st: &State, node: &str) -> Vec<(String, u64)> {
+        let mut v: Vec<(String, u64)> = st
+            .tasks
+            .values()
+            .filter(|t| t.node_id.as_deref() == Some(node))
+            .filter(|t| t.desired_state == DesiredState::Running)
+            .map(|t| (t.id.clone(), t.slot))
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn stopped(cmds: &[Command]) -> Vec<String> {
+        cmds.iter()
+            .flat_map(|c| match c {
+                Command::SetDesiredState {
+                    task_ids,
+                    desired: DesiredState::Shutdown,
+                } => task_ids.clone(),
+                _ => Vec::new(),
+            })
+            .collect()
+    }
+
+    fn created(cmds: &[Command]) -> Vec<Task> {
+        cmds.iter()
+            .flat_map(|c| match c {
+                Command::CreateTasks { tasks } => tasks.clone(),
+                _ => Vec::new(),
+            })
+            .collect()
+    }
+
+    fn set_availability(st: &mut State, node: &str, a: Availability) {
+        st.nodes.get_mut(node).unwrap().availability = a;
+    }
+
+    #[test]
+    fn drain_starts_each_new_task_before_its_old_one_stops() {
+        let mut st = state_with(4);
+        add_node(&mut st, "n2");
+        let cmds = reconcile(&st, 1);
+        apply_all(&mut st, cmds);
+        agents_report(&mut st);
+        let leaving = live_on(&st, "n2");
+        assert_eq!(leaving.len(), 2, "spread over both nodes");
+
+        set_availability(&mut st, "n2", Availability::Drain);
+        let cmds = reconcile(&st, 2);
+        assert!(
+            stopped(&cmds).is_empty(),
+            "nothing stops before its replacement runs"
+        );
+        let mut new_slots: Vec<u64> = created(&cmds)
+            .iter()
+            .inspect(|t| assert_eq!(t.node_id.as_deref(), Some("n1")))
+            .map(|t| t.slot)
+            .collect();
+        new_slots.sort();
+        let mut old_slots: Vec<u64> = leaving.iter().map(|l| l.1).collect();
+        old_slots.sort();
+        assert_eq!(
+            new_slots, old_slots,
+            "one new task per slot of the drained node"
+        );
+        apply_all(&mut st, cmds);
+
+        // While the new tasks start, no second replacement is made and the
+        // old ones keep running.
+        assert!(reconcile(&st, 3).is_empty());
+        // One replacement runs: only its old task stops.
+        let (first_id, first_slot) = &leaving[0];
+        for t in st.tasks.values_mut() {
+            if t.slot == *first_slot && t.node_id.as_deref() == Some("n1") {
+                t.state = TaskState::Running;
+            }
+        }
+        let cmds = reconcile(&st, 4);
+        assert_eq!(stopped(&cmds), vec![first_id.clone()]);
+        assert!(created(&cmds).is_empty());
+        apply_all(&mut st, cmds);
+        agents_report(&mut st);
+        let cmds = reconcile(&st, 5);
+        assert_eq!(stopped(&cmds), vec![leaving[1].0.clone()]);
+        apply_all(&mut st, cmds);
+        agents_report(&mut st);
+        assert!(
+            live_on(&st, "n2").is_empty(),
+            "the drained node runs nothing"
+        );
+        assert_eq!(running_slots(&st), vec![1, 2, 3, 4]);
+        assert!(reconcile(&st, 6).is_empty(), "drained and converged");
+    }
+
+    #[test]
+    fn a_drained_task_with_nowhere_to_go_stops_at_once() {
+        let mut st = state_with(1);
+        let cmds = reconcile(&st, 1);
+        apply_all(&mut st, cmds);
+        agents_report(&mut st);
+        let old = live_on(&st, "n1");
+        set_availability(&mut st, "n1", Availability::Drain);
+        let cmds = reconcile(&st, 2);
+        assert_eq!(stopped(&cmds), vec![old[0].0.clone()]);
+        assert!(created(&cmds).is_empty());
+        apply_all(&mut st, cmds);
+        agents_report(&mut st);
+        assert!(reconcile(&st, 3).is_empty(), "nothing to place it on");
+        // Active again: the slot gets a new task.
+        set_availability(&mut st, "n1", Availability::Active);
+        let cmds = reconcile(&st, 4);
+        assert_eq!(created(&cmds).len(), 1);
+    }
+
+    #[test]
+    fn a_failed_replacement_does_not_stop_the_old_task() {
+        let mut st = state_with(1);
+        add_node(&mut st, "n2");
+        let cmds = reconcile(&st, 1);
+        apply_all(&mut st, cmds);
+        agents_report(&mut st);
+        let (old_id, _) = live_on(&st, "n1").remove(0);
+        set_availability(&mut st, "n1", Availability::Drain);
+        let cmds = reconcile(&st, 2);
+        apply_all(&mut st, cmds);
+        let (new_id, _) = live_on(&st, "n2").remove(0);
+        let t = st.tasks.get_mut(&new_id).unwrap();
+        t.state = TaskState::Failed;
+        t.updated_at_ms = 10;
+        assert!(
+            reconcile(&st, 11).is_empty(),
+            "the old task runs on; the failed one waits for its restart delay"
+        );
+        let cmds = reconcile(&st, 10 + RESTART_DELAY_MS);
+        assert_eq!(stopped(&cmds), vec![new_id], "only the failed one");
+        assert_eq!(created(&cmds).len(), 1, "one new replacement");
+        assert_eq!(created(&cmds)[0].node_id.as_deref(), Some("n2"));
+        apply_all(&mut st, cmds);
+        assert_eq!(st.tasks[&old_id].desired_state, DesiredState::Running);
+        agents_report(&mut st);
+        let cmds = reconcile(&st, 20 + RESTART_DELAY_MS);
+        assert_eq!(
+            stopped(&cmds),
+            vec![old_id],
+            "the new one runs: now it stops"
+        );
+    }
+
+    #[test]
+    fn a_draining_node_back_to_active_keeps_one_task_per_slot() {
+        let mut st = state_with(1);
+        add_node(&mut st, "n2");
+        let cmds = reconcile(&st, 1);
+        apply_all(&mut st, cmds);
+        agents_report(&mut st);
+        let (old_id, _) = live_on(&st, "n1").remove(0);
+        set_availability(&mut st, "n1", Availability::Drain);
+        let cmds = reconcile(&st, 2);
+        apply_all(&mut st, cmds);
+        set_availability(&mut st, "n1", Availability::Active);
+        let cmds = reconcile(&st, 3);
+        apply_all(&mut st, cmds);
+        agents_report(&mut st);
+        assert_eq!(running_slots(&st), vec![1]);
+        assert_eq!(
+            live_on(&st, "n1"),
+            vec![(old_id, 1)],
+            "the running one stays, the one still starting stops"
+        );
+    }
+
+    #[test]
+    fn pause_keeps_its_tasks_and_takes_no_new_ones() {
+        let mut st = state_with(2);
+        add_node(&mut st, "n2");
+        let cmds = reconcile(&st, 1);
+        apply_all(&mut st, cmds);
+        agents_report(&mut st);
+        let on_n2 = live_on(&st, "n2");
+        assert_eq!(on_n2.len(), 1);
+        set_availability(&mut st, "n2", Availability::Pause);
+        assert!(
+            reconcile(&st, 2).is_empty(),
+            "a paused node keeps its tasks"
+        );
+        st.services.get_mut("s1").unwrap().spec.replicas = 5;
+        let cmds = reconcile(&st, 3);
+        assert!(created(&cmds)
+            .iter()
+            .all(|t| t.node_id.as_deref() == Some("n1")));
+        apply_all(&mut st, cmds);
+        assert_eq!(live_on(&st, "n2"), on_n2);
+        set_availability(&mut st, "n2", Availability::Active);
+        st.services.get_mut("s1").unwrap().spec.replicas = 6;
+        let cmds = reconcile(&st, 4);
+        assert_eq!(
+            created(&cmds)[0].node_id.as_deref(),
+            Some("n2"),
+            "active again, it takes the next task"
+        );
+    }
+
+    #[test]
+    fn services_spread_independently() {
+        let mut st = state_with(4);
+        add_node(&mut st, "n2");
+        add_node(&mut st, "n3");
+        // s1 fills n1 and n2 while n3 is paused.
+        set_availability(&mut st, "n3", Availability::Pause);
+        let cmds = reconcile(&st, 1);
+        apply_all(&mut st, cmds);
+        set_availability(&mut st, "n3", Availability::Active);
+        let mut s2: Service = st.services["s1"].clone();
+        s2.id = "s2".into();
+        s2.spec.name = "api".into();
+        s2.spec.replicas = 3;
+        st.services.insert("s2".into(), s2);
+        let cmds = reconcile(&st, 2);
+        let mut nodes: Vec<String> = created(&cmds)
+            .iter()
+            .filter_map(|t| t.node_id.clone())
+            .collect();
+        nodes.sort();
+        assert_eq!(
+            nodes,
+            ["n1", "n2", "n3"],
+            "one task of api per node, though n3 runs the fewest overall"
+        );
     }
 }

@@ -19,7 +19,9 @@
 //!   leader's store) and an agent per node (reporting the tasks its own,
 //!   possibly lagging, store assigns to it, through the leader as the
 //!   dispatcher does) bring every service, created and scaled by clients
-//!   during the chaos, to exactly its replica count, all running.
+//!   during the chaos, to exactly its replica count, all running, none on
+//!   a drained node (clients pause, drain and reactivate nodes during the
+//!   chaos; once healed one node stays drained).
 //!
 //! `SWARMLET_SIM_SEEDS=N` runs seeds 1..=N (default 200);
 //! `SWARMLET_SIM_SEED=S` replays one; `scripts/sim.sh` runs many more.
@@ -101,6 +103,7 @@ struct Stats {
     snapshots_installed: usize,
     partitions: usize,
     conf_changes: usize,
+    availability_changes: usize,
 }
 
 fn logger() -> slog::Logger {
@@ -533,8 +536,48 @@ impl Sim {
         });
     }
 
+    /// A client sets a random node's availability (active, pause or drain).
+    fn set_availability(&mut self) {
+        let id = self.nodes[self.rng.gen_range(0..self.nodes.len())].id;
+        let availability = match self.rng.gen_range(0..4) {
+            0 => swarmlet_proto::Availability::Pause,
+            1 => swarmlet_proto::Availability::Drain,
+            _ => swarmlet_proto::Availability::Active,
+        };
+        self.propose_unacked(Command::SetNodeAvailability {
+            node_id: node_name(id),
+            availability,
+        });
+        self.stats.availability_changes += 1;
+    }
+
+    /// While healing: every node but the first drained one becomes active
+    /// again (so every service has somewhere to run).
+    fn reactivate(&mut self) {
+        let Some(l) = self.leader() else { return };
+        let mut changes = Vec::new();
+        {
+            let state = self.nodes[l].store.read();
+            let mut kept_drained = false;
+            for n in state.nodes.values() {
+                match n.availability {
+                    swarmlet_proto::Availability::Active => {}
+                    swarmlet_proto::Availability::Drain if !kept_drained => kept_drained = true,
+                    _ => changes.push(n.id.clone()),
+                }
+            }
+        }
+        for node_id in changes {
+            self.propose_unacked(Command::SetNodeAvailability {
+                node_id,
+                availability: swarmlet_proto::Availability::Active,
+            });
+        }
+    }
+
     /// Desired == actual on the leader's store: every service has exactly
-    /// `replicas` tasks that should run, and all of them run.
+    /// `replicas` tasks that should run, and all of them run, none on a
+    /// drained node.
     fn replicas_converged(&self) -> Result<(), String> {
         let Some(l) = self.leader() else {
             return Err("no leader".into());
@@ -549,6 +592,17 @@ impl Sim {
                 .iter()
                 .filter(|t| t.state == swarmlet_proto::TaskState::Running)
                 .count();
+            if let Some(t) = live.iter().find(|t| {
+                t.node_id
+                    .as_ref()
+                    .and_then(|n| state.nodes.get(n))
+                    .is_some_and(|n| n.availability == swarmlet_proto::Availability::Drain)
+            }) {
+                return Err(format!(
+                    "service {}: task {} still runs on a drained node",
+                    s.spec.name, t.id
+                ));
+            }
             if live.len() as u64 != s.spec.replicas || running as u64 != s.spec.replicas {
                 return Err(format!(
                     "service {} wants {} replicas: {} tasks should run, {} run",
@@ -641,6 +695,9 @@ impl Sim {
         if n > 3 && self.rng.gen_bool(0.002) {
             self.change_membership();
         }
+        if self.rng.gen_bool(0.002) {
+            self.set_availability();
+        }
         Ok(())
     }
 
@@ -660,6 +717,9 @@ impl Sim {
             self.step(false)?;
             if self.now.is_multiple_of(50) && self.nodes.len() > 3 {
                 self.change_membership();
+            }
+            if self.now.is_multiple_of(50) {
+                self.reactivate();
             }
             if self.converged() && self.replicas_converged().is_ok() {
                 return Ok(());
@@ -789,6 +849,7 @@ fn seeded_schedules_keep_raft_safe_and_lose_no_acknowledged_write() {
                 total.snapshots_installed += s.snapshots_installed;
                 total.partitions += s.partitions;
                 total.conf_changes += s.conf_changes;
+                total.availability_changes += s.availability_changes;
             }
             Err(e) => {
                 eprintln!("seed {seed} failed: {e}\n  replay: SWARMLET_SIM_SEED={seed} cargo test --release -p swarmlet --lib raft::sim");
@@ -802,7 +863,9 @@ fn seeded_schedules_keep_raft_safe_and_lose_no_acknowledged_write() {
     if seeds.len() >= 50 {
         assert!(total.acked > 0 && total.crashes > 0 && total.partitions > 0);
         assert!(
-            total.snapshots_installed > 0 && total.conf_changes > 0,
+            total.snapshots_installed > 0
+                && total.conf_changes > 0
+                && total.availability_changes > 0,
             "{total:?}"
         );
     }

@@ -119,3 +119,25 @@ pub struct StatusAck {
 pub struct ForwardedHeartbeats {
     pub nodes: Vec<String>,
 }
+
+/// What every node's mesh needs to send a request anywhere in the cluster.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Routes {
+    /// Every published port of the cluster (each belongs to one service).
+    pub ports: Vec<RoutePort>,
+    /// The replicas requests may go to: tasks desired and reported `running`
+    /// on nodes not marked `Down`, sorted by task ID.
+    pub replicas: Vec<RouteReplica>,
+}
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoutePort { pub port: u16, pub service_id: String, pub service_name: String }
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteReplica {
+    pub task_id: String,
+    pub service_id: String,
+    /// `hello.2`
+    pub name: String,
+    pub node_id: String,
+    /// The node's cluster port, IP:PORT (TLS server name = node_id).
+    pub node_addr: String,
+}

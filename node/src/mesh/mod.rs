@@ -28,6 +28,8 @@ mod health;
 mod listener;
 mod serve;
 mod table;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
 use std::net::IpAddr;

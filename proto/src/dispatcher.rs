@@ -130,7 +130,11 @@ pub struct Routes {
     pub replicas: Vec<RouteReplica>,
 }
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RoutePort { pub port: u16, pub service_id: String, pub service_name: String }
+pub struct RoutePort {
+    pub port: u16,
+    pub service_id: String,
+    pub service_name: String,
+}
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RouteReplica {
     pub task_id: String,

@@ -124,7 +124,10 @@ mod tests {
         let mut h = HeaderMap::new();
         add_client(&mut h, Some("2001:db8::1".parse().unwrap()));
         assert_eq!(values(&h, "x-forwarded-for"), ["2001:db8::1"]);
-        assert_eq!(values(&h, "forwarded"), ["for=\"[2001:db8::1]\";proto=http"]);
+        assert_eq!(
+            values(&h, "forwarded"),
+            ["for=\"[2001:db8::1]\";proto=http"]
+        );
         let mut h = HeaderMap::new();
         add_client(&mut h, Some("::ffff:192.0.2.9".parse().unwrap()));
         assert_eq!(values(&h, "x-forwarded-for"), ["192.0.2.9"]);
@@ -147,7 +150,10 @@ mod tests {
         let abs: http::Uri = "http://example.com".parse().unwrap();
         assert_eq!(mesh_path("s", &abs), "/v1/mesh/s/");
         assert_eq!(split_mesh_path("/v1/mesh/s"), Some(("s", "/".into())));
-        assert_eq!(split_mesh_path("/v1/mesh/s?a=1"), Some(("s", "/?a=1".into())));
+        assert_eq!(
+            split_mesh_path("/v1/mesh/s?a=1"),
+            Some(("s", "/?a=1".into()))
+        );
         assert_eq!(split_mesh_path("/v1/mesh/"), None);
         assert_eq!(split_mesh_path("/v1/services"), None);
     }

@@ -60,7 +60,10 @@ mod tests {
         assert!(h.failed(1000), "first failure takes it out");
         assert!(!h.failed(1500), "already out");
         assert!(h.is_out(1500 + 4999));
-        assert!(!h.is_out(1500 + 5000), "the penalty runs from the last failure");
+        assert!(
+            !h.is_out(1500 + 5000),
+            "the penalty runs from the last failure"
+        );
         assert!(h.worked());
         assert!(!h.is_out(1600));
         assert!(!h.worked());

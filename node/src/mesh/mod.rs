@@ -229,7 +229,10 @@ impl Mesh {
     /// most `DRAIN_MAX`). Until then a forwarded request that finds no
     /// other replica of its service here is still served by it. Call it
     /// before `set_backends` drops the replica.
-    pub fn drain(self: &Arc<Self>, task_id: &str) -> impl std::future::Future<Output = ()> + Send + 'static {
+    pub fn drain(
+        self: &Arc<Self>,
+        task_id: &str,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
         let mut found = None;
         self.update(|inputs| {
             for (sid, s) in inputs.services.iter_mut() {
@@ -263,9 +266,7 @@ impl Mesh {
                 );
             }
             mesh.update(|inputs| {
-                inputs
-                    .draining
-                    .retain(|(_, l)| !Arc::ptr_eq(l, &local));
+                inputs.draining.retain(|(_, l)| !Arc::ptr_eq(l, &local));
             });
         }
     }

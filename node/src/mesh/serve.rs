@@ -139,11 +139,12 @@ impl Mesh {
         pending: &mut Pending,
         head: Option<&Head>,
     ) -> Result<hyper::Response<Body>, String> {
-        let Some((pool, marker)) = self.cluster.load().as_ref().and_then(|c| {
-            c.port
-                .client()
-                .map(|pool| (pool, c.marker.clone()))
-        }) else {
+        let Some((pool, marker)) = self
+            .cluster
+            .load()
+            .as_ref()
+            .and_then(|c| c.port.client().map(|pool| (pool, c.marker.clone())))
+        else {
             return Err(format!(
                 "node {}: this node has no cluster certificate to reach it",
                 remote.node_id
@@ -188,7 +189,10 @@ impl Mesh {
                     tracing::info!(node = %remote.node_id, "node answers again: back in rotation");
                 }
                 if resp.headers().contains_key(NO_REPLICA) && head.is_some() {
-                    return Err(format!("node {}: no replica there any more", remote.node_id));
+                    return Err(format!(
+                        "node {}: no replica there any more",
+                        remote.node_id
+                    ));
                 }
                 Ok(resp.map(|b| b.map_err(|e| e.into()).boxed_unsync()))
             }
@@ -240,7 +244,10 @@ impl Mesh {
     /// Serves a request another node forwarded (`/v1/mesh/{service_id}/…`
     /// on the cluster port) with a replica on this node, or answers 503 with
     /// `swarmlet-no-replica` so the sender may try elsewhere.
-    pub async fn serve_forwarded(&self, mut req: hyper::Request<Incoming>) -> hyper::Response<Body> {
+    pub async fn serve_forwarded(
+        &self,
+        mut req: hyper::Request<Incoming>,
+    ) -> hyper::Response<Body> {
         let pq = req
             .uri()
             .path_and_query()

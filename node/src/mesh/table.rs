@@ -298,7 +298,9 @@ impl Inputs {
                 .filter(|l| !shown.contains(l.task_id.as_str()))
                 .collect();
             new.sort_by(|a, b| a.task_id.cmp(&b.task_id));
-            entry.1.extend(new.into_iter().map(|l| Replica::Local(l.clone())));
+            entry
+                .1
+                .extend(new.into_iter().map(|l| Replica::Local(l.clone())));
             entry
                 .1
                 .extend(s.remotes.iter().map(|r| Replica::Remote(r.clone())));

@@ -111,7 +111,10 @@ fn the_rotation_is_the_routing_view_plus_local_replicas_it_does_not_show_yet() {
         local("t4", "hello.4"),
     ]));
     // Not in a swarm: the view is not used.
-    mesh.set_routes(routes(80, vec![replica("t1", "hello.1", "B", "127.0.2.2:2377")]));
+    mesh.set_routes(routes(
+        80,
+        vec![replica("t1", "hello.1", "B", "127.0.2.2:2377")],
+    ));
     assert_eq!(
         names(&mesh.table.load()),
         [("hello.2".to_string(), None), ("hello.4".to_string(), None)]
@@ -174,8 +177,9 @@ fn failing_and_tried_nodes_are_skipped_while_others_remain() {
     }
     // Back after the penalty.
     let later = 1000 + super::health::PENALTY.as_millis() as u64;
-    let nodes: std::collections::BTreeSet<_> =
-        (0..6).map(|_| rot.pick(&[], later).unwrap().node()).collect();
+    let nodes: std::collections::BTreeSet<_> = (0..6)
+        .map(|_| rot.pick(&[], later).unwrap().node())
+        .collect();
     assert_eq!(nodes.len(), 2, "C is back: {nodes:?}");
     // B tried already and C out: C is still offered rather than nothing.
     let r = rot.pick(&[Some("B")], 2000).unwrap();
@@ -272,8 +276,12 @@ fn free_port(ip: &str) -> u16 {
 /// status line, the head (lower-case) and the body.
 async fn request(from: &str, to: SocketAddr, raw: &str) -> (u16, String, String) {
     let sock = tokio::net::TcpSocket::new_v4().unwrap();
-    sock.bind(SocketAddr::new(from.parse().unwrap(), 0)).unwrap();
-    let mut s = sock.connect(to).await.expect("connect to the published port");
+    sock.bind(SocketAddr::new(from.parse().unwrap(), 0))
+        .unwrap();
+    let mut s = sock
+        .connect(to)
+        .await
+        .expect("connect to the published port");
     s.write_all(raw.as_bytes()).await.unwrap();
     let mut buf = Vec::new();
     tokio::time::timeout(Duration::from_secs(60), s.read_to_end(&mut buf))

@@ -459,6 +459,12 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         membership: tokio::sync::OnceCell::new(),
         gossip_error: std::sync::Mutex::new(None),
     });
+    // The mesh forwards with the cluster port's client, which exists once
+    // the node has certificates (init, join, restart); until routes arrive
+    // it serves its local replicas only.
+    state
+        .mesh
+        .set_cluster(state.identity.node_id.clone(), state.cluster_port.clone());
     if let Some(cluster) = start_cluster(&state, None).await? {
         let _ = state.cluster.set(cluster);
         tracing::info!(node = %state.identity.node_id, "rejoined the swarm from the data dir");

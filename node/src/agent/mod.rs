@@ -223,16 +223,22 @@ impl Agent {
             }
             if !plan.stop.is_empty() {
                 for id in plan.stop {
+                    // Drain before stop: the replica leaves the mesh's
+                    // rotation now; its task is reported shut down once
+                    // the requests inside it are done.
+                    let drained = self.mesh.drain(&id);
                     if let Some(l) = local.remove(&id) {
                         tracing::info!(task = %l.name, "replica stopped");
                         if !local.values().any(|o| o.digest == l.digest) {
                             self.runtime.unload(&l.digest);
                         }
                     }
-                    report(
-                        &mut reported,
-                        status(&id, TaskState::Shutdown, "shutdown", None),
-                    );
+                    reported.insert(id.clone(), TaskState::Shutdown);
+                    let reporter = reporter.clone();
+                    tokio::spawn(async move {
+                        drained.await;
+                        reporter.send(status(&id, TaskState::Shutdown, "shutdown", None));
+                    });
                 }
                 self.publish(&view, &local);
             }
@@ -409,7 +415,7 @@ impl Agent {
     fn publish(&self, view: &View, local: &HashMap<String, Local>) {
         // Per-service settings (limits, egress, reuse) come from the spec.
         let mut by_service: HashMap<String, ServiceBackends> = HashMap::new();
-        for l in local.values() {
+        for (task_id, l) in local {
             let spec = view.services.get(&l.service_id).map(|s| &s.spec);
             let entry = by_service
                 .entry(l.service_id.clone())
@@ -435,14 +441,11 @@ impl Agent {
                 replica: l.name.clone(),
                 app: l.app.clone(),
                 settings: Arc::new(settings),
+                task_id: task_id.clone(),
             });
         }
         for s in by_service.values_mut() {
-            s.list.sort_by(|a, b| match (a, b) {
-                (Backend::LocalWasm { replica: x, .. }, Backend::LocalWasm { replica: y, .. }) => {
-                    x.cmp(y)
-                }
-            });
+            s.list.sort_by(|a, b| a.replica().cmp(b.replica()));
         }
         self.mesh.set_backends(by_service);
     }

@@ -19,6 +19,7 @@ const BATCH: usize = 1000;
 const RETRY_FIRST: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(2);
 
+#[derive(Clone)]
 pub struct Reporter {
     tx: mpsc::UnboundedSender<TaskStatus>,
 }

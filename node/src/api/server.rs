@@ -258,6 +258,33 @@ pub async fn route_cluster(state: Arc<ApiState>, req: hyper::Request<Incoming>) 
     }
 }
 
+/// The cluster port's router: a request another node's mesh forwarded
+/// (`/v1/mesh/{service_id}/…`, any node certificate, streamed both ways) is
+/// served by this node's mesh with a local replica; everything else goes to
+/// `route_cluster`.
+pub async fn route_cluster_port(
+    state: Arc<ApiState>,
+    req: hyper::Request<Incoming>,
+) -> hyper::Response<crate::body::Body> {
+    if req.uri().path().starts_with(crate::mesh::MESH_PREFIX) {
+        let peer = req
+            .extensions()
+            .get::<crate::transport::Peer>()
+            .cloned()
+            .unwrap_or(crate::transport::Peer::Anonymous);
+        let path = req.uri().path();
+        if let Err(f) = state.cluster_port.check(&peer, req.method(), path) {
+            tracing::debug!(method = %req.method(), %path, ?peer, "cluster port: forbidden");
+            return json(403, &ErrorBody { message: f.0 })
+                .map(|b| b.map_err(|never| match never {}).boxed_unsync());
+        }
+        return state.mesh.serve_forwarded(req).await;
+    }
+    route_cluster(state, req)
+        .await
+        .map(|b| b.map_err(|never| match never {}).boxed_unsync())
+}
+
 /// The listeners of the API.
 pub struct Listeners {
     pub unix: tokio::net::UnixListener,
@@ -303,7 +330,7 @@ pub async fn serve(
                 },
             )
         },
-        move |req| route_cluster(cluster_state.clone(), req),
+        move |req| route_cluster_port(cluster_state.clone(), req),
         closing,
     );
     tokio::join!(api, cluster);

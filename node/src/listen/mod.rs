@@ -45,6 +45,12 @@ pub use unix::{bind_socket, socket_group, SocketError};
 /// file, blobs, compile cache, listeners, wasmtime, stdio.
 const FD_RESERVE: usize = 256;
 
+/// The address of the client at the other end of a request's TCP
+/// connection, put in each request's extensions by `serve` (the mesh turns
+/// it into `X-Forwarded-For` / `Forwarded`). Absent on the unix socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientAddr(pub std::net::SocketAddr);
+
 /// Limits of one listener.
 #[derive(Debug, Clone)]
 pub struct Limits {

@@ -255,12 +255,16 @@ pub(super) async fn serve_conn<S, H, Fut, B>(
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let fd = stream.as_raw_fd();
+    let client = client_addr(fd);
     let evicted = conn.evicted.clone();
     let conn = Arc::new(conn);
     let act = Arc::new(Activity::new());
     let svc = {
         let act = act.clone();
-        hyper::service::service_fn(move |req| {
+        hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+            if let Some(a) = client {
+                req.extensions_mut().insert(super::ClientAddr(a));
+            }
             let handler = handler.clone();
             let act = act.clone();
             let conn = conn.clone();
@@ -381,6 +385,16 @@ async fn drive<C>(
             _ = changed => {}
         }
     }
+}
+
+/// The peer address of a TCP connection (`None` for a unix socket).
+fn client_addr(fd: RawFd) -> Option<std::net::SocketAddr> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: `fd` is the open socket of the connection the caller drives;
+    // the borrowed std stream is never dropped (ManuallyDrop), so it is not
+    // closed here. getpeername on a unix socket fails and gives `None`.
+    let borrowed = std::mem::ManuallyDrop::new(unsafe { std::net::TcpStream::from_raw_fd(fd) });
+    borrowed.peer_addr().ok()
 }
 
 /// Whether bytes wait unread on `fd` (a request hyper has not read yet).

@@ -1,35 +1,58 @@
 //! The routing mesh: every published port listens on this node and spreads
-//! HTTP requests over the service's running replicas.
+//! HTTP requests over the service's running replicas, on this node and on
+//! the others.
 //!
-//! Each published port's listener serves one service, fixed when it opens
-//! (listeners open and close with the store's services); which replicas each
-//! service has (from the agent) is one table swapped atomically, so the
-//! request path takes no lock. Today every backend is a
-//! local wasm replica, called in-process; remote nodes and L4 container
-//! backends plug in as further `Backend` kinds.
+//! - `table.rs`: the routing table, rebuilt from the local replicas (the
+//!   agent), the cluster's routing view (`set_routes`) and this node's ID,
+//!   and swapped atomically, so the request path takes no lock.
+//! - `serve.rs`: the request paths: a published port's request goes to the
+//!   next replica of its service's rotation, in process when local, over
+//!   the cluster port when remote (retried elsewhere when it never left);
+//!   a forwarded request (`/v1/mesh/...` on the cluster port) is served by
+//!   a local replica only.
+//! - `forward.rs`: one request to another node over the pooled HTTP/2
+//!   mutual-TLS connection; `headers.rs`: `X-Forwarded-For`/`Forwarded`,
+//!   the forwarded marker and the mesh path; `health.rs`: a node whose
+//!   connection fails leaves rotation for a while; `drain.rs`: requests
+//!   inside each local replica, so stopping one waits for them.
 //!
 //! Architecture invariant: the mesh never waits on the control plane to serve
 //! a request; it reads its last-known tables and nothing else.
+//! Architecture invariant: a forwarded request is served on the node it
+//! reaches or refused there; it is never forwarded again.
 
+mod drain;
+mod forward;
+mod headers;
+mod health;
 mod listener;
+mod serve;
+mod table;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use arc_swap::ArcSwap;
-use hyper::body::Incoming;
-
+use arc_swap::{ArcSwap, ArcSwapOption};
+use swarmlet_proto::dispatcher::Routes;
 use tokio::sync::Semaphore;
 
-use crate::body::{text_response, Body};
-use crate::runtime::wasm::{ServiceSettings, WasmApp, QUEUE_WAIT};
+use crate::runtime::wasm::{ServiceSettings, WasmApp};
+use crate::transport::ClusterPort;
+pub use headers::{FORWARDED_BY, MESH_PREFIX, NO_REPLICA};
+use table::{Inputs, Local, Remote, ServiceInput, Table};
 
 /// Requests one service serves at once on this node unless its
 /// `--max-concurrent-requests` says otherwise: well under the instance
 /// pool's 1000 slots, so one busy service leaves room for the others.
 pub const DEFAULT_CONCURRENT_REQUESTS: u32 = 100;
+
+/// Longest stopping a replica waits for the requests inside it.
+pub const DRAIN_MAX: Duration = Duration::from_secs(30);
 
 /// Where a request can be sent.
 #[derive(Clone)]
@@ -39,7 +62,26 @@ pub enum Backend {
         replica: String,
         app: Arc<WasmApp>,
         settings: Arc<ServiceSettings>,
+        /// The replica's task (matches the routing view's entries).
+        task_id: String,
     },
+    /// A replica on another node, reached over its cluster port.
+    Remote {
+        node_id: String,
+        /// The node's cluster port, IP:PORT.
+        addr: String,
+        replica: String,
+        task_id: String,
+    },
+}
+
+impl Backend {
+    /// The replica's name (`hello.2`).
+    pub fn replica(&self) -> &str {
+        match self {
+            Backend::LocalWasm { replica, .. } | Backend::Remote { replica, .. } => replica,
+        }
+    }
 }
 
 /// What the agent tells the mesh about one service on this node.
@@ -48,26 +90,6 @@ pub struct ServiceBackends {
     /// `--max-concurrent-requests` (or the default).
     pub max_concurrent: u32,
     pub list: Vec<Backend>,
-}
-
-/// The replicas of one service, with a round-robin cursor and the
-/// service's concurrency slots (shared by its replicas on this node).
-pub struct Backends {
-    service: String,
-    list: Vec<Backend>,
-    next: AtomicUsize,
-    max_concurrent: u32,
-    slots: Arc<Semaphore>,
-}
-
-impl Backends {
-    fn pick(&self) -> Option<&Backend> {
-        if self.list.is_empty() {
-            return None;
-        }
-        let i = self.next.fetch_add(1, Ordering::Relaxed);
-        self.list.get(i % self.list.len())
-    }
 }
 
 /// A published port as the store describes it.
@@ -83,7 +105,13 @@ pub struct Mesh {
     /// Limits of every published port, and the node's connection budget.
     limits: crate::listen::Limits,
     budget: Arc<crate::listen::Budget>,
-    backends: ArcSwap<HashMap<String, Arc<Backends>>>,
+    /// What the request path reads.
+    table: ArcSwap<Table>,
+    /// What the table is built from (changed by the agent, rarely).
+    inputs: Mutex<Inputs>,
+    /// This node in the swarm: its ID (the forwarded marker) and the
+    /// cluster port whose pooled client forwards requests.
+    cluster: ArcSwapOption<Cluster>,
     listeners: Mutex<HashMap<u16, listener::Listener>>,
     /// Set by `close_all`: the daemon is stopping, no port opens again.
     closed: std::sync::atomic::AtomicBool,
@@ -99,7 +127,9 @@ impl Mesh {
             publish_addr,
             limits,
             budget,
-            backends: ArcSwap::from_pointee(HashMap::new()),
+            table: ArcSwap::from_pointee(Table::default()),
+            inputs: Mutex::new(Inputs::default()),
+            cluster: ArcSwapOption::empty(),
             listeners: Mutex::new(HashMap::new()),
             closed: Default::default(),
         })
@@ -109,36 +139,144 @@ impl Mesh {
         self.publish_addr
     }
 
-    /// Replaces the replica set of every service (called by the agent). A
-    /// service keeps its concurrency slots (and the requests holding them)
+    /// Replaces the local replicas of every service (called by the agent).
+    /// A service keeps its concurrency slots (and the requests holding them)
     /// across replacements unless its limit changed.
     pub fn set_backends(&self, by_service: HashMap<String, ServiceBackends>) {
-        let old = self.backends.load();
-        let table = by_service
-            .into_iter()
-            .map(|(id, s)| {
-                let slots = old
+        self.update(|inputs| {
+            let mut services = HashMap::new();
+            for (id, s) in by_service {
+                let slots = inputs
+                    .services
                     .get(&id)
-                    .filter(|b| b.max_concurrent == s.max_concurrent)
-                    .map(|b| b.slots.clone())
+                    .filter(|old| old.max_concurrent == s.max_concurrent)
+                    .map(|old| old.slots.clone())
                     .unwrap_or_else(|| Arc::new(Semaphore::new(s.max_concurrent as usize)));
-                let backends = Backends {
-                    service: s.name,
-                    list: s.list,
-                    next: AtomicUsize::new(0),
+                let mut replicas = Vec::new();
+                let mut remotes = Vec::new();
+                for b in s.list {
+                    match b {
+                        Backend::LocalWasm {
+                            replica,
+                            app,
+                            settings,
+                            task_id,
+                        } => {
+                            // The same task keeps its count of requests inside.
+                            let inflight = inputs
+                                .local(&task_id)
+                                .map(|l| l.inflight.clone())
+                                .unwrap_or_default();
+                            replicas.push(Arc::new(Local {
+                                task_id,
+                                name: replica,
+                                app,
+                                settings,
+                                inflight,
+                            }));
+                        }
+                        Backend::Remote {
+                            node_id,
+                            addr,
+                            replica,
+                            task_id: _,
+                        } => remotes.push(Arc::new(Remote {
+                            health: inputs.health(&node_id),
+                            name: replica,
+                            node_id,
+                            addr,
+                        })),
+                    }
+                }
+                let input = ServiceInput {
+                    name: s.name,
                     max_concurrent: s.max_concurrent,
                     slots,
+                    replicas,
+                    remotes,
                 };
-                (id, Arc::new(backends))
-            })
-            .collect();
-        self.backends.store(Arc::new(table));
+                services.insert(id, input);
+            }
+            inputs.services = services;
+        });
     }
 
-    /// The cluster's routing view (lead's stub: the mesh helper's version
-    /// merges remote replicas into the rotation).
-    pub fn set_routes(&self, routes: swarmlet_proto::dispatcher::Routes) {
-        let _ = routes;
+    /// This node is in a swarm: its ID (which entries of the routing view
+    /// are its own, and the forwarded marker) and the cluster port whose
+    /// pooled mutual-TLS client reaches the other nodes. Until then (and on
+    /// a single node) the mesh serves its local replicas only.
+    pub fn set_cluster(&self, node_id: String, port: Arc<ClusterPort>) {
+        let marker = match http::HeaderValue::from_str(&node_id) {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::error!(%node_id, "node ID is not a header value ({e}); not forwarding");
+                return;
+            }
+        };
+        self.cluster.store(Some(Arc::new(Cluster { marker, port })));
+        self.update(|inputs| inputs.node_id = Some(node_id));
+    }
+
+    /// The cluster's routing view (every running replica and its node):
+    /// each service's rotation becomes every replica in it plus the local
+    /// ones it does not show yet.
+    pub fn set_routes(&self, routes: Routes) {
+        self.update(|inputs| inputs.routes = Some(routes));
+    }
+
+    /// Takes the local replica of `task_id` out of rotation at once; the
+    /// returned future resolves once the requests inside it are done (at
+    /// most `DRAIN_MAX`). Until then a forwarded request that finds no
+    /// other replica of its service here is still served by it. Call it
+    /// before `set_backends` drops the replica.
+    pub fn drain(
+        self: &Arc<Self>,
+        task_id: &str,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut found = None;
+        self.update(|inputs| {
+            for (sid, s) in inputs.services.iter_mut() {
+                if let Some(i) = s.replicas.iter().position(|l| l.task_id == task_id) {
+                    let l = s.replicas.remove(i);
+                    found = Some((sid.clone(), l));
+                    break;
+                }
+            }
+            if let Some(d) = &found {
+                inputs.draining.push(d.clone());
+            }
+        });
+        let mesh = self.clone();
+        async move {
+            let Some((_, local)) = found else {
+                return;
+            };
+            let inside = local.inflight.count();
+            if inside > 0 {
+                tracing::debug!(task = %local.name, inside, "draining: waiting for requests in flight");
+            }
+            if tokio::time::timeout(DRAIN_MAX, local.inflight.idle())
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    task = %local.name,
+                    inside = local.inflight.count(),
+                    "requests still in flight after {DRAIN_MAX:?}; stopping the replica anyway"
+                );
+            }
+            mesh.update(|inputs| {
+                inputs.draining.retain(|(_, l)| !Arc::ptr_eq(l, &local));
+            });
+        }
+    }
+
+    /// Changes the inputs and swaps in the table built from them.
+    fn update(&self, change: impl FnOnce(&mut Inputs)) {
+        let mut inputs = self.inputs.lock().unwrap_or_else(|p| p.into_inner());
+        change(&mut inputs);
+        let table = inputs.build(&self.table.load());
+        self.table.store(Arc::new(table));
     }
 
     /// Opens listeners for new published ports and closes those no service
@@ -183,47 +321,11 @@ impl Mesh {
             l.clear();
         }
     }
+}
 
-    async fn route(
-        &self,
-        service_id: &str,
-        service_name: &str,
-        req: hyper::Request<Incoming>,
-    ) -> hyper::Response<Body> {
-        let table = self.backends.load_full();
-        let Some(backends) = table.get(service_id) else {
-            return text_response(
-                503,
-                format!("service {service_name} has no running replica\n"),
-            );
-        };
-        let Some(backend) = backends.pick() else {
-            let name = &backends.service;
-            return text_response(503, format!("service {name} has no running replica\n"));
-        };
-        // Each service has its own slots: a busy one waits and then answers
-        // 503 itself, while the others keep the rest of the node.
-        let permit = match tokio::time::timeout(QUEUE_WAIT, backends.slots.clone().acquire_owned())
-            .await
-        {
-            Ok(Ok(permit)) => permit,
-            _ => {
-                tracing::warn!(service = %backends.service, limit = backends.max_concurrent, "service at its concurrency limit: answering 503");
-                return text_response(
-                    503,
-                    format!(
-                        "service {} is serving its limit of {} concurrent requests; try again later\n",
-                        backends.service, backends.max_concurrent
-                    ),
-                );
-            }
-        };
-        match backend {
-            Backend::LocalWasm {
-                replica,
-                app,
-                settings,
-            } => app.handle(replica, settings, permit, req).await,
-        }
-    }
+/// This node in the swarm.
+struct Cluster {
+    /// Its node ID, as the forwarded marker.
+    marker: http::HeaderValue,
+    port: Arc<ClusterPort>,
 }

@@ -188,6 +188,23 @@ impl Pool {
         Ok((s, false))
     }
 
+    /// The live HTTP/2 connection to (addr, target), or a new one, for a
+    /// caller that drives its request itself: the mesh sends with hyper's
+    /// `try_send_request` to learn whether a failed request left this node.
+    pub async fn connection(
+        &self,
+        addr: &str,
+        target: &Target,
+    ) -> Result<SendRequest<OutBody>, TransportError> {
+        self.conn(addr, target).await.map(|(s, _)| s)
+    }
+
+    /// Drops the pooled connection to (addr, target): the next request
+    /// connects anew.
+    pub fn drop_connection(&self, addr: &str, target: &Target) {
+        self.forget(addr, target)
+    }
+
     fn forget(&self, addr: &str, target: &Target) {
         self.lock()
             .remove(&(addr.to_string(), target.server_name()));

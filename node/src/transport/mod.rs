@@ -147,7 +147,8 @@ pub struct Forbidden(pub String);
 pub enum RouteClass {
     /// `GET /v1/cluster/ca`, `POST /v1/cluster/join`.
     Join,
-    /// `/v1/dispatcher/...` and `GET /v1/blobs/<digest>`.
+    /// `/v1/dispatcher/...`, `GET /v1/blobs/<digest>` and the mesh's
+    /// forwarded requests, `/v1/mesh/...`.
     NodeRpc,
     /// `/v1/raft/...` and other `/v1/cluster/...` internals.
     ManagerRpc,
@@ -165,6 +166,7 @@ pub fn classify(method: &http::Method, path: &str) -> RouteClass {
         (_, ["v1", "dispatcher", ..]) | (&http::Method::GET, ["v1", "blobs", _]) => {
             RouteClass::NodeRpc
         }
+        (_, ["v1", "mesh", _, ..]) => RouteClass::NodeRpc,
         (_, ["v1", "raft", ..]) | (_, ["v1", "cluster", ..]) => RouteClass::ManagerRpc,
         (_, ["v1", "swarm", "client-bundle"]) => RouteClass::Credentials,
         _ => RouteClass::ClientApi,
@@ -252,6 +254,10 @@ mod authz_tests {
             (&Peer::Anonymous, Method::GET, "/v1/blobs/sha256:00", false),
             (&worker, Method::GET, "/v1/blobs/sha256:00", true),
             (&worker, Method::POST, "/v1/dispatcher/status", true),
+            (&worker, Method::POST, "/v1/mesh/svc/upload?x=1", true),
+            (&manager, Method::GET, "/v1/mesh/svc/", true),
+            (&Peer::Client, Method::GET, "/v1/mesh/svc/", false),
+            (&Peer::Anonymous, Method::GET, "/v1/mesh/svc/", false),
             (&worker, Method::POST, "/v1/raft/messages", false),
             (&worker, Method::GET, "/v1/services", false),
             (&worker, Method::GET, "/v1/nodes", false),

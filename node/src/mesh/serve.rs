@@ -206,7 +206,7 @@ impl Mesh {
                 }
                 if let Some(r) = request {
                     if head.is_none() {
-                        *pending = Pending::Back(r);
+                        *pending = Pending::Back(*r);
                     }
                 }
                 Err(format!("node {}: {reason}", remote.node_id))

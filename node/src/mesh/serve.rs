@@ -197,7 +197,10 @@ impl Mesh {
                         remote.node_id
                     ));
                 }
-                Ok(resp.map(|b| b.map_err(|e| e.into()).boxed_unsync()))
+                let mut resp = resp.map(|b| b.map_err(|e| e.into()).boxed_unsync());
+                // Between nodes only: the client sees a plain 503.
+                resp.headers_mut().remove(NO_REPLICA);
+                Ok(resp)
             }
             Err(Failure::NotSent {
                 reason,

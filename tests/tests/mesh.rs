@@ -310,3 +310,63 @@ fn requests_through_every_node_reach_replicas_on_other_nodes() {
         );
     }
 }
+
+/// (state, desired state) of the tasks of `service`, from `service ps`.
+fn task_states(node: &Node, service: &str) -> Vec<(String, String)> {
+    let out = node.ok(&["service", "ps", service, "--format", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).expect("service ps json");
+    v.as_array()
+        .expect("a list")
+        .iter()
+        .map(|t| {
+            (
+                t["task"]["state"].as_str().unwrap_or_default().to_string(),
+                t["task"]["desired_state"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_replica_being_stopped_finishes_its_request_before_it_reports_shutdown() {
+    // The faulty guest's /sleep outlives the request timeout: the request
+    // is inside the replica for 4 s, then answered 504 by the node.
+    let node = Node::start_with("meshdrain", &["--wasm-timeout", "4s"]);
+    node.ok(&["init"]);
+    node.create("slow", "faulty", &["--replicas", "1", "-p", "8090:80"]);
+    eventually("slow serves", || match node.get(8090, "/") {
+        Ok((200, _)) => Ok(()),
+        other => Err(format!("{other:?}")),
+    });
+    let addr = SocketAddr::new(node.ip.into(), 8090);
+    let inflight = std::thread::spawn(move || {
+        let r = swarmlet_e2e::http_get(addr, "/sleep");
+        (r, std::time::Instant::now())
+    });
+    // Let the request get inside the replica, then stop the replica.
+    std::thread::sleep(Duration::from_millis(500));
+    node.ok(&["service", "scale", "slow=0", "--detach"]);
+    let mut shutdown_seen = None;
+    eventually("the stopped task reported shutdown", || {
+        let states = task_states(&node, "slow");
+        if states.iter().any(|(s, _)| s == "shutdown") {
+            shutdown_seen = Some(std::time::Instant::now());
+            Ok(())
+        } else {
+            Err(format!("{states:?}"))
+        }
+    });
+    let (answer, answered_at) = inflight.join().expect("request thread");
+    let (status, body) = answer.expect("the request in flight got an answer");
+    assert_eq!(
+        status, 504,
+        "the guest ran until the request timeout: {body}"
+    );
+    assert!(
+        answered_at <= shutdown_seen.expect("seen"),
+        "the task was reported shut down while its request was still in flight"
+    );
+}

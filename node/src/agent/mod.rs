@@ -222,11 +222,11 @@ impl Agent {
                 });
             }
             if !plan.stop.is_empty() {
-                for id in plan.stop {
-                    // Drain before stop: the replica leaves the mesh's
-                    // rotation now; its task is reported shut down once
-                    // the requests inside it are done.
-                    let drained = self.mesh.drain(&id);
+                // Drain before stop: the replicas leave the mesh's rotation
+                // now; each task is reported shut down once the requests
+                // inside its replica are done.
+                let drains = self.mesh.drain(&plan.stop);
+                for (id, drained) in plan.stop.into_iter().zip(drains) {
                     if let Some(l) = local.remove(&id) {
                         tracing::info!(task = %l.name, "replica stopped");
                         if !local.values().any(|o| o.digest == l.digest) {

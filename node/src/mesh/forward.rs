@@ -37,7 +37,7 @@ pub enum Failure {
     NotSent {
         reason: String,
         conn: bool,
-        request: Option<hyper::Request<OutBody>>,
+        request: Option<Box<hyper::Request<OutBody>>>,
     },
     /// The request may have reached the replica.
     Failed { reason: String },
@@ -107,13 +107,13 @@ pub async fn send(
         return Err(Failure::NotSent {
             reason: format!("the connection closed: {e}"),
             conn: true,
-            request: Some(req),
+            request: Some(Box::new(req)),
         });
     }
     match tokio::time::timeout(HEAD_TIMEOUT, conn.try_send_request(req)).await {
         Ok(Ok(resp)) => Ok(resp),
         Ok(Err(mut e)) => {
-            let request = e.take_message();
+            let request = e.take_message().map(Box::new);
             let error = e.into_error();
             match unprocessed(&error) {
                 Some(conn) => Err(Failure::NotSent {

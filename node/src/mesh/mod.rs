@@ -144,6 +144,7 @@ impl Mesh {
     /// across replacements unless its limit changed.
     pub fn set_backends(&self, by_service: HashMap<String, ServiceBackends>) {
         self.update(|inputs| {
+            let mut inflight = inputs.inflight_by_task();
             let mut services = HashMap::new();
             for (id, s) in by_service {
                 let slots = inputs
@@ -163,10 +164,7 @@ impl Mesh {
                             task_id,
                         } => {
                             // The same task keeps its count of requests inside.
-                            let inflight = inputs
-                                .local(&task_id)
-                                .map(|l| l.inflight.clone())
-                                .unwrap_or_default();
+                            let inflight = inflight.remove(&task_id).unwrap_or_default();
                             replicas.push(Arc::new(Local {
                                 task_id,
                                 name: replica,
@@ -224,51 +222,72 @@ impl Mesh {
         self.update(|inputs| inputs.routes = Some(routes));
     }
 
-    /// Takes the local replica of `task_id` out of rotation at once; the
-    /// returned future resolves once the requests inside it are done (at
-    /// most `DRAIN_MAX`). Until then a forwarded request that finds no
-    /// other replica of its service here is still served by it. Call it
-    /// before `set_backends` drops the replica.
+    /// Takes the local replicas of `task_ids` out of rotation at once (one
+    /// table rebuild for all); each returned future (in the same order)
+    /// resolves once the requests inside its replica are done (at most
+    /// `DRAIN_MAX`). Until then a forwarded request that finds no other
+    /// replica of its service here is still served by it. Call it before
+    /// `set_backends` drops the replicas.
     pub fn drain(
         self: &Arc<Self>,
-        task_id: &str,
-    ) -> impl std::future::Future<Output = ()> + Send + 'static {
-        let mut found = None;
+        task_ids: &[String],
+    ) -> Vec<impl std::future::Future<Output = ()> + Send + 'static> {
+        let wanted: std::collections::HashSet<&str> = task_ids.iter().map(String::as_str).collect();
+        let mut found: HashMap<String, (String, Arc<Local>)> = HashMap::new();
         self.update(|inputs| {
             for (sid, s) in inputs.services.iter_mut() {
-                if let Some(i) = s.replicas.iter().position(|l| l.task_id == task_id) {
-                    let l = s.replicas.remove(i);
-                    found = Some((sid.clone(), l));
-                    break;
-                }
+                s.replicas.retain(|l| {
+                    if wanted.contains(l.task_id.as_str()) {
+                        found.insert(l.task_id.clone(), (sid.clone(), l.clone()));
+                        false
+                    } else {
+                        true
+                    }
+                });
             }
-            if let Some(d) = &found {
-                inputs.draining.push(d.clone());
-            }
+            inputs.draining.extend(found.values().cloned());
         });
-        let mesh = self.clone();
-        async move {
-            let Some((_, local)) = found else {
-                return;
-            };
-            let inside = local.inflight.count();
-            if inside > 0 {
-                tracing::debug!(task = %local.name, inside, "draining: waiting for requests in flight");
-            }
-            if tokio::time::timeout(DRAIN_MAX, local.inflight.idle())
-                .await
-                .is_err()
-            {
-                tracing::warn!(
-                    task = %local.name,
-                    inside = local.inflight.count(),
-                    "requests still in flight after {DRAIN_MAX:?}; stopping the replica anyway"
-                );
-            }
-            mesh.update(|inputs| {
-                inputs.draining.retain(|(_, l)| !Arc::ptr_eq(l, &local));
-            });
+        task_ids
+            .iter()
+            .map(|id| {
+                let mesh = self.clone();
+                let found = found.remove(id);
+                async move {
+                    let Some((sid, local)) = found else {
+                        return;
+                    };
+                    let inside = local.inflight.count();
+                    if inside > 0 {
+                        tracing::debug!(task = %local.name, inside, "draining: waiting for requests in flight");
+                    }
+                    if tokio::time::timeout(DRAIN_MAX, local.inflight.idle())
+                        .await
+                        .is_err()
+                    {
+                        tracing::warn!(
+                            task = %local.name,
+                            inside = local.inflight.count(),
+                            "requests still in flight after {DRAIN_MAX:?}; stopping the replica anyway"
+                        );
+                    }
+                    mesh.drained(&sid, &local);
+                }
+            })
+            .collect()
+    }
+
+    /// A drained replica leaves the table. The table is rebuilt once the
+    /// last draining replica of its service is done (so stopping 10,000
+    /// replicas costs one rebuild per service, not one each); until then
+    /// the drained ones stay as a last resort for forwarded requests.
+    fn drained(&self, service_id: &str, local: &Arc<Local>) {
+        let mut inputs = self.inputs.lock().unwrap_or_else(|p| p.into_inner());
+        inputs.draining.retain(|(_, l)| !Arc::ptr_eq(l, local));
+        if inputs.draining.iter().any(|(sid, _)| sid == service_id) {
+            return;
         }
+        let table = inputs.build(&self.table.load());
+        self.table.store(Arc::new(table));
     }
 
     /// Changes the inputs and swaps in the table built from them.

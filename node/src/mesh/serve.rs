@@ -79,8 +79,10 @@ impl Mesh {
             .get::<crate::listen::ClientAddr>()
             .map(|a| a.0.ip());
         headers::add_client(req.headers_mut(), client);
-        // An empty body can be sent again as often as needed.
-        let head = req.body().is_end_stream().then(|| Head::of(&req));
+        // An empty body can be sent again as often as needed (its head is
+        // copied at the first forward; a local replica needs no copy).
+        let empty = req.body().is_end_stream();
+        let mut head: Option<Head> = None;
         let mut pending = Pending::Here(req);
         let mut tried = Tried::default();
         for _ in 0..MAX_ATTEMPTS {
@@ -107,14 +109,14 @@ impl Mesh {
                 }
                 Replica::Remote(r) => {
                     match self
-                        .forward(service_id, &r, &mut pending, head.as_ref())
+                        .forward(service_id, &r, &mut pending, empty, &mut head)
                         .await
                     {
                         Ok(resp) => return resp,
                         Err(why) => {
                             tried.nodes.push(r.node_id.clone());
                             tried.why.push(why);
-                            if matches!(pending, Pending::Gone) && head.is_none() {
+                            if matches!(pending, Pending::Gone) && !empty {
                                 break;
                             }
                         }
@@ -137,7 +139,8 @@ impl Mesh {
         service_id: &str,
         remote: &Remote,
         pending: &mut Pending,
-        head: Option<&Head>,
+        empty: bool,
+        head: &mut Option<Head>,
     ) -> Result<hyper::Response<Body>, String> {
         let Some((pool, marker)) = self
             .cluster
@@ -157,14 +160,15 @@ impl Mesh {
                 return Err(format!("node {}: {e}", remote.node_id));
             }
         };
-        let empty = || http_body_util::Empty::new().map_err(|n| match n {}).boxed();
-        let req = match (std::mem::replace(pending, Pending::Gone), head) {
-            (Pending::Here(r), Some(h)) => {
+        let empty_body = || http_body_util::Empty::new().map_err(|n| match n {}).boxed();
+        let req = match (std::mem::replace(pending, Pending::Gone), empty) {
+            (Pending::Here(r), true) => {
                 // An empty body: the original stays here for a retry.
+                let h = head.get_or_insert_with(|| Head::of(&r));
                 *pending = Pending::Here(r);
-                forward::request(remote, service_id, &marker, h, empty())
+                forward::request(remote, service_id, &marker, h, empty_body())
             }
-            (Pending::Here(r), None) => {
+            (Pending::Here(r), false) => {
                 let h = Head::of(&r);
                 let body = r.into_body().map_err(|e| e.into()).boxed();
                 forward::request(remote, service_id, &marker, &h, body)
@@ -178,8 +182,7 @@ impl Mesh {
                 };
                 forward::request(remote, service_id, &marker, &h, body)
             }
-            (Pending::Gone, Some(h)) => forward::request(remote, service_id, &marker, h, empty()),
-            (Pending::Gone, None) => {
+            (Pending::Gone, _) => {
                 return Err("the request's body was sent already".to_string());
             }
         };
@@ -188,13 +191,16 @@ impl Mesh {
                 if remote.health.worked() {
                     tracing::info!(node = %remote.node_id, "node answers again: back in rotation");
                 }
-                if resp.headers().contains_key(NO_REPLICA) && head.is_some() {
+                if resp.headers().contains_key(NO_REPLICA) && empty {
                     return Err(format!(
                         "node {}: no replica there any more",
                         remote.node_id
                     ));
                 }
-                Ok(resp.map(|b| b.map_err(|e| e.into()).boxed_unsync()))
+                let mut resp = resp.map(|b| b.map_err(|e| e.into()).boxed_unsync());
+                // Between nodes only: the client sees a plain 503.
+                resp.headers_mut().remove(NO_REPLICA);
+                Ok(resp)
             }
             Err(Failure::NotSent {
                 reason,
@@ -205,8 +211,8 @@ impl Mesh {
                     self.node_failed(remote, &reason);
                 }
                 if let Some(r) = request {
-                    if head.is_none() {
-                        *pending = Pending::Back(r);
+                    if !empty {
+                        *pending = Pending::Back(*r);
                     }
                 }
                 Err(format!("node {}: {reason}", remote.node_id))

@@ -179,15 +179,15 @@ impl Inputs {
         self.health.entry(node_id.to_string()).or_default().clone()
     }
 
-    /// The known local replica of `task_id` (to keep its in-flight count
-    /// across `set_backends` calls).
-    pub fn local(&self, task_id: &str) -> Option<Arc<Local>> {
+    /// The in-flight counts of the known local replicas by task (kept
+    /// across `set_backends` calls, which rebuild the replicas).
+    pub fn inflight_by_task(&self) -> HashMap<String, Arc<InFlight>> {
         self.services
             .values()
             .flat_map(|s| s.replicas.iter())
             .chain(self.draining.iter().map(|(_, l)| l))
-            .find(|l| l.task_id == task_id)
-            .cloned()
+            .map(|l| (l.task_id.clone(), l.inflight.clone()))
+            .collect()
     }
 
     /// Builds the table; round-robin cursors continue from `old`.
@@ -249,6 +249,12 @@ impl Inputs {
             }
         };
         let me = self.node_id.clone().unwrap_or_default();
+        let locals: HashMap<&str, &Arc<Local>> = self
+            .services
+            .values()
+            .flat_map(|s| s.replicas.iter())
+            .map(|l| (l.task_id.as_str(), l))
+            .collect();
         let mut lists: HashMap<String, (String, Vec<Replica>)> = HashMap::new();
         let mut shown: HashSet<&str> = HashSet::new();
         if let Some(routes) = &routes {
@@ -269,12 +275,8 @@ impl Inputs {
                 if r.node_id == me {
                     // Ours: served only while the agent still runs it (a
                     // replica stopping here left rotation already).
-                    let l = self
-                        .services
-                        .get(&r.service_id)
-                        .and_then(|s| s.replicas.iter().find(|l| l.task_id == r.task_id));
-                    if let Some(l) = l {
-                        entry.1.push(Replica::Local(l.clone()));
+                    if let Some(l) = locals.get(r.task_id.as_str()) {
+                        entry.1.push(Replica::Local((*l).clone()));
                         shown.insert(r.task_id.as_str());
                     }
                 } else {

@@ -394,7 +394,12 @@ async fn a_node_without_replicas_forwards_and_the_guest_sees_the_client() {
     // B's replica drains: out of B's own rotation at once, still serving
     // forwarded requests until the request inside it is done.
     let inside = b.mesh.table.load().local[SVC].replicas[0].inflight.enter();
-    let drained = tokio::spawn(b.mesh.drain("t1"));
+    let drained = tokio::spawn(
+        b.mesh
+            .drain(&["t1".to_string()])
+            .pop()
+            .expect("one future per task"),
+    );
     b.mesh.set_backends(HashMap::new());
     assert!(
         !b.mesh.table.load().rotations[SVC]

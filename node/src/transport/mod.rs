@@ -166,7 +166,7 @@ pub fn classify(method: &http::Method, path: &str) -> RouteClass {
         (_, ["v1", "dispatcher", ..]) | (&http::Method::GET, ["v1", "blobs", _]) => {
             RouteClass::NodeRpc
         }
-        (_, ["v1", "mesh", _, ..]) => RouteClass::NodeRpc,
+        (_, ["v1", "mesh", ..]) => RouteClass::NodeRpc,
         (_, ["v1", "raft", ..]) | (_, ["v1", "cluster", ..]) => RouteClass::ManagerRpc,
         (_, ["v1", "swarm", "client-bundle"]) => RouteClass::Credentials,
         _ => RouteClass::ClientApi,

@@ -300,6 +300,7 @@ async fn unknown_tag_unknown_repository_and_unreachable_registry() {
     let err = p.pull(&r(reg, "web:nope"), &|_| {}).await.unwrap_err();
     assert!(matches!(err, ImageError::UnknownTag { .. }), "{err:?}");
     assert!(err.to_string().contains("web:nope"), "{err}");
+    assert!(err.to_string().contains("the repository has: v1"), "{err}");
     let err = p.resolve(&r(reg, "web:nope")).await.unwrap_err();
     assert!(matches!(err, ImageError::UnknownTag { .. }), "{err:?}");
 

@@ -16,8 +16,12 @@ pub enum ImageError {
     UnknownRepository { registry: String, repository: String },
 
     /// The repository exists but has no manifest under that tag or digest.
-    #[error("{reference}: no such tag or digest in the registry; check the tag (the registry lists a repository's tags at /v2/NAME/tags/list)")]
-    UnknownTag { reference: String },
+    #[error("{reference}: no such tag or digest in the registry; check the tag{known}")]
+    UnknownTag {
+        reference: String,
+        /// "; the repository has: v1, v2" when the registry said, else "".
+        known: String,
+    },
 
     /// The registry asked for credentials the node does not have, or
     /// refused them.

@@ -199,7 +199,11 @@ impl Puller {
             }
             other => other,
         };
-        let (bytes, digest) = res.map_err(|e| self.map_err(e, r, "manifest"))?;
+        let (bytes, digest) = match res.map_err(|e| self.map_err(e, r, "manifest")) {
+            Ok(x) => x,
+            Err(ImageError::UnknownTag { reference, .. }) => return Err(self.unknown_tag(r, reference).await),
+            Err(e) => return Err(e),
+        };
         // oci-client checked the body against the registry's digest header
         // and the reference's digest; the digest we record is the body's.
         let actual = sha256(&bytes);
@@ -222,6 +226,30 @@ impl Puller {
             });
         }
         Ok((bytes, actual))
+    }
+
+    /// A registry answers "manifest unknown" for a missing tag and for a
+    /// missing repository alike: its tag list tells them apart (and names
+    /// the tags there are).
+    async fn unknown_tag(&self, r: &ImageRef, reference: String) -> ImageError {
+        let client = self.client(self.scheme(r.registry()));
+        match client.list_tags(r.oci(), &self.auth(r.registry()), Some(20), None).await {
+            Ok(t) if t.tags.is_empty() => ImageError::UnknownTag {
+                reference,
+                known: "; the repository has no tags".into(),
+            },
+            Ok(t) => ImageError::UnknownTag {
+                reference,
+                known: format!("; the repository has: {}", t.tags.join(", ")),
+            },
+            Err(e) => match self.map_err(e, r, "the tag list") {
+                e @ ImageError::UnknownRepository { .. } => e,
+                _ => ImageError::UnknownTag {
+                    reference,
+                    known: String::new(),
+                },
+            },
+        }
     }
 
     /// The digest `r` names now: what `service create` pins (for a manifest
@@ -476,6 +504,7 @@ impl Puller {
         let reference = r.to_string();
         let not_found_tag = || ImageError::UnknownTag {
             reference: reference.clone(),
+            known: String::new(),
         };
         match e {
             OciDistributionError::RequestError(re) => {

@@ -17,7 +17,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use swarmlet::image::unpack::{is_opaque, is_whiteout};
 use swarmlet::image::{
-    import, ImageError, ImageRef, ImageStore, LayerState, Platform, Progress, Puller, RegistryOptions,
+    import, ImageError, ImageRef, ImageStore, LayerState, Platform, Progress, Puller,
+    RegistryOptions,
 };
 
 struct Registry {
@@ -111,7 +112,10 @@ impl Drop for DataDir {
 
 fn rand_suffix() -> u64 {
     use std::time::{SystemTime, UNIX_EPOCH};
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
 }
 
 fn puller(data: &Path, platform: Option<&str>) -> Puller {
@@ -133,7 +137,12 @@ struct Events(Mutex<Vec<Progress>>);
 
 impl Events {
     fn states(&self) -> Vec<(usize, LayerState)> {
-        self.0.lock().unwrap().iter().map(|p| (p.index, p.state.clone())).collect()
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|p| (p.index, p.state.clone()))
+            .collect()
     }
 }
 
@@ -144,13 +153,27 @@ impl Mount {
     fn new(layers: &[PathBuf], at: &Path) -> Mount {
         std::fs::create_dir_all(at).unwrap();
         // overlayfs lists lower layers top first.
-        let lower: Vec<String> = layers.iter().rev().map(|p| p.display().to_string()).collect();
+        let lower: Vec<String> = layers
+            .iter()
+            .rev()
+            .map(|p| p.display().to_string())
+            .collect();
         let out = Command::new("mount")
-            .args(["-t", "overlay", "overlay", "-o", &format!("ro,lowerdir={}", lower.join(":"))])
+            .args([
+                "-t",
+                "overlay",
+                "overlay",
+                "-o",
+                &format!("ro,lowerdir={}", lower.join(":")),
+            ])
             .arg(at)
             .output()
             .unwrap();
-        assert!(out.status.success(), "mount overlay: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "mount overlay: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         Mount(at.to_path_buf())
     }
 }
@@ -164,7 +187,11 @@ impl Drop for Mount {
 /// What is left in the store's work and layer directories.
 fn files_in(dir: &Path) -> Vec<String> {
     std::fs::read_dir(dir)
-        .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -175,40 +202,75 @@ async fn pull_verifies_unpacks_with_whiteouts_and_keeps_the_config() {
     let p = puller(&data.0, Some("linux/amd64"));
     let web = r(reg, "web:v1");
     let events = Events::default();
-    let info = p.pull(&web, &|e| events.0.lock().unwrap().push(e)).await.expect("pull web:v1");
+    let info = p
+        .pull(&web, &|e| events.0.lock().unwrap().push(e))
+        .await
+        .expect("pull web:v1");
 
     assert_eq!(info.names, vec![format!("{}/web:v1", reg.addr)]);
     assert_eq!(info.layers.len(), 2);
     assert_eq!(info.platform, "linux/amd64");
     let pinned = p.resolve(&web).await.expect("resolve");
-    assert_eq!(info.repo_digests, vec![format!("{}/web@{pinned}", reg.addr)]);
+    assert_eq!(
+        info.repo_digests,
+        vec![format!("{}/web@{pinned}", reg.addr)]
+    );
     assert_eq!(info.config.entrypoint, vec!["/bin/tool"]);
     assert_eq!(info.config.cmd, vec!["--serve"]);
-    assert!(info.config.env.contains(&"GREETING=hi".to_string()), "{:?}", info.config.env);
+    assert!(
+        info.config.env.contains(&"GREETING=hi".to_string()),
+        "{:?}",
+        info.config.env
+    );
     assert_eq!(info.config.workdir.as_deref(), Some("/data"));
     assert_eq!(info.config.user.as_deref(), Some("1000:1000"));
     assert_eq!(info.config.exposed_ports, vec!["8080/tcp"]);
     let states = events.states();
     for i in 0..2 {
-        assert!(states.contains(&(i, LayerState::Complete)), "layer {i} completed: {states:?}");
+        assert!(
+            states.contains(&(i, LayerState::Complete)),
+            "layer {i} completed: {states:?}"
+        );
     }
 
     // The layers as stored: the second holds the whiteouts in overlay form.
     let store = p.store();
     let layers = store.rootfs_layers(&info).unwrap();
-    assert!(is_whiteout(&layers[1].join("etc/gone.txt")), "etc/gone.txt is a whiteout in layer 2");
-    assert!(is_opaque(&layers[1].join("data")), "data/ is opaque in layer 2");
-    assert!(layers[0].join("etc/gone.txt").is_file(), "layer 1 is untouched");
+    assert!(
+        is_whiteout(&layers[1].join("etc/gone.txt")),
+        "etc/gone.txt is a whiteout in layer 2"
+    );
+    assert!(
+        is_opaque(&layers[1].join("data")),
+        "data/ is opaque in layer 2"
+    );
+    assert!(
+        layers[0].join("etc/gone.txt").is_file(),
+        "layer 1 is untouched"
+    );
 
     // The root file system a container sees.
     let mnt = Mount::new(&layers, &data.0.join("mnt"));
     let root = &mnt.0;
-    assert_eq!(std::fs::read_to_string(root.join("etc/hello.txt")).unwrap(), "hello v2\n");
-    assert_eq!(std::fs::read_to_string(root.join("etc/keep.txt")).unwrap(), "kept\n");
-    assert!(!root.join("etc/gone.txt").exists(), "the whiteout hides etc/gone.txt");
+    assert_eq!(
+        std::fs::read_to_string(root.join("etc/hello.txt")).unwrap(),
+        "hello v2\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(root.join("etc/keep.txt")).unwrap(),
+        "kept\n"
+    );
+    assert!(
+        !root.join("etc/gone.txt").exists(),
+        "the whiteout hides etc/gone.txt"
+    );
     let mut data_files = files_in(&root.join("data"));
     data_files.sort();
-    assert_eq!(data_files, vec!["new.txt"], "the opaque directory hides the lower layer's files");
+    assert_eq!(
+        data_files,
+        vec!["new.txt"],
+        "the opaque directory hides the lower layer's files"
+    );
     let tool = std::fs::symlink_metadata(root.join("bin/tool")).unwrap();
     assert_eq!((tool.uid(), tool.gid()), (1000, 1000));
     assert_eq!(tool.permissions().mode() & 0o777, 0o755);
@@ -224,16 +286,28 @@ async fn pull_verifies_unpacks_with_whiteouts_and_keeps_the_config() {
     // Pulled again, by the pinned digest: nothing to fetch.
     let again = Events::default();
     let by_digest = web.with_digest(&pinned);
-    let info2 = p.pull(&by_digest, &|e| again.0.lock().unwrap().push(e)).await.expect("pull by digest");
+    let info2 = p
+        .pull(&by_digest, &|e| again.0.lock().unwrap().push(e))
+        .await
+        .expect("pull by digest");
     assert_eq!(info2.id, info.id);
     assert_eq!(
         again.states(),
-        vec![(0, LayerState::AlreadyExists), (1, LayerState::AlreadyExists)]
+        vec![
+            (0, LayerState::AlreadyExists),
+            (1, LayerState::AlreadyExists)
+        ]
     );
     let listed = store.list().unwrap();
     assert_eq!(listed.len(), 1, "{listed:?}");
-    assert_eq!(store.get(&format!("{}/web:v1", reg.addr)).unwrap().id, info.id);
-    assert!(files_in(&store.root().join("tmp")).is_empty(), "no work left in tmp/");
+    assert_eq!(
+        store.get(&format!("{}/web:v1", reg.addr)).unwrap().id,
+        info.id
+    );
+    assert!(
+        files_in(&store.root().join("tmp")).is_empty(),
+        "no work left in tmp/"
+    );
 }
 
 #[tokio::test]
@@ -242,8 +316,15 @@ async fn a_manifest_list_is_resolved_to_the_node_platform() {
     let data = DataDir::new("multi");
     let multi = r(reg, "multi:v1");
     let amd = puller(&data.0, Some("linux/amd64"));
-    let a = amd.pull(&multi, &|_| {}).await.expect("pull multi as amd64");
-    assert!(a.config.env.contains(&"VARIANT=amd64".to_string()), "{:?}", a.config.env);
+    let a = amd
+        .pull(&multi, &|_| {})
+        .await
+        .expect("pull multi as amd64");
+    assert!(
+        a.config.env.contains(&"VARIANT=amd64".to_string()),
+        "{:?}",
+        a.config.env
+    );
     assert_eq!(a.platform, "linux/amd64");
     // The same store, as a Raspberry Pi would pull it.
     let pi = Puller::new(
@@ -255,21 +336,35 @@ async fn a_manifest_list_is_resolved_to_the_node_platform() {
     )
     .unwrap();
     let b = pi.pull(&multi, &|_| {}).await.expect("pull multi as arm64");
-    assert!(b.config.env.contains(&"VARIANT=arm64".to_string()), "{:?}", b.config.env);
+    assert!(
+        b.config.env.contains(&"VARIANT=arm64".to_string()),
+        "{:?}",
+        b.config.env
+    );
     assert_eq!(b.platform, "linux/arm64");
     assert_ne!(a.id, b.id);
     // Both pinned by the list's digest: one digest for every node.
     assert_eq!(a.repo_digests, b.repo_digests);
     assert_eq!(
         a.repo_digests,
-        vec![format!("{}/multi@{}", reg.addr, amd.resolve(&multi).await.unwrap())]
+        vec![format!(
+            "{}/multi@{}",
+            reg.addr,
+            amd.resolve(&multi).await.unwrap()
+        )]
     );
     assert_ne!(a.manifest_digest, b.manifest_digest);
     // The host's own platform is one of the two here.
     let host = Platform::host();
     if ["amd64", "arm64"].contains(&host.architecture.as_str()) {
-        let h = puller(&DataDir::new("host").0, None).pull(&multi, &|_| {}).await.unwrap();
-        assert!(h.config.env.contains(&format!("VARIANT={}", host.architecture)));
+        let h = puller(&DataDir::new("host").0, None)
+            .pull(&multi, &|_| {})
+            .await
+            .unwrap();
+        assert!(h
+            .config
+            .env
+            .contains(&format!("VARIANT={}", host.architecture)));
     }
 }
 
@@ -280,13 +375,19 @@ async fn no_variant_for_this_platform_names_the_ones_there_are() {
     let p = puller(&data.0, Some("linux/amd64"));
     let err = p.pull(&r(reg, "armonly:v1"), &|_| {}).await.unwrap_err();
     match &err {
-        ImageError::NoMatchingPlatform { wanted, available, .. } => {
+        ImageError::NoMatchingPlatform {
+            wanted, available, ..
+        } => {
             assert_eq!(wanted, "linux/amd64");
             assert_eq!(available, "linux/arm64");
         }
         other => panic!("expected NoMatchingPlatform, got {other:?}"),
     }
-    assert!(err.to_string().contains("use an image built for linux/amd64"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("use an image built for linux/amd64"),
+        "{err}"
+    );
     assert!(p.store().list().unwrap().is_empty());
     assert!(files_in(&p.store().root().join("layers/sha256")).is_empty());
 }
@@ -305,7 +406,10 @@ async fn unknown_tag_unknown_repository_and_unreachable_registry() {
     assert!(matches!(err, ImageError::UnknownTag { .. }), "{err:?}");
 
     let err = p.pull(&r(reg, "nosuchrepo:v1"), &|_| {}).await.unwrap_err();
-    assert!(matches!(err, ImageError::UnknownRepository { .. }), "{err:?}");
+    assert!(
+        matches!(err, ImageError::UnknownRepository { .. }),
+        "{err:?}"
+    );
     assert!(err.to_string().contains("nosuchrepo"), "{err}");
 
     // Nothing listens on port 1 of our loopback address.
@@ -315,7 +419,10 @@ async fn unknown_tag_unknown_repository_and_unreachable_registry() {
         ImageError::Unreachable { registry, .. } => assert_eq!(registry, "127.0.4.1:1"),
         other => panic!("expected Unreachable, got {other:?}"),
     }
-    assert!(err.to_string().contains("is running and reachable"), "{err}");
+    assert!(
+        err.to_string().contains("is running and reachable"),
+        "{err}"
+    );
     assert!(p.store().list().unwrap().is_empty());
 }
 
@@ -346,11 +453,20 @@ async fn a_corrupted_layer_in_the_registry_is_refused_and_nothing_is_kept() {
         ImageError::DigestMismatch { expected, .. } => assert_eq!(expected, layer.trim()),
         other => panic!("expected DigestMismatch, got {other:?}"),
     }
-    assert!(err.to_string().contains("push or save the image again"), "{err}");
+    assert!(
+        err.to_string().contains("push or save the image again"),
+        "{err}"
+    );
     let store = p.store();
     assert!(store.list().unwrap().is_empty());
-    assert!(files_in(&store.root().join("layers/sha256")).is_empty(), "no layer kept");
-    assert!(files_in(&store.root().join("tmp")).is_empty(), "no work left in tmp/");
+    assert!(
+        files_in(&store.root().join("layers/sha256")).is_empty(),
+        "no layer kept"
+    );
+    assert!(
+        files_in(&store.root().join("tmp")).is_empty(),
+        "no work left in tmp/"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -362,8 +478,10 @@ async fn import_docker_save_and_oci_archives_shares_layers_with_a_pull() {
 
     let events = Events::default();
     let push = |e| events.0.lock().unwrap().push(e);
-    let imported = tokio::task::block_in_place(|| import(&store, &reg.dir.join("web-docker.tar"), &host, &push))
-        .expect("import docker-archive");
+    let imported = tokio::task::block_in_place(|| {
+        import(&store, &reg.dir.join("web-docker.tar"), &host, &push)
+    })
+    .expect("import docker-archive");
     assert_eq!(imported.len(), 1);
     let img = &imported[0];
     assert_eq!(img.names, vec!["docker.io/imported/web:v1"]);
@@ -384,20 +502,32 @@ async fn import_docker_save_and_oci_archives_shares_layers_with_a_pull() {
     )
     .unwrap();
     let again = Events::default();
-    let pulled = p.pull(&r(reg, "web:v1"), &|e| again.0.lock().unwrap().push(e)).await.unwrap();
+    let pulled = p
+        .pull(&r(reg, "web:v1"), &|e| again.0.lock().unwrap().push(e))
+        .await
+        .unwrap();
     assert_eq!(pulled.id, img.id, "same config, same image ID");
     assert_eq!(
         again.states(),
-        vec![(0, LayerState::AlreadyExists), (1, LayerState::AlreadyExists)]
+        vec![
+            (0, LayerState::AlreadyExists),
+            (1, LayerState::AlreadyExists)
+        ]
     );
     let both = store.get("docker.io/imported/web:v1").unwrap();
-    assert!(both.names.contains(&format!("{}/web:v1", reg.addr)), "{:?}", both.names);
+    assert!(
+        both.names.contains(&format!("{}/web:v1", reg.addr)),
+        "{:?}",
+        both.names
+    );
 
     // An OCI layout archive, into a fresh store.
     let data2 = DataDir::new("import-oci");
     let store2 = ImageStore::open(&data2.0).unwrap();
-    let oci = tokio::task::block_in_place(|| import(&store2, &reg.dir.join("web-oci.tar"), &host, &|_| {}))
-        .expect("import oci-archive");
+    let oci = tokio::task::block_in_place(|| {
+        import(&store2, &reg.dir.join("web-oci.tar"), &host, &|_| {})
+    })
+    .expect("import oci-archive");
     assert_eq!(oci.len(), 1);
     assert_eq!(oci[0].id, img.id);
     assert_eq!(oci[0].layers, img.layers);
@@ -424,7 +554,10 @@ async fn remove_refuses_an_image_in_use_and_collects_unused_layers() {
     let in_use: HashSet<String> = [pinned.clone()].into();
     let err = store.remove(&name, &in_use).unwrap_err();
     assert!(matches!(err, ImageError::InUse { .. }), "{err:?}");
-    assert!(err.to_string().contains("remove or update the service"), "{err}");
+    assert!(
+        err.to_string().contains("remove or update the service"),
+        "{err}"
+    );
     assert!(store.get(&name).is_ok(), "still there");
 
     let removed = store.remove(&name, &HashSet::new()).unwrap();

@@ -13,7 +13,10 @@ pub enum ImageError {
     /// The registry has no repository of that name (or will not say so
     /// without credentials, as Docker Hub does).
     #[error("repository {repository} not found on {registry}: check the name (`nginx`, `myuser/app`, `REGISTRY/NAME`); a private repository needs credentials")]
-    UnknownRepository { registry: String, repository: String },
+    UnknownRepository {
+        registry: String,
+        repository: String,
+    },
 
     /// The repository exists but has no manifest under that tag or digest.
     #[error("{reference}: no such tag or digest in the registry; check the tag{known}")]

@@ -69,7 +69,9 @@ pub fn import(
     let mut file = open(path)?;
     {
         let mut archive = tar::Archive::new(&mut file);
-        let entries = archive.entries().map_err(|e| bad(format!("not a tar archive: {e}")))?;
+        let entries = archive
+            .entries()
+            .map_err(|e| bad(format!("not a tar archive: {e}")))?;
         for entry in entries {
             let mut entry = entry.map_err(|e| bad(format!("not a tar archive: {e}")))?;
             let name = norm(&entry.path().map_err(|e| bad(e.to_string()))?);
@@ -95,7 +97,9 @@ pub fn import(
     } else if small.contains_key("index.json") {
         oci_layout(path, &small, platform)?
     } else {
-        return Err(bad("it has neither manifest.json (docker save) nor index.json (OCI layout)".into()));
+        return Err(bad(
+            "it has neither manifest.json (docker save) nor index.json (OCI layout)".into(),
+        ));
     };
     if found.is_empty() {
         return Err(bad("it holds no image".into()));
@@ -120,7 +124,9 @@ pub fn import(
                 });
                 continue;
             }
-            wanted.entry(entry).or_insert((diff.clone(), blob.clone(), i, count));
+            wanted
+                .entry(entry)
+                .or_insert((diff.clone(), blob.clone(), i, count));
         }
         pin_ids.extend(f.blobs.iter().map(|(d, _)| d.clone()));
     }
@@ -150,11 +156,21 @@ pub fn import(
                 .map_err(|e| unpack_error(&path.display(), &name, e))?;
             if let Some(b) = &blob {
                 if &got.blob_digest != b {
-                    return Err(mismatch(path, &format!("layer {name}"), b, &got.blob_digest));
+                    return Err(mismatch(
+                        path,
+                        &format!("layer {name}"),
+                        b,
+                        &got.blob_digest,
+                    ));
                 }
             }
             if got.diff_id != diff {
-                return Err(mismatch(path, &format!("layer {name}"), &diff, &got.diff_id));
+                return Err(mismatch(
+                    path,
+                    &format!("layer {name}"),
+                    &diff,
+                    &got.diff_id,
+                ));
             }
             store.commit_layer(tmp, &diff, got.size)?;
             progress(Progress {
@@ -165,7 +181,9 @@ pub fn import(
             });
         }
         if let Some(missing) = wanted.keys().next() {
-            return Err(bad(format!("the layer {missing} its manifest names is not in it")));
+            return Err(bad(format!(
+                "the layer {missing} its manifest names is not in it"
+            )));
         }
     }
 
@@ -231,19 +249,25 @@ fn full_name(s: &str) -> Option<String> {
     ImageRef::parse(s).ok().and_then(|r| r.tagged_name())
 }
 
-fn docker_save(path: &Path, manifest: &[u8], small: &HashMap<String, Vec<u8>>) -> Result<Vec<Found>> {
+fn docker_save(
+    path: &Path,
+    manifest: &[u8],
+    small: &HashMap<String, Vec<u8>>,
+) -> Result<Vec<Found>> {
     let bad = |detail: String| ImageError::BadArchive {
         path: path.to_path_buf(),
         detail,
     };
-    let entries: Vec<SaveEntry> =
-        serde_json::from_slice(manifest).map_err(|e| bad(format!("manifest.json is not docker save's: {e}")))?;
+    let entries: Vec<SaveEntry> = serde_json::from_slice(manifest)
+        .map_err(|e| bad(format!("manifest.json is not docker save's: {e}")))?;
     let mut out = Vec::new();
     for e in entries {
         let cname = norm(Path::new(&e.config));
-        let bytes = small
-            .get(&cname)
-            .ok_or_else(|| bad(format!("the config {cname} its manifest.json names is not in it")))?;
+        let bytes = small.get(&cname).ok_or_else(|| {
+            bad(format!(
+                "the config {cname} its manifest.json names is not in it"
+            ))
+        })?;
         let config_digest = sha256(bytes);
         // The config is named by its digest (`<hex>.json` or
         // `blobs/sha256/<hex>`): check it.
@@ -252,7 +276,12 @@ fn docker_save(path: &Path, manifest: &[u8], small: &HashMap<String, Vec<u8>>) -
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default();
         if named.len() == 64 && format!("sha256:{named}") != config_digest {
-            return Err(mismatch(path, &format!("the config {cname}"), &format!("sha256:{named}"), &config_digest));
+            return Err(mismatch(
+                path,
+                &format!("the config {cname}"),
+                &format!("sha256:{named}"),
+                &config_digest,
+            ));
         }
         let config = parse_config(&path.display(), bytes)?;
         let diffs = config.rootfs().diff_ids().clone();
@@ -264,7 +293,12 @@ fn docker_save(path: &Path, manifest: &[u8], small: &HashMap<String, Vec<u8>>) -
             )));
         }
         out.push(Found {
-            names: e.repo_tags.unwrap_or_default().iter().filter_map(|t| full_name(t)).collect(),
+            names: e
+                .repo_tags
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|t| full_name(t))
+                .collect(),
             repo_digests: Vec::new(),
             manifest_digest: None,
             config_digest: config_digest.clone(),
@@ -286,7 +320,11 @@ fn blob_name(digest: &str) -> String {
     format!("blobs/{}", digest.replacen(':', "/", 1))
 }
 
-fn oci_layout(path: &Path, small: &HashMap<String, Vec<u8>>, platform: &Platform) -> Result<Vec<Found>> {
+fn oci_layout(
+    path: &Path,
+    small: &HashMap<String, Vec<u8>>,
+    platform: &Platform,
+) -> Result<Vec<Found>> {
     let bad = |detail: String| ImageError::BadArchive {
         path: path.to_path_buf(),
         detail,
@@ -303,26 +341,35 @@ fn oci_layout(path: &Path, small: &HashMap<String, Vec<u8>>, platform: &Platform
         }
         Ok(b.clone())
     };
-    let index: oci_client::manifest::OciImageIndex = serde_json::from_slice(&small["index.json"])
-        .map_err(|e| bad(format!("index.json is not an OCI index: {e}")))?;
+    let index: oci_client::manifest::OciImageIndex =
+        serde_json::from_slice(&small["index.json"])
+            .map_err(|e| bad(format!("index.json is not an OCI index: {e}")))?;
     let mut out = Vec::new();
     for top in &index.manifests {
         let annotations = top.annotations.clone().unwrap_or_default();
         let name = annotations
             .get("io.containerd.image.name")
             .or_else(|| annotations.get("org.opencontainers.image.ref.name"))
-            .and_then(|n| if n.contains('/') || n.contains(':') { full_name(n) } else { None });
+            .and_then(|n| {
+                if n.contains('/') || n.contains(':') {
+                    full_name(n)
+                } else {
+                    None
+                }
+            });
         let top_bytes = blob(&top.digest)?;
         let mut blobs = vec![(top.digest.clone(), top_bytes.clone())];
-        let parsed: OciManifest =
-            serde_json::from_slice(&top_bytes).map_err(|e| bad(format!("manifest {}: {e}", top.digest)))?;
+        let parsed: OciManifest = serde_json::from_slice(&top_bytes)
+            .map_err(|e| bad(format!("manifest {}: {e}", top.digest)))?;
         let (manifest, manifest_digest): (OciImageManifest, String) = match parsed {
             OciManifest::Image(m) => (m, top.digest.clone()),
             OciManifest::ImageIndex(ix) => {
-                let chosen = platform.choose(&ix.manifests).map_err(|available| ImageError::NoMatchingPlatform {
-                    reference: path.display().to_string(),
-                    wanted: platform.to_string(),
-                    available: available.join(", "),
+                let chosen = platform.choose(&ix.manifests).map_err(|available| {
+                    ImageError::NoMatchingPlatform {
+                        reference: path.display().to_string(),
+                        wanted: platform.to_string(),
+                        available: available.join(", "),
+                    }
                 })?;
                 let b = blob(&chosen)?;
                 let m = match serde_json::from_slice::<OciManifest>(&b) {

@@ -135,7 +135,10 @@ mod tests {
         assert_eq!(pi.choose(&index), Ok("sha256:arm64".into()));
         let pi32 = Platform::parse("linux/arm/v7").unwrap();
         assert_eq!(pi32.choose(&index), Ok("sha256:arm7".into()));
-        let only_arm = [entry("sha256:arm64", "linux/arm64"), entry("sha256:att", "unknown/unknown")];
+        let only_arm = [
+            entry("sha256:arm64", "linux/arm64"),
+            entry("sha256:att", "unknown/unknown"),
+        ];
         assert_eq!(amd.choose(&only_arm), Err(vec!["linux/arm64".to_string()]));
     }
 

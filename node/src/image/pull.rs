@@ -152,7 +152,12 @@ impl Puller {
         if super::reference::is_loopback_registry(registry) {
             Scheme::Http
         } else if self.is_insecure(registry) {
-            if self.plain.lock().unwrap_or_else(|e| e.into_inner()).contains(registry) {
+            if self
+                .plain
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains(registry)
+            {
                 Scheme::Http
             } else {
                 Scheme::HttpsNoVerify
@@ -189,11 +194,22 @@ impl Puller {
             .pull_manifest_raw(r.oci(), &auth, MANIFEST_TYPES)
             .await;
         let res = match res {
-            Err(OciDistributionError::RequestError(e)) if scheme == Scheme::HttpsNoVerify && e.is_connect() => {
-                tracing::info!(registry = reg, "HTTPS failed ({e}); trying plain HTTP as for an insecure registry");
-                let r2 = self.http.pull_manifest_raw(r.oci(), &auth, MANIFEST_TYPES).await;
+            Err(OciDistributionError::RequestError(e))
+                if scheme == Scheme::HttpsNoVerify && e.is_connect() =>
+            {
+                tracing::info!(
+                    registry = reg,
+                    "HTTPS failed ({e}); trying plain HTTP as for an insecure registry"
+                );
+                let r2 = self
+                    .http
+                    .pull_manifest_raw(r.oci(), &auth, MANIFEST_TYPES)
+                    .await;
                 if r2.is_ok() {
-                    self.plain.lock().unwrap_or_else(|e| e.into_inner()).insert(reg.to_string());
+                    self.plain
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(reg.to_string());
                 }
                 r2
             }
@@ -201,7 +217,9 @@ impl Puller {
         };
         let (bytes, digest) = match res.map_err(|e| self.map_err(e, r, "manifest")) {
             Ok(x) => x,
-            Err(ImageError::UnknownTag { reference, .. }) => return Err(self.unknown_tag(r, reference).await),
+            Err(ImageError::UnknownTag { reference, .. }) => {
+                return Err(self.unknown_tag(r, reference).await)
+            }
             Err(e) => return Err(e),
         };
         // oci-client checked the body against the registry's digest header
@@ -233,7 +251,10 @@ impl Puller {
     /// the tags there are).
     async fn unknown_tag(&self, r: &ImageRef, reference: String) -> ImageError {
         let client = self.client(self.scheme(r.registry()));
-        match client.list_tags(r.oci(), &self.auth(r.registry()), Some(20), None).await {
+        match client
+            .list_tags(r.oci(), &self.auth(r.registry()), Some(20), None)
+            .await
+        {
             Ok(t) if t.tags.is_empty() => ImageError::UnknownTag {
                 reference,
                 known: "; the repository has no tags".into(),
@@ -266,15 +287,19 @@ impl Puller {
         let (top, top_digest) = self.manifest(r).await?;
         let pinned = r.with_digest(&top_digest);
         let mut blobs = vec![(top_digest.clone(), top.clone())];
-        let parsed: OciManifest = serde_json::from_slice(&top).map_err(|e| ImageError::Unsupported {
-            reference: r.to_string(),
-            detail: format!("the registry's manifest is not one this node reads ({e})"),
-        })?;
+        let parsed: OciManifest =
+            serde_json::from_slice(&top).map_err(|e| ImageError::Unsupported {
+                reference: r.to_string(),
+                detail: format!("the registry's manifest is not one this node reads ({e})"),
+            })?;
         let (manifest, manifest_digest) = match parsed {
             OciManifest::Image(m) => (m, top_digest.clone()),
             OciManifest::ImageIndex(index) => {
-                let chosen = self.opts.platform.choose(&index.manifests).map_err(|available| {
-                    ImageError::NoMatchingPlatform {
+                let chosen = self
+                    .opts
+                    .platform
+                    .choose(&index.manifests)
+                    .map_err(|available| ImageError::NoMatchingPlatform {
                         reference: r.to_string(),
                         wanted: self.opts.platform.to_string(),
                         available: if available.is_empty() {
@@ -282,18 +307,18 @@ impl Puller {
                         } else {
                             available.join(", ")
                         },
-                    }
-                })?;
+                    })?;
                 let (bytes, d) = self.manifest(&r.with_digest(&chosen)).await?;
-                let m = match serde_json::from_slice::<OciManifest>(&bytes) {
-                    Ok(OciManifest::Image(m)) => m,
-                    _ => {
-                        return Err(ImageError::Unsupported {
+                let m =
+                    match serde_json::from_slice::<OciManifest>(&bytes) {
+                        Ok(OciManifest::Image(m)) => m,
+                        _ => return Err(ImageError::Unsupported {
                             reference: r.to_string(),
-                            detail: format!("the entry {chosen} of its manifest list is not an image manifest"),
-                        })
-                    }
-                };
+                            detail: format!(
+                                "the entry {chosen} of its manifest list is not an image manifest"
+                            ),
+                        }),
+                    };
                 blobs.push((d.clone(), bytes));
                 (m, d)
             }
@@ -347,13 +372,14 @@ impl Puller {
         let _pins = self.store.pin(&pinned_ids);
 
         let count = manifest.layers.len();
-        let results: Vec<Result<u64>> = futures::stream::iter(manifest.layers.iter().zip(&diff_ids).enumerate())
-            .map(|(index, (desc, diff_id))| {
-                self.fetch_layer(client, &pinned, r, desc, diff_id, index, count, progress)
-            })
-            .buffered(self.opts.parallel_layers.max(1))
-            .collect()
-            .await;
+        let results: Vec<Result<u64>> =
+            futures::stream::iter(manifest.layers.iter().zip(&diff_ids).enumerate())
+                .map(|(index, (desc, diff_id))| {
+                    self.fetch_layer(client, &pinned, r, desc, diff_id, index, count, progress)
+                })
+                .buffered(self.opts.parallel_layers.max(1))
+                .collect()
+                .await;
         let mut size = 0;
         for res in results {
             size += res?;
@@ -467,7 +493,11 @@ impl Puller {
             }
             return Err(ImageError::Unreachable {
                 registry: r.registry().to_string(),
-                detail: format!("the download of layer {} broke off: {}", desc.digest, chain(&e)),
+                detail: format!(
+                    "the download of layer {} broke off: {}",
+                    desc.digest,
+                    chain(&e)
+                ),
                 hint: String::new(),
             });
         }
@@ -534,9 +564,13 @@ impl Puller {
                         registry,
                         repository: r.repository().to_string(),
                     }
-                } else if codes.contains(&&OciErrorCode::ManifestUnknown) || codes.contains(&&OciErrorCode::NotFound) {
+                } else if codes.contains(&&OciErrorCode::ManifestUnknown)
+                    || codes.contains(&&OciErrorCode::NotFound)
+                {
                     not_found_tag()
-                } else if codes.contains(&&OciErrorCode::Unauthorized) || codes.contains(&&OciErrorCode::Denied) {
+                } else if codes.contains(&&OciErrorCode::Unauthorized)
+                    || codes.contains(&&OciErrorCode::Denied)
+                {
                     ImageError::AccessDenied {
                         reference,
                         registry,
@@ -556,10 +590,13 @@ impl Puller {
                     }
                 }
             }
-            OciDistributionError::ServerError { code: 404, .. } | OciDistributionError::ImageManifestNotFoundError(_) => {
-                not_found_tag()
-            }
-            OciDistributionError::ServerError { code: 401 | 403, message, .. } => ImageError::AccessDenied {
+            OciDistributionError::ServerError { code: 404, .. }
+            | OciDistributionError::ImageManifestNotFoundError(_) => not_found_tag(),
+            OciDistributionError::ServerError {
+                code: 401 | 403,
+                message,
+                ..
+            } => ImageError::AccessDenied {
                 reference,
                 registry,
                 detail: message,
@@ -574,10 +611,9 @@ impl Puller {
                 registry,
                 detail: format!("token request refused: {m}"),
             },
-            OciDistributionError::DigestError(oci_client::errors::DigestError::VerificationError {
-                expected,
-                actual,
-            }) => ImageError::DigestMismatch {
+            OciDistributionError::DigestError(
+                oci_client::errors::DigestError::VerificationError { expected, actual },
+            ) => ImageError::DigestMismatch {
                 reference,
                 what: what.to_string(),
                 expected,
@@ -602,7 +638,8 @@ impl Puller {
 fn check_media_types(r: &ImageRef, m: &OciImageManifest) -> Result<()> {
     let config_ok = matches!(
         m.config.media_type.as_str(),
-        "application/vnd.oci.image.config.v1+json" | "application/vnd.docker.container.image.v1+json"
+        "application/vnd.oci.image.config.v1+json"
+            | "application/vnd.docker.container.image.v1+json"
     );
     if !config_ok {
         return Err(ImageError::Unsupported {
@@ -624,14 +661,19 @@ fn check_media_types(r: &ImageRef, m: &OciImageManifest) -> Result<()> {
         if !(t.contains("layer") || t.contains("rootfs")) || !t.contains("tar") {
             return Err(ImageError::Unsupported {
                 reference: r.to_string(),
-                detail: format!("a layer has media type {t}, not a file system layer; give a container image"),
+                detail: format!(
+                    "a layer has media type {t}, not a file system layer; give a container image"
+                ),
             });
         }
     }
     Ok(())
 }
 
-pub(crate) fn parse_config(r: &dyn std::fmt::Display, bytes: &[u8]) -> Result<oci_spec::image::ImageConfiguration> {
+pub(crate) fn parse_config(
+    r: &dyn std::fmt::Display,
+    bytes: &[u8],
+) -> Result<oci_spec::image::ImageConfiguration> {
     serde_json::from_slice(bytes).map_err(|e| ImageError::Unsupported {
         reference: r.to_string(),
         detail: format!("its image config cannot be read ({e})"),

@@ -153,10 +153,18 @@ mod tests {
             r.with_digest(D).to_string(),
             format!("docker.io/library/nginx@{D}")
         );
-        assert!(ImageRef::parse("localhost:5000/x").unwrap().is_loopback_registry());
-        assert!(ImageRef::parse("localhost/x").unwrap().is_loopback_registry());
-        assert!(!ImageRef::parse("10.0.0.1:5000/x").unwrap().is_loopback_registry());
-        assert!(!ImageRef::parse("registry.example.com/x").unwrap().is_loopback_registry());
+        assert!(ImageRef::parse("localhost:5000/x")
+            .unwrap()
+            .is_loopback_registry());
+        assert!(ImageRef::parse("localhost/x")
+            .unwrap()
+            .is_loopback_registry());
+        assert!(!ImageRef::parse("10.0.0.1:5000/x")
+            .unwrap()
+            .is_loopback_registry());
+        assert!(!ImageRef::parse("registry.example.com/x")
+            .unwrap()
+            .is_loopback_registry());
     }
 
     #[test]
@@ -171,7 +179,10 @@ mod tests {
             "nginx:bad tag",
         ] {
             let err = ImageRef::parse(bad).expect_err(bad);
-            assert!(matches!(err, ImageError::BadReference { .. }), "{bad}: {err}");
+            assert!(
+                matches!(err, ImageError::BadReference { .. }),
+                "{bad}: {err}"
+            );
             assert!(err.to_string().contains("e.g. nginx:1.27"), "{err}");
         }
     }

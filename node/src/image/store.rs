@@ -123,7 +123,9 @@ impl ImageInfo {
         match target {
             Target::Name(n) => self.names.iter().any(|x| x == n),
             Target::Digest { name, digest } => {
-                self.repo_digests.iter().any(|r| r == &format!("{name}@{digest}"))
+                self.repo_digests
+                    .iter()
+                    .any(|r| r == &format!("{name}@{digest}"))
                     || self.manifest_digest.as_deref() == Some(digest.as_str())
                     || self.id == *digest
             }
@@ -145,7 +147,12 @@ enum Target {
 impl Target {
     fn parse(s: &str) -> Result<Target> {
         let hex = s.strip_prefix("sha256:").unwrap_or(s);
-        if hex.len() >= 4 && hex.len() <= 64 && hex.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
+        if hex.len() >= 4
+            && hex.len() <= 64
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        {
             return Ok(Target::Id(hex.to_string()));
         }
         let r = ImageRef::parse(s)?;
@@ -233,14 +240,21 @@ impl ImageStore {
     /// left in progress by a crash.
     pub fn open(data_dir: &Path) -> Result<ImageStore> {
         let root = data_dir.join("images");
-        for d in ["layers/sha256", "layers/size", "blobs/sha256", "images", "tmp"] {
+        for d in [
+            "layers/sha256",
+            "layers/size",
+            "blobs/sha256",
+            "images",
+            "tmp",
+        ] {
             let p = root.join(d);
             std::fs::create_dir_all(&p).map_err(|e| ImageError::disk("create", &p, e))?;
         }
         let tmp = root.join("tmp");
         if let Ok(rd) = std::fs::read_dir(&tmp) {
             for e in rd.flatten() {
-                let _ = std::fs::remove_dir_all(e.path()).or_else(|_| std::fs::remove_file(e.path()));
+                let _ =
+                    std::fs::remove_dir_all(e.path()).or_else(|_| std::fs::remove_file(e.path()));
             }
         }
         Ok(ImageStore {
@@ -271,7 +285,10 @@ impl ImageStore {
 
     /// A fresh empty directory under `tmp/`.
     pub fn temp_dir(&self) -> Result<TempDir> {
-        let p = self.root.join("tmp").join(format!("{:016x}", rand::random::<u64>()));
+        let p = self
+            .root
+            .join("tmp")
+            .join(format!("{:016x}", rand::random::<u64>()));
         std::fs::create_dir(&p).map_err(|e| ImageError::disk("create", &p, e))?;
         Ok(TempDir(Some(p)))
     }
@@ -296,7 +313,9 @@ impl ImageStore {
         let size_file = self.root.join("layers/size").join(hex_of(diff_id)?);
         crate::fsutil::write_atomic(&size_file, size.to_string().as_bytes())
             .map_err(|e| ImageError::disk("write", e.path, e.source))?;
-        let Some(src) = tmp.0.take() else { return Ok(()) };
+        let Some(src) = tmp.0.take() else {
+            return Ok(());
+        };
         match std::fs::rename(&src, &dest) {
             Ok(()) => {
                 let _ = crate::fsutil::sync_parent(&dest);
@@ -328,7 +347,8 @@ impl ImageStore {
         if p.exists() {
             return Ok(());
         }
-        crate::fsutil::write_atomic(&p, bytes).map_err(|e| ImageError::disk("write", e.path, e.source))
+        crate::fsutil::write_atomic(&p, bytes)
+            .map_err(|e| ImageError::disk("write", e.path, e.source))
     }
 
     /// A kept blob.
@@ -338,13 +358,17 @@ impl ImageStore {
     }
 
     fn record_path(&self, id: &str) -> Result<PathBuf> {
-        Ok(self.root.join("images").join(format!("{}.json", hex_of(id)?)))
+        Ok(self
+            .root
+            .join("images")
+            .join(format!("{}.json", hex_of(id)?)))
     }
 
     fn write_record(&self, info: &ImageInfo) -> Result<()> {
         let p = self.record_path(&info.id)?;
         let bytes = serde_json::to_vec_pretty(info).unwrap_or_default();
-        crate::fsutil::write_atomic(&p, &bytes).map_err(|e| ImageError::disk("write", e.path, e.source))
+        crate::fsutil::write_atomic(&p, &bytes)
+            .map_err(|e| ImageError::disk("write", e.path, e.source))
     }
 
     /// Records an image whose layers are all in place. Its names move to
@@ -408,7 +432,9 @@ impl ImageStore {
             let bytes = std::fs::read(&p).map_err(|e| ImageError::disk("read", &p, e))?;
             match serde_json::from_slice::<ImageInfo>(&bytes) {
                 Ok(i) => out.push(i),
-                Err(e) => tracing::warn!(path = %p.display(), "skipping a damaged image record: {e}"),
+                Err(e) => {
+                    tracing::warn!(path = %p.display(), "skipping a damaged image record: {e}")
+                }
             }
         }
         out.sort_by(|a, b| a.id.cmp(&b.id));
@@ -419,7 +445,11 @@ impl ImageStore {
     /// ID (or a unique prefix of its hex, as Docker accepts).
     pub fn get(&self, reference: &str) -> Result<ImageInfo> {
         let target = Target::parse(reference)?;
-        let mut found: Vec<ImageInfo> = self.list()?.into_iter().filter(|i| i.matches(&target)).collect();
+        let mut found: Vec<ImageInfo> = self
+            .list()?
+            .into_iter()
+            .filter(|i| i.matches(&target))
+            .collect();
         match found.len() {
             1 => Ok(found.remove(0)),
             0 => Err(ImageError::NotFound {
@@ -488,9 +518,21 @@ impl ImageStore {
     /// Called with `lock` held.
     fn collect(&self) -> Result<usize> {
         let images = self.list()?;
-        let mut layers: HashSet<String> = images.iter().flat_map(|i| i.layers.iter().cloned()).collect();
-        layers.extend(self.pins.lock().unwrap_or_else(|e| e.into_inner()).keys().cloned());
-        let blobs: HashSet<&str> = images.iter().flat_map(|i| i.blobs.iter().map(String::as_str)).collect();
+        let mut layers: HashSet<String> = images
+            .iter()
+            .flat_map(|i| i.layers.iter().cloned())
+            .collect();
+        layers.extend(
+            self.pins
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .keys()
+                .cloned(),
+        );
+        let blobs: HashSet<&str> = images
+            .iter()
+            .flat_map(|i| i.blobs.iter().map(String::as_str))
+            .collect();
         let mut deleted = 0;
         let ldir = self.root.join("layers/sha256");
         let rd = std::fs::read_dir(&ldir).map_err(|e| ImageError::disk("read", &ldir, e))?;

@@ -135,7 +135,10 @@ fn apply(stream: Box<dyn Read + '_>, dest: &Path) -> Result<u64, UnpackError> {
         let mut entry = entry.map_err(malformed)?;
         let path = entry.path().map_err(malformed)?.into_owned();
         let rel = relative(&path)?;
-        let name = rel.file_name().map(|n| n.as_bytes().to_vec()).unwrap_or_default();
+        let name = rel
+            .file_name()
+            .map(|n| n.as_bytes().to_vec())
+            .unwrap_or_default();
         if name == b".wh..wh..opq" {
             let dir = safe_dir(dest, rel.parent().unwrap_or(Path::new("")))?;
             set_opaque(&dir)?;

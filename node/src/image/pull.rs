@@ -282,7 +282,9 @@ impl Puller {
     }
 
     /// Pulls `r` (by tag or digest) into the store, reporting per-layer
-    /// progress. Nothing of a failed pull is visible in the store.
+    /// progress. A failed pull writes no image record; layers it had
+    /// already checked stay in the store unreferenced (a retry skips them;
+    /// the next `remove` collects them if nothing does).
     pub async fn pull(&self, r: &ImageRef, progress: ProgressFn<'_>) -> Result<ImageInfo> {
         let (top, top_digest) = self.manifest(r).await?;
         let pinned = r.with_digest(&top_digest);

@@ -311,16 +311,17 @@ impl Puller {
                         },
                     })?;
                 let (bytes, d) = self.manifest(&r.with_digest(&chosen)).await?;
-                let m =
-                    match serde_json::from_slice::<OciManifest>(&bytes) {
-                        Ok(OciManifest::Image(m)) => m,
-                        _ => return Err(ImageError::Unsupported {
+                let m = match serde_json::from_slice::<OciManifest>(&bytes) {
+                    Ok(OciManifest::Image(m)) => m,
+                    _ => {
+                        return Err(ImageError::Unsupported {
                             reference: r.to_string(),
                             detail: format!(
                                 "the entry {chosen} of its manifest list is not an image manifest"
                             ),
-                        }),
-                    };
+                        })
+                    }
+                };
                 blobs.push((d.clone(), bytes));
                 (m, d)
             }

@@ -68,6 +68,7 @@ fn registry() -> Option<&'static Registry> {
             .expect("a free port on 127.0.4.1")
             .port();
         let addr = format!("127.0.4.1:{port}");
+        sweep_stale_registries();
         let dir = std::env::temp_dir().join(format!("swarmlet-registry-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let script = repo().join("scripts/images/registry.sh");
@@ -87,6 +88,29 @@ fn registry() -> Option<&'static Registry> {
         Some(Registry { dir, addr })
     })
     .as_ref()
+}
+
+/// Removes the registry directories of test processes that are gone (the
+/// registry itself stops with its test process; its storage stays behind).
+fn sweep_stale_registries() {
+    let Ok(rd) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix("swarmlet-registry-")
+            .and_then(|p| p.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        // SAFETY: signal 0 only checks that the process exists.
+        let gone = unsafe { libc::kill(pid, 0) } != 0
+            && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+        if gone {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
 }
 
 /// A fresh data dir, removed (with anything mounted in it) when dropped.

@@ -10,6 +10,9 @@ apt_need curl wrk ca-certificates
 # iproute2 and nftables (+ iptables) for the e2e tests that put nodes in
 # network namespaces and cut their links (tests/src/netns.rs).
 apt_need iproute2 nftables iptables
+# A local OCI registry and the tools that build and push test images into it
+# (node/tests/images.rs, scripts/images/registry.sh).
+apt_need docker-registry skopeo umoci jq
 "$REPO/guests/build.sh"
 (cd "$REPO" && cargo build --release -p swarmlet)
 # On the PATH, as a user would have it after installing a package.

@@ -14,6 +14,7 @@ pub mod fault;
 pub mod fsutil;
 pub mod gossip;
 pub mod identity;
+pub mod image;
 pub mod link;
 pub mod listen;
 pub mod membership;

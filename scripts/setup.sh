@@ -10,6 +10,10 @@ apt_need curl wrk ca-certificates
 # iproute2 and nftables (+ iptables) for the e2e tests that put nodes in
 # network namespaces and cut their links (tests/src/netns.rs).
 apt_need iproute2 nftables iptables
+# Containers (node/src/runtime/container): containerd's package ships
+# containerd-shim-runc-v2 (no containerd daemon is used), runc runs them;
+# nginx is copied into the test image (scripts/images/nginx-rootfs.sh).
+apt_need containerd runc nginx
 "$REPO/guests/build.sh"
 (cd "$REPO" && cargo build --release -p swarmlet)
 # On the PATH, as a user would have it after installing a package.

@@ -2,7 +2,7 @@
 //! from the runtime defaults (the same mounts, masked and read-only paths
 //! as `runc spec`), then changed the way Docker does: its default
 //! capability set (runc's three are too few for real images: nginx fails
-//! on chown/setgid), no `no_new_privileges`, a generous open-files limit,
+//! on chown/setgid), no `no_new_privileges`, the node's open-files limit,
 //! a writable root, the task ID as hostname, a network namespace made by
 //! `network.rs`, a cgroup of our own and the service's limits.
 
@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::{
     Capability, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxMemoryBuilder, LinuxNamespaceType, LinuxResourcesBuilder,
-    PosixRlimitBuilder, PosixRlimitType, Spec, UserBuilder,
+    Spec, UserBuilder,
 };
 
 use super::error::ContainerError;
@@ -92,12 +92,11 @@ pub fn build_spec(cfg: &BundleConfig<'_>) -> Result<Spec, ContainerError> {
             .build()
             .map_err(err)?,
     );
-    process.set_rlimits(Some(vec![PosixRlimitBuilder::default()
-        .typ(PosixRlimitType::RlimitNofile)
-        .soft(1_048_576u64)
-        .hard(1_048_576u64)
-        .build()
-        .map_err(err)?]));
+    // No rlimits: the container inherits the shim's (the node's), as
+    // Docker's containers inherit containerd's; runc's default of 1024 open
+    // files is too few for a proxy, and raising a hard limit from inside
+    // needs CAP_SYS_RESOURCE, which containers do not have.
+    process.set_rlimits(None);
     process.set_capabilities(Some(
         LinuxCapabilitiesBuilder::default()
             .bounding(caps.clone())

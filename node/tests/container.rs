@@ -17,8 +17,8 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use swarmlet::runtime::container::{
-    cgroup_dirs, is_mountpoint, link_exists, netns_path, remove_bridge, ContainerError, ContainerRuntime,
-    ContainerSpec, ExitStatus, NetworkConfig, Reattached, RuntimeConfig,
+    cgroup_dirs, is_mountpoint, link_exists, netns_path, remove_bridge, ContainerError,
+    ContainerRuntime, ContainerSpec, ExitStatus, NetworkConfig, Reattached, RuntimeConfig,
 };
 
 /// Why this machine cannot run the tests, if it cannot.
@@ -61,7 +61,10 @@ fn sweep_stale() {
         let rest = name
             .strip_prefix("sh5-nginx-rootfs-")
             .or_else(|| name.strip_prefix("sh5-ct-"));
-        let Some(pid) = rest.and_then(|r| r.split('-').next()).and_then(|p| p.parse::<u32>().ok()) else {
+        let Some(pid) = rest
+            .and_then(|r| r.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
             continue;
         };
         if !Path::new(&format!("/proc/{pid}")).exists() {
@@ -77,7 +80,8 @@ fn nginx_layer() -> PathBuf {
         .get_or_init(|| {
             sweep_stale();
             let dir = std::env::temp_dir().join(format!("sh5-nginx-rootfs-{}", std::process::id()));
-            let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/images/nginx-rootfs.sh");
+            let script =
+                Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/images/nginx-rootfs.sh");
             let out = std::process::Command::new("bash")
                 .arg(&script)
                 .arg(&dir)
@@ -129,8 +133,10 @@ fn get(ip: Ipv4Addr) -> String {
     for _ in 0..600 {
         match TcpStream::connect_timeout(&addr, Duration::from_secs(5)) {
             Ok(mut s) => {
-                s.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
-                s.write_all(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n").expect("send");
+                s.set_read_timeout(Some(Duration::from_secs(30)))
+                    .expect("timeout");
+                s.write_all(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n")
+                    .expect("send");
                 let mut body = String::new();
                 s.read_to_string(&mut body).expect("read response");
                 return body;
@@ -154,9 +160,12 @@ fn shim_processes(namespace: &str, id: &str) -> Vec<u32> {
         };
         let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
         let has = |flag: &str, value: &str| {
-            args.windows(2).any(|w| w[0] == flag.as_bytes() && w[1] == value.as_bytes())
+            args.windows(2)
+                .any(|w| w[0] == flag.as_bytes() && w[1] == value.as_bytes())
         };
-        if args.first().is_some_and(|a| a.ends_with(b"containerd-shim-runc-v2"))
+        if args
+            .first()
+            .is_some_and(|a| a.ends_with(b"containerd-shim-runc-v2"))
             && has("-namespace", namespace)
             && has("-id", id)
         {
@@ -170,25 +179,42 @@ fn shim_processes(namespace: &str, id: &str) -> Vec<u32> {
 fn assert_nothing_left(rt: &ContainerRuntime, id: &str, veth: &str, netns: &str) {
     let cfg = rt.config();
     let shims = shim_processes(&cfg.namespace, id);
-    assert!(shims.is_empty(), "shim processes of {id} still running: {shims:?}");
+    assert!(
+        shims.is_empty(),
+        "shim processes of {id} still running: {shims:?}"
+    );
     let rootfs = cfg.root.join("tasks").join(id).join("rootfs");
-    assert!(!is_mountpoint(&rootfs), "{} is still mounted", rootfs.display());
+    assert!(
+        !is_mountpoint(&rootfs),
+        "{} is still mounted",
+        rootfs.display()
+    );
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
     assert!(
         !mountinfo.contains(&cfg.root.join("tasks").join(id).display().to_string()),
         "a mount under the bundle of {id} is left"
     );
-    assert!(!netns_path(netns).exists(), "network namespace {netns} is left");
+    assert!(
+        !netns_path(netns).exists(),
+        "network namespace {netns} is left"
+    );
     assert!(!link_exists(veth), "veth {veth} is left");
     let cgroups = cgroup_dirs(&format!("/{}/{id}", cfg.cgroup_parent));
     assert!(cgroups.is_empty(), "cgroup directories left: {cgroups:?}");
     let bundle = cfg.root.join("tasks").join(id);
     assert!(!bundle.exists(), "bundle {} is left", bundle.display());
     assert!(
-        !Path::new("/run/containerd/runc").join(&cfg.namespace).join(id).exists(),
+        !Path::new("/run/containerd/runc")
+            .join(&cfg.namespace)
+            .join(id)
+            .exists(),
         "runc state of {id} is left"
     );
-    assert!(rt.leftovers(id).is_empty(), "leftovers: {:?}", rt.leftovers(id));
+    assert!(
+        rt.leftovers(id).is_empty(),
+        "leftovers: {:?}",
+        rt.leftovers(id)
+    );
 }
 
 /// Removes the test's bridge and state directory.
@@ -196,7 +222,11 @@ async fn finish(rt: ContainerRuntime) {
     let cfg = rt.config().clone();
     drop(rt);
     remove_bridge(&cfg.network).await;
-    assert!(!link_exists(&cfg.network.bridge), "bridge {} is left", cfg.network.bridge);
+    assert!(
+        !link_exists(&cfg.network.bridge),
+        "bridge {} is left",
+        cfg.network.bridge
+    );
     let _ = std::fs::remove_dir_all(&cfg.root);
     for dir in cgroup_dirs(&format!("/{}", cfg.cgroup_parent)) {
         let _ = std::fs::remove_dir(dir);
@@ -251,18 +281,37 @@ async fn two_nginx_containers_on_port_80_then_stop_leaves_nothing() {
     // Outgoing traffic is masqueraded.
     let net = &rt.config().network;
     let nat = std::process::Command::new("iptables")
-        .args(["-w", "-t", "nat", "-C", "POSTROUTING", "-s", &net.cidr(), "!", "-o", &net.bridge, "-j", "MASQUERADE"])
+        .args([
+            "-w",
+            "-t",
+            "nat",
+            "-C",
+            "POSTROUTING",
+            "-s",
+            &net.cidr(),
+            "!",
+            "-o",
+            &net.bridge,
+            "-j",
+            "MASQUERADE",
+        ])
         .status()
         .expect("iptables");
     assert!(nat.success(), "no MASQUERADE rule for {}", net.cidr());
 
     for (id, _, veth, netns, shim_pid) in &seen {
-        assert!(!shim_processes(&rt.config().namespace, id).is_empty(), "no shim found for {id}");
+        assert!(
+            !shim_processes(&rt.config().namespace, id).is_empty(),
+            "no shim found for {id}"
+        );
         let status = rt.stop(id, Duration::from_secs(10)).await.expect("stop");
         // nginx exits 0 on SIGTERM (fast shutdown), within the grace period.
         assert_eq!(status, ExitStatus(0), "{id} stopped with {status}");
         rt.remove(id).await.expect("remove");
-        assert!(!swarmlet::runtime::container::process_alive(*shim_pid), "shim {shim_pid} of {id} alive");
+        assert!(
+            !swarmlet::runtime::container::process_alive(*shim_pid),
+            "shim {shim_pid} of {id} alive"
+        );
         assert_nothing_left(&rt, id, veth, netns);
     }
     finish(rt).await;
@@ -284,7 +333,12 @@ async fn killing_nginx_inside_is_an_exit_event_with_its_status() {
     // SAFETY: kill(2) on the container's main process, which we just asked for.
     assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
     let exit = rt.wait_exit(id).await.expect("exit event");
-    assert_eq!(exit.status, ExitStatus(137), "killed by SIGKILL: {}", exit.status);
+    assert_eq!(
+        exit.status,
+        ExitStatus(137),
+        "killed by SIGKILL: {}",
+        exit.status
+    );
     assert_eq!(exit.status.signal(), Some(9));
     rt.remove(id).await.expect("remove");
     assert_nothing_left(&rt, id, &info.veth, &info.netns);
@@ -303,25 +357,46 @@ async fn bad_commands_give_typed_errors_and_leave_nothing() {
     let id = "sh5-nocmd";
     let mut spec = nginx(id);
     spec.args = vec!["/usr/bin/does-not-exist".into()];
-    let err = rt.prepare(&spec).await.expect_err("a missing command must fail");
+    let err = rt
+        .prepare(&spec)
+        .await
+        .expect_err("a missing command must fail");
     assert!(
         matches!(&err, ContainerError::CommandNotFound { command, .. } if command == "/usr/bin/does-not-exist"),
         "{err:?}"
     );
     let text = err.to_string();
-    assert!(text.contains("not found in the image") && text.contains("ENTRYPOINT"), "{text}");
-    assert_nothing_left(&rt, id, &cfg.network.veth_name(id), &cfg.network.netns_name(id));
+    assert!(
+        text.contains("not found in the image") && text.contains("ENTRYPOINT"),
+        "{text}"
+    );
+    assert_nothing_left(
+        &rt,
+        id,
+        &cfg.network.veth_name(id),
+        &cfg.network.netns_name(id),
+    );
 
     // A bare name searched through PATH, also missing.
     spec.args = vec!["httpd".into()];
-    let err = rt.prepare(&spec).await.expect_err("a missing command must fail");
-    assert!(matches!(err, ContainerError::CommandNotFound { .. }), "{err:?}");
+    let err = rt
+        .prepare(&spec)
+        .await
+        .expect_err("a missing command must fail");
+    assert!(
+        matches!(err, ContainerError::CommandNotFound { .. }),
+        "{err:?}"
+    );
 
     // A command that exists but fails at once: the exit comes with its
     // status and the log's last lines, and the error says so.
     let id = "sh5-crash";
     let mut spec = nginx(id);
-    spec.args = vec!["/usr/sbin/nginx".into(), "-c".into(), "/etc/nginx/missing.conf".into()];
+    spec.args = vec![
+        "/usr/sbin/nginx".into(),
+        "-c".into(),
+        "/etc/nginx/missing.conf".into(),
+    ];
     rt.prepare(&spec).await.expect("prepare");
     let info = rt.info(id).expect("info");
     let err = match rt.start(id).await {
@@ -336,7 +411,9 @@ async fn bad_commands_give_typed_errors_and_leave_nothing() {
         }
     };
     match &err {
-        ContainerError::Exited { status, log_tail, .. } => {
+        ContainerError::Exited {
+            status, log_tail, ..
+        } => {
             assert_eq!(*status, ExitStatus(1), "{err}");
             assert!(log_tail.contains("missing.conf"), "log tail: {log_tail}");
         }
@@ -371,7 +448,10 @@ async fn reattach_after_restart_adopts_running_and_cleans_up_dead() {
 
     // The node goes away; its containers and shims stay.
     drop(rt);
-    assert!(!shim_processes(&cfg.namespace, alive).is_empty(), "the shim must outlive the runtime");
+    assert!(
+        !shim_processes(&cfg.namespace, alive).is_empty(),
+        "the shim must outlive the runtime"
+    );
     assert!(get(ip).ends_with("hello from nginx\n"));
     // One container dies while no node listens.
     // SAFETY: kill(2) on a pid the shim reported for our container.
@@ -386,7 +466,9 @@ async fn reattach_after_restart_adopts_running_and_cleans_up_dead() {
     }
     assert!(gone, "nginx {dead_pid} never died of SIGKILL");
 
-    let rt = ContainerRuntime::new(cfg.clone()).await.expect("runtime after restart");
+    let rt = ContainerRuntime::new(cfg.clone())
+        .await
+        .expect("runtime after restart");
     let mut found = rt.reattach_all().await;
     found.sort_by(|a, b| a.0.cmp(&b.0));
     assert_eq!(found.len(), 2, "{found:?}");
@@ -399,7 +481,11 @@ async fn reattach_after_restart_adopts_running_and_cleans_up_dead() {
     }
     match &found[1] {
         (id, Ok(Reattached::CleanedUp { exit })) if id == dead => {
-            assert_eq!(*exit, Some(ExitStatus(137)), "the dead one's exit is known from the shim");
+            assert_eq!(
+                *exit,
+                Some(ExitStatus(137)),
+                "the dead one's exit is known from the shim"
+            );
         }
         other => panic!("expected {dead} cleaned up, got {other:?}"),
     }
@@ -407,7 +493,10 @@ async fn reattach_after_restart_adopts_running_and_cleans_up_dead() {
     assert_eq!(rt.ids(), vec![alive.to_string()]);
     // Never twice: preparing the adopted task again is refused.
     let err = rt.prepare(&nginx(alive)).await.expect_err("duplicate");
-    assert!(matches!(err, ContainerError::AlreadyExists { .. }), "{err:?}");
+    assert!(
+        matches!(err, ContainerError::AlreadyExists { .. }),
+        "{err:?}"
+    );
 
     // Adopted for real: it serves, and stopping it comes back through the
     // new runtime's events.
@@ -445,7 +534,11 @@ async fn stop_sends_sigkill_after_the_grace_period() {
     rt.start(id).await.expect("start");
     let info = rt.info(id).expect("info");
     let status = rt.stop(id, Duration::from_millis(300)).await.expect("stop");
-    assert_eq!(status, ExitStatus(137), "SIGTERM ignored, SIGKILL after the grace: {status}");
+    assert_eq!(
+        status,
+        ExitStatus(137),
+        "SIGTERM ignored, SIGKILL after the grace: {status}"
+    );
     rt.remove(id).await.expect("remove");
     assert_nothing_left(&rt, id, &info.veth, &info.netns);
     finish(rt).await;

@@ -10,8 +10,8 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::{
-    Capability, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxMemoryBuilder, LinuxNamespaceType, LinuxResourcesBuilder,
-    Spec, UserBuilder,
+    Capability, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxMemoryBuilder, LinuxNamespaceType,
+    LinuxResourcesBuilder, Spec, UserBuilder,
 };
 
 use super::error::ContainerError;
@@ -117,8 +117,9 @@ pub fn build_spec(cfg: &BundleConfig<'_>) -> Result<Spec, ContainerError> {
     }
     let mut resources = LinuxResourcesBuilder::default();
     if let Some(bytes) = cfg.memory_bytes {
-        let limit = i64::try_from(bytes)
-            .map_err(|_| ContainerError::InvalidLimit(format!("memory limit {bytes} is too large")))?;
+        let limit = i64::try_from(bytes).map_err(|_| {
+            ContainerError::InvalidLimit(format!("memory limit {bytes} is too large"))
+        })?;
         // Only the memory limit: a swap limit needs swap accounting, which
         // cgroup v1 kernels often lack (runc would refuse the spec).
         resources = resources.memory(
@@ -143,7 +144,7 @@ pub fn build_spec(cfg: &BundleConfig<'_>) -> Result<Spec, ContainerError> {
 
 /// `--limit-cpu 0.5` → a CFS quota of 50 ms per 100 ms period.
 pub fn cpu_quota(cpus: f64) -> Result<i64, ContainerError> {
-    if !cpus.is_finite() || cpus < 0.01 || cpus > 1024.0 {
+    if !cpus.is_finite() || !(0.01..=1024.0).contains(&cpus) {
         return Err(ContainerError::InvalidLimit(format!(
             "a CPU limit of {cpus} is outside 0.01..=1024 CPUs"
         )));

@@ -7,7 +7,9 @@ use std::path::PathBuf;
 /// name the machine-side part that failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ContainerError {
-    #[error("invalid task ID {id:?}: use letters, digits, '-', '_' or '.' (at most 64 characters)")]
+    #[error(
+        "invalid task ID {id:?}: use letters, digits, '-', '_' or '.' (at most 64 characters)"
+    )]
     InvalidId { id: String },
 
     #[error("container {id} already exists on this node: stop and remove it first")]

@@ -185,7 +185,9 @@ fn validate_id(id: &str) -> Result<(), ContainerError> {
     let ok = !id.is_empty()
         && id.len() <= 64
         && !id.starts_with('.')
-        && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
     if ok {
         Ok(())
     } else {
@@ -198,7 +200,8 @@ fn find_tool(program: &Path) -> bool {
     if program.components().count() > 1 {
         return program.is_file();
     }
-    std::env::var_os("PATH").is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(program).is_file()))
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(program).is_file()))
 }
 
 impl ContainerRuntime {
@@ -224,10 +227,13 @@ impl ContainerRuntime {
             }
         }
         for dir in [cfg.root.join("tasks"), cfg.log_dir.clone()] {
-            std::fs::create_dir_all(&dir).map_err(|e| ContainerError::io("creating", dir.clone(), e))?;
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| ContainerError::io("creating", dir.clone(), e))?;
         }
         let exits = Arc::new(Exits::default());
-        let mut events = shim::serve_events(&cfg.root.join("events.sock"), &cfg.namespace, exits.clone()).await?;
+        let mut events =
+            shim::serve_events(&cfg.root.join("events.sock"), &cfg.namespace, exits.clone())
+                .await?;
         let (events_stop, stopped) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(async move {
             let _ = stopped.await;
@@ -262,7 +268,13 @@ impl ContainerRuntime {
         format!("/{}/{}", self.cfg.cgroup_parent.trim_matches('/'), id)
     }
 
-    fn launch<'a>(&'a self, bundle: &'a Path, id: &'a str, address: &'a Path, events: &'a Path) -> Launch<'a> {
+    fn launch<'a>(
+        &'a self,
+        bundle: &'a Path,
+        id: &'a str,
+        address: &'a Path,
+        events: &'a Path,
+    ) -> Launch<'a> {
         Launch {
             binary: &self.cfg.shim_binary,
             bundle,
@@ -281,7 +293,10 @@ impl ContainerRuntime {
         if tasks.contains_key(id) || !busy.insert(id.to_string()) {
             return Err(ContainerError::AlreadyExists { id: id.to_string() });
         }
-        Ok(Claim { rt: self, id: id.to_string() })
+        Ok(Claim {
+            rt: self,
+            id: id.to_string(),
+        })
     }
 
     fn allocate_ip(&self) -> Result<Ipv4Addr, ContainerError> {
@@ -291,7 +306,12 @@ impl ContainerRuntime {
             .network
             .hosts()
             .find(|ip| !ips.contains(ip))
-            .ok_or_else(|| ContainerError::Network(format!("no free address left in {}", self.cfg.network.cidr())))?;
+            .ok_or_else(|| {
+                ContainerError::Network(format!(
+                    "no free address left in {}",
+                    self.cfg.network.cidr()
+                ))
+            })?;
         ips.insert(ip);
         Ok(ip)
     }
@@ -324,7 +344,12 @@ impl ContainerRuntime {
         match self.create(spec, &bundle, record).await {
             Ok(task) => {
                 let prepared = Prepared {
-                    ip: task.record.attachment.as_ref().map(|a| a.ip).unwrap_or(Ipv4Addr::UNSPECIFIED),
+                    ip: task
+                        .record
+                        .attachment
+                        .as_ref()
+                        .map(|a| a.ip)
+                        .unwrap_or(Ipv4Addr::UNSPECIFIED),
                     log: task.record.log.clone(),
                 };
                 lock(&self.tasks).insert(id.to_string(), Arc::new(task));
@@ -346,13 +371,15 @@ impl ContainerRuntime {
         mut record: Record,
     ) -> Result<Task, (ContainerError, Option<ShimClient>)> {
         let id = spec.id.as_str();
-        std::fs::create_dir_all(bundle).map_err(|e| (ContainerError::io("creating", bundle, e), None))?;
+        std::fs::create_dir_all(bundle)
+            .map_err(|e| (ContainerError::io("creating", bundle, e), None))?;
         write_record(bundle, &record).map_err(|e| (e, None))?;
         let rootfs = Rootfs::in_bundle(bundle);
         rootfs.mount(id, &spec.layers).map_err(|e| (e, None))?;
         let cwd = spec.cwd.as_deref().filter(|c| !c.is_empty()).unwrap_or("/");
         rootfs::check_command(&rootfs.merged, &spec.args, &spec.env, cwd).map_err(|e| (e, None))?;
-        let user = rootfs::resolve_user(&rootfs.merged, spec.user.as_deref()).map_err(|e| (e, None))?;
+        let user =
+            rootfs::resolve_user(&rootfs.merged, spec.user.as_deref()).map_err(|e| (e, None))?;
 
         self.ensure_bridge().await.map_err(|e| (e, None))?;
         let ip = self.allocate_ip().map_err(|e| (e, None))?;
@@ -363,7 +390,9 @@ impl ContainerRuntime {
             ip,
         });
         write_record(bundle, &record).map_err(|e| (e, None))?;
-        let att = network::attach(&self.cfg.network, id, ip).await.map_err(|e| (e, None))?;
+        let att = network::attach(&self.cfg.network, id, ip)
+            .await
+            .map_err(|e| (e, None))?;
 
         let cgroups_path = self.cgroups_path(id);
         let netns = netns_path(&att.netns);
@@ -550,7 +579,9 @@ impl ContainerRuntime {
             Some(c) => Some(c),
             None => {
                 connected = match shim::read_address(&bundle) {
-                    Some(address) => ShimClient::connect(&address, &self.cfg.namespace, id).await.ok(),
+                    Some(address) => ShimClient::connect(&address, &self.cfg.namespace, id)
+                        .await
+                        .ok(),
                     None => None,
                 };
                 connected.as_ref()
@@ -570,7 +601,9 @@ impl ContainerRuntime {
         if !deleted && bundle.join("config.json").exists() {
             let address = self.cfg.root.join("containerd.sock");
             let events = self.cfg.root.join("events.sock");
-            if let Err(e) = shim::delete_with_binary(&self.launch(&bundle, id, &address, &events)).await {
+            if let Err(e) =
+                shim::delete_with_binary(&self.launch(&bundle, id, &address, &events)).await
+            {
                 tracing::debug!(%id, "shim delete: {e}");
             }
         }
@@ -580,11 +613,14 @@ impl ContainerRuntime {
         if let Err(e) = Rootfs::in_bundle(&bundle).unmount() {
             tracing::warn!(%id, "{e}");
         }
-        let attachment = record.as_ref().and_then(|r| r.attachment.clone()).unwrap_or_else(|| Attachment {
-            netns: self.cfg.network.netns_name(id),
-            veth: self.cfg.network.veth_name(id),
-            ip: Ipv4Addr::UNSPECIFIED,
-        });
+        let attachment = record
+            .as_ref()
+            .and_then(|r| r.attachment.clone())
+            .unwrap_or_else(|| Attachment {
+                netns: self.cfg.network.netns_name(id),
+                veth: self.cfg.network.veth_name(id),
+                ip: Ipv4Addr::UNSPECIFIED,
+            });
         network::detach(&attachment).await;
         lock(&self.ips).remove(&attachment.ip);
         for dir in cgroup_dirs(&self.cgroups_path(id)) {
@@ -657,12 +693,25 @@ impl ContainerRuntime {
         let exit = self.exits.watch(id);
         let record = read_record(&bundle);
         let client = match shim::read_address(&bundle) {
-            Some(address) => ShimClient::connect(&address, &self.cfg.namespace, id).await.ok(),
+            Some(address) => ShimClient::connect(&address, &self.cfg.namespace, id)
+                .await
+                .ok(),
             None => None,
         };
         let running = match (&client, &record) {
-            (Some(c), Some(Record { attachment: Some(_), .. })) => match c.state().await {
-                Ok(s) if s.status.enum_value() == Ok(api::Status::RUNNING) && exit.borrow().is_none() => Some(s.pid),
+            (
+                Some(c),
+                Some(Record {
+                    attachment: Some(_),
+                    ..
+                }),
+            ) => match c.state().await {
+                Ok(s)
+                    if s.status.enum_value() == Ok(api::Status::RUNNING)
+                        && exit.borrow().is_none() =>
+                {
+                    Some(s.pid)
+                }
                 Ok(s) if s.status.enum_value() == Ok(api::Status::STOPPED) => {
                     self.exits.record(id, ExitStatus(s.exit_status));
                     None
@@ -674,7 +723,11 @@ impl ContainerRuntime {
         match (running, client, record) {
             (Some(pid), Some(client), Some(record)) => {
                 let shim_log = shim::follow_shim_log(&bundle)?;
-                let ip = record.attachment.as_ref().map(|a| a.ip).unwrap_or(Ipv4Addr::UNSPECIFIED);
+                let ip = record
+                    .attachment
+                    .as_ref()
+                    .map(|a| a.ip)
+                    .unwrap_or(Ipv4Addr::UNSPECIFIED);
                 lock(&self.ips).insert(ip);
                 lock(&self.tasks).insert(
                     id.to_string(),
@@ -723,7 +776,6 @@ impl ContainerRuntime {
         ids.sort();
         ids
     }
-
 }
 
 /// Dropping the runtime (the node stopping) leaves containers and shims
@@ -752,7 +804,8 @@ impl Drop for Claim<'_> {
 fn write_record(bundle: &Path, record: &Record) -> Result<(), ContainerError> {
     let path = bundle.join("swarmlet.json");
     let tmp = bundle.join("swarmlet.json.tmp");
-    let json = serde_json::to_vec_pretty(record).map_err(|e| ContainerError::Spec(e.to_string()))?;
+    let json =
+        serde_json::to_vec_pretty(record).map_err(|e| ContainerError::Spec(e.to_string()))?;
     std::fs::write(&tmp, json).map_err(|e| ContainerError::io("writing", &tmp, e))?;
     std::fs::rename(&tmp, &path).map_err(|e| ContainerError::io("writing", &path, e))
 }
@@ -811,7 +864,10 @@ async fn wait_gone(pid: u32) {
     let deadline = tokio::time::Instant::now() + SHIM_EXIT_WAIT;
     while shim::process_alive(pid) {
         if tokio::time::Instant::now() >= deadline {
-            tracing::warn!(pid, "the shim did not exit within {SHIM_EXIT_WAIT:?} of Shutdown");
+            tracing::warn!(
+                pid,
+                "the shim did not exit within {SHIM_EXIT_WAIT:?} of Shutdown"
+            );
             return;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -834,7 +890,10 @@ mod tests {
     fn runc_exec_errors_become_command_not_found() {
         let args = vec!["/nope".to_string()];
         let msg = "OCI runtime create failed: runc create failed: unable to start container process: exec: \"/nope\": stat /nope: no such file or directory: unknown";
-        assert!(matches!(command_error(&args, msg), Some(ContainerError::CommandNotFound { .. })));
+        assert!(matches!(
+            command_error(&args, msg),
+            Some(ContainerError::CommandNotFound { .. })
+        ));
         assert!(command_error(&args, "cgroup: permission denied").is_none());
     }
 }

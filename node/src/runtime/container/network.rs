@@ -50,16 +50,28 @@ impl NetworkConfig {
     pub fn validate(&self) -> Result<(), ContainerError> {
         let bad = |why: String| Err(ContainerError::Network(why));
         if self.bridge.is_empty() || self.bridge.len() > 15 {
-            return bad(format!("bridge name {:?} must have 1 to 15 characters", self.bridge));
+            return bad(format!(
+                "bridge name {:?} must have 1 to 15 characters",
+                self.bridge
+            ));
         }
         if !(8..=30).contains(&self.prefix_len) {
-            return bad(format!("subnet prefix /{} must be between /8 and /30", self.prefix_len));
+            return bad(format!(
+                "subnet prefix /{} must be between /8 and /30",
+                self.prefix_len
+            ));
         }
         if u32::from(self.subnet) & !self.mask() != 0 {
-            return bad(format!("{}/{} is not a network address", self.subnet, self.prefix_len));
+            return bad(format!(
+                "{}/{} is not a network address",
+                self.subnet, self.prefix_len
+            ));
         }
         if self.name_prefix.is_empty() || self.name_prefix.len() > 8 {
-            return bad(format!("name prefix {:?} must have 1 to 8 characters", self.name_prefix));
+            return bad(format!(
+                "name prefix {:?} must have 1 to 8 characters",
+                self.name_prefix
+            ));
         }
         Ok(())
     }
@@ -131,7 +143,12 @@ async fn run(program: &str, args: &[&str]) -> Result<String, ContainerError> {
 }
 
 /// Adds an iptables rule unless it is there (`-C` checks).
-async fn ensure_rule(table: &str, chain: &str, rule: &[&str], insert: bool) -> Result<(), ContainerError> {
+async fn ensure_rule(
+    table: &str,
+    chain: &str,
+    rule: &[&str],
+    insert: bool,
+) -> Result<(), ContainerError> {
     let mut check = vec!["-w", "-t", table, "-C", chain];
     check.extend_from_slice(rule);
     if run("iptables", &check).await.is_ok() {
@@ -199,7 +216,11 @@ pub struct Attachment {
 }
 
 /// Creates the task's namespace and veth pair with address `ip`.
-pub async fn attach(cfg: &NetworkConfig, task_id: &str, ip: Ipv4Addr) -> Result<Attachment, ContainerError> {
+pub async fn attach(
+    cfg: &NetworkConfig,
+    task_id: &str,
+    ip: Ipv4Addr,
+) -> Result<Attachment, ContainerError> {
     let att = Attachment {
         netns: cfg.netns_name(task_id),
         veth: cfg.veth_name(task_id),
@@ -215,13 +236,35 @@ pub async fn attach(cfg: &NetworkConfig, task_id: &str, ip: Ipv4Addr) -> Result<
 async fn setup(cfg: &NetworkConfig, att: &Attachment) -> Result<(), ContainerError> {
     let ns = att.netns.as_str();
     run("ip", &["netns", "add", ns]).await?;
-    run("ip", &["link", "add", &att.veth, "type", "veth", "peer", "name", "eth0", "netns", ns]).await?;
-    run("ip", &["link", "set", &att.veth, "master", &cfg.bridge, "up"]).await?;
+    run(
+        "ip",
+        &[
+            "link", "add", &att.veth, "type", "veth", "peer", "name", "eth0", "netns", ns,
+        ],
+    )
+    .await?;
+    run(
+        "ip",
+        &["link", "set", &att.veth, "master", &cfg.bridge, "up"],
+    )
+    .await?;
     run("ip", &["-n", ns, "link", "set", "lo", "up"]).await?;
     let addr = format!("{}/{}", att.ip, cfg.prefix_len);
     run("ip", &["-n", ns, "addr", "add", &addr, "dev", "eth0"]).await?;
     run("ip", &["-n", ns, "link", "set", "eth0", "up"]).await?;
-    run("ip", &["-n", ns, "route", "add", "default", "via", &cfg.gateway().to_string()]).await?;
+    run(
+        "ip",
+        &[
+            "-n",
+            ns,
+            "route",
+            "add",
+            "default",
+            "via",
+            &cfg.gateway().to_string(),
+        ],
+    )
+    .await?;
     Ok(())
 }
 

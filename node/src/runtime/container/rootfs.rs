@@ -169,7 +169,12 @@ fn unescape_mountinfo(s: &str) -> String {
 fn open_in_root(root: &Path, path: &str) -> std::io::Result<File> {
     let root_c = CString::new(root.as_os_str().as_bytes())?;
     // SAFETY: a NUL-terminated path; the fd is owned below.
-    let dirfd = unsafe { libc::open(root_c.as_ptr(), libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) };
+    let dirfd = unsafe {
+        libc::open(
+            root_c.as_ptr(),
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    };
     if dirfd < 0 {
         return Err(std::io::Error::last_os_error());
     }
@@ -200,7 +205,12 @@ fn open_in_root(root: &Path, path: &str) -> std::io::Result<File> {
 /// Checks that the container's command exists in the image (`rootfs` is
 /// the mounted view) and is an executable file: an absolute path as is, a
 /// bare name through the container's `PATH`, a relative path from `cwd`.
-pub fn check_command(rootfs: &Path, args: &[String], env: &[String], cwd: &str) -> Result<(), ContainerError> {
+pub fn check_command(
+    rootfs: &Path,
+    args: &[String],
+    env: &[String],
+    cwd: &str,
+) -> Result<(), ContainerError> {
     let command = args.first().ok_or(ContainerError::NoCommand)?;
     let candidates: Vec<String> = if command.starts_with('/') {
         vec![command.clone()]
@@ -217,7 +227,10 @@ pub fn check_command(rootfs: &Path, args: &[String], env: &[String], cwd: &str) 
             .map(|d| format!("{}/{}", d.trim_end_matches('/'), command))
             .collect()
     };
-    let mut why = format!("no such file in the image (searched {})", candidates.join(", "));
+    let mut why = format!(
+        "no such file in the image (searched {})",
+        candidates.join(", ")
+    );
     for candidate in &candidates {
         match open_in_root(rootfs, candidate) {
             Ok(file) => match file.metadata() {
@@ -259,7 +272,11 @@ fn read_in_root(rootfs: &Path, path: &str) -> String {
 pub fn resolve_user(rootfs: &Path, user: Option<&str>) -> Result<Identity, ContainerError> {
     let user = user.unwrap_or("").trim();
     if user.is_empty() {
-        return Ok(Identity { uid: 0, gid: 0, additional_gids: vec![] });
+        return Ok(Identity {
+            uid: 0,
+            gid: 0,
+            additional_gids: vec![],
+        });
     }
     let (u, g) = match user.split_once(':') {
         Some((u, g)) => (u, Some(g)),
@@ -271,7 +288,13 @@ pub fn resolve_user(rootfs: &Path, user: Option<&str>) -> Result<Identity, Conta
     let passwd = read_in_root(rootfs, "/etc/passwd");
     let entry = passwd.lines().find_map(|l| {
         let f: Vec<&str> = l.split(':').collect();
-        (f.len() >= 4 && (f[0] == u || f[2] == u)).then(|| (f[0].to_string(), f[2].parse::<u32>().ok(), f[3].parse::<u32>().ok()))
+        (f.len() >= 4 && (f[0] == u || f[2] == u)).then(|| {
+            (
+                f[0].to_string(),
+                f[2].parse::<u32>().ok(),
+                f[3].parse::<u32>().ok(),
+            )
+        })
     });
     let (name, uid, mut gid) = match (u.parse::<u32>(), entry) {
         (_, Some((name, Some(uid), Some(gid)))) => (Some(name), uid, gid),
@@ -286,7 +309,9 @@ pub fn resolve_user(rootfs: &Path, user: Option<&str>) -> Result<Identity, Conta
                 .lines()
                 .find_map(|l| {
                     let f: Vec<&str> = l.split(':').collect();
-                    (f.len() >= 3 && f[0] == g).then(|| f[2].parse::<u32>().ok()).flatten()
+                    (f.len() >= 3 && f[0] == g)
+                        .then(|| f[2].parse::<u32>().ok())
+                        .flatten()
                 })
                 .ok_or_else(unknown)?,
         };
@@ -304,7 +329,11 @@ pub fn resolve_user(rootfs: &Path, user: Option<&str>) -> Result<Identity, Conta
             }
         }
     }
-    Ok(Identity { uid, gid, additional_gids })
+    Ok(Identity {
+        uid,
+        gid,
+        additional_gids,
+    })
 }
 
 #[cfg(test)]
@@ -316,10 +345,22 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("etc")).expect("mkdir");
         std::fs::create_dir_all(dir.join("usr/bin")).expect("mkdir");
-        std::fs::write(dir.join("etc/passwd"), "root:x:0:0::/root:/bin/sh\nweb:x:101:102::/:/bin/false\n").expect("passwd");
-        std::fs::write(dir.join("etc/group"), "root:x:0:\nweb:x:102:\nlog:x:4:web\n").expect("group");
+        std::fs::write(
+            dir.join("etc/passwd"),
+            "root:x:0:0::/root:/bin/sh\nweb:x:101:102::/:/bin/false\n",
+        )
+        .expect("passwd");
+        std::fs::write(
+            dir.join("etc/group"),
+            "root:x:0:\nweb:x:102:\nlog:x:4:web\n",
+        )
+        .expect("group");
         std::fs::write(dir.join("usr/bin/tool"), "#!/bin/true\n").expect("tool");
-        std::fs::set_permissions(dir.join("usr/bin/tool"), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        std::fs::set_permissions(
+            dir.join("usr/bin/tool"),
+            std::fs::Permissions::from_mode(0o755),
+        )
+        .expect("chmod");
         std::fs::write(dir.join("usr/bin/data"), "x").expect("data");
         // An absolute symlink must resolve inside the image, not on the host.
         std::os::unix::fs::symlink("/usr/bin/tool", dir.join("usr/bin/link")).expect("symlink");
@@ -335,10 +376,25 @@ mod tests {
         assert!(ok("tool").is_ok());
         assert!(ok("/usr/bin/tool").is_ok());
         assert!(ok("/usr/bin/link").is_ok());
-        assert!(matches!(ok("/usr/bin/hostsh"), Err(ContainerError::CommandNotFound { .. })), "a symlink to the host's /bin/sh is not in the image");
-        assert!(matches!(ok("nope"), Err(ContainerError::CommandNotFound { .. })));
-        assert!(matches!(ok("/usr/bin/data"), Err(ContainerError::CommandNotFound { .. })));
-        assert!(matches!(check_command(&root, &[], &env, "/"), Err(ContainerError::NoCommand)));
+        assert!(
+            matches!(
+                ok("/usr/bin/hostsh"),
+                Err(ContainerError::CommandNotFound { .. })
+            ),
+            "a symlink to the host's /bin/sh is not in the image"
+        );
+        assert!(matches!(
+            ok("nope"),
+            Err(ContainerError::CommandNotFound { .. })
+        ));
+        assert!(matches!(
+            ok("/usr/bin/data"),
+            Err(ContainerError::CommandNotFound { .. })
+        ));
+        assert!(matches!(
+            check_command(&root, &[], &env, "/"),
+            Err(ContainerError::NoCommand)
+        ));
         let _ = std::fs::remove_dir_all(&root);
     }
 
@@ -346,11 +402,28 @@ mod tests {
     fn users_resolve_through_the_image() {
         let root = image();
         let id = |u: &str| resolve_user(&root, Some(u));
-        assert_eq!(id("web").ok(), Some(Identity { uid: 101, gid: 102, additional_gids: vec![4] }));
+        assert_eq!(
+            id("web").ok(),
+            Some(Identity {
+                uid: 101,
+                gid: 102,
+                additional_gids: vec![4]
+            })
+        );
         assert_eq!(id("101").ok().map(|i| i.gid), Some(102));
-        assert_eq!(id("5000:5000").ok(), Some(Identity { uid: 5000, gid: 5000, additional_gids: vec![] }));
+        assert_eq!(
+            id("5000:5000").ok(),
+            Some(Identity {
+                uid: 5000,
+                gid: 5000,
+                additional_gids: vec![]
+            })
+        );
         assert_eq!(id("web:root").ok().map(|i| i.gid), Some(0));
-        assert!(matches!(id("nobody"), Err(ContainerError::UnknownUser { .. })));
+        assert!(matches!(
+            id("nobody"),
+            Err(ContainerError::UnknownUser { .. })
+        ));
         assert_eq!(resolve_user(&root, None).ok().map(|i| i.uid), Some(0));
         let _ = std::fs::remove_dir_all(&root);
     }

@@ -90,7 +90,8 @@ impl Events for EventSink {
                     // An exec'd process has its own ID; only the container's
                     // main process ends the container.
                     Ok(exit) if exit.id == exit.container_id || exit.id.is_empty() => {
-                        self.exits.record(&exit.container_id, ExitStatus(exit.exit_status));
+                        self.exits
+                            .record(&exit.container_id, ExitStatus(exit.exit_status));
                     }
                     Ok(_) => {}
                     Err(e) => tracing::warn!("undecodable /tasks/exit event: {e}"),
@@ -103,7 +104,11 @@ impl Events for EventSink {
 
 /// Serves the events sink at `socket` (the shims' `TTRPC_ADDRESS`). A stale
 /// socket file (a previous run of the node) is replaced.
-pub async fn serve_events(socket: &Path, namespace: &str, exits: Arc<Exits>) -> Result<Server, ContainerError> {
+pub async fn serve_events(
+    socket: &Path,
+    namespace: &str,
+    exits: Arc<Exits>,
+) -> Result<Server, ContainerError> {
     let _ = std::fs::remove_file(socket);
     let sink = Arc::new(EventSink {
         namespace: namespace.to_string(),
@@ -145,7 +150,11 @@ pub fn follow_shim_log(bundle: &Path) -> Result<tokio::task::JoinHandle<()>, Con
             .map_err(|e| ContainerError::io("creating", &fifo, std::io::Error::other(e)))?;
         // SAFETY: a NUL-terminated path.
         if unsafe { libc::mkfifo(c.as_ptr(), 0o600) } != 0 {
-            return Err(ContainerError::io("creating fifo", &fifo, std::io::Error::last_os_error()));
+            return Err(ContainerError::io(
+                "creating fifo",
+                &fifo,
+                std::io::Error::last_os_error(),
+            ));
         }
     }
     let mut rx = tokio::net::unix::pipe::OpenOptions::new()
@@ -173,7 +182,10 @@ pub fn follow_shim_log(bundle: &Path) -> Result<tokio::task::JoinHandle<()>, Con
 /// Runs `containerd-shim-runc-v2 … start`; returns the shim's socket
 /// address (`unix:///run/containerd/s/…`).
 pub async fn launch(l: &Launch<'_>) -> Result<String, ContainerError> {
-    let out = shim_command(l, "start").output().await.map_err(|e| spawn_error(l, e))?;
+    let out = shim_command(l, "start")
+        .output()
+        .await
+        .map_err(|e| spawn_error(l, e))?;
     let stdout = String::from_utf8_lossy(&out.stdout).trim().to_string();
     if !out.status.success() || stdout.is_empty() {
         return Err(ContainerError::Shim {
@@ -192,7 +204,10 @@ pub async fn launch(l: &Launch<'_>) -> Result<String, ContainerError> {
 /// Runs `containerd-shim-runc-v2 … delete` in the bundle: what containerd
 /// does when a shim is gone (runc delete --force, unmount the rootfs).
 pub async fn delete_with_binary(l: &Launch<'_>) -> Result<(), ContainerError> {
-    let out = shim_command(l, "delete").output().await.map_err(|e| spawn_error(l, e))?;
+    let out = shim_command(l, "delete")
+        .output()
+        .await
+        .map_err(|e| spawn_error(l, e))?;
     if !out.status.success() {
         return Err(ContainerError::Shim {
             id: l.id.to_string(),
@@ -259,11 +274,17 @@ pub struct ShimClient {
 
 impl ShimClient {
     /// Connects to `address` and picks the task service name the shim serves.
-    pub async fn connect(address: &str, namespace: &str, id: &str) -> Result<ShimClient, ContainerError> {
-        let client = Client::connect(address).await.map_err(|e| ContainerError::Shim {
-            id: id.to_string(),
-            message: format!("connecting to {address}: {e}"),
-        })?;
+    pub async fn connect(
+        address: &str,
+        namespace: &str,
+        id: &str,
+    ) -> Result<ShimClient, ContainerError> {
+        let client = Client::connect(address)
+            .await
+            .map_err(|e| ContainerError::Shim {
+                id: id.to_string(),
+                message: format!("connecting to {address}: {e}"),
+            })?;
         let mut last = String::new();
         for service in TASK_SERVICES {
             let mut c = ShimClient {
@@ -297,8 +318,14 @@ impl ShimClient {
         })
     }
 
-    async fn call<Req: MessageFull, Resp: MessageFull>(&self, method: &str, req: &Req) -> Result<Resp, CallError> {
-        let payload = req.write_to_bytes().map_err(|e| CallError::Other(e.to_string()))?;
+    async fn call<Req: MessageFull, Resp: MessageFull>(
+        &self,
+        method: &str,
+        req: &Req,
+    ) -> Result<Resp, CallError> {
+        let payload = req
+            .write_to_bytes()
+            .map_err(|e| CallError::Other(e.to_string()))?;
         let mut md = HashMap::new();
         md.insert(NAMESPACE_KEY.to_string(), vec![self.namespace.clone()]);
         let mut creq = ttrpc::Request::new();
@@ -314,8 +341,14 @@ impl ShimClient {
         Resp::parse_from_bytes(&res.payload).map_err(|e| CallError::Other(e.to_string()))
     }
 
-    async fn call_for<Req: MessageFull, Resp: MessageFull>(&self, method: &'static str, req: &Req) -> Result<Resp, ContainerError> {
-        self.call(method, req).await.map_err(|e| e.into_error(&self.id, method))
+    async fn call_for<Req: MessageFull, Resp: MessageFull>(
+        &self,
+        method: &'static str,
+        req: &Req,
+    ) -> Result<Resp, ContainerError> {
+        self.call(method, req)
+            .await
+            .map_err(|e| e.into_error(&self.id, method))
     }
 
     /// Create: runc creates the container (its process waits before exec).
@@ -356,7 +389,8 @@ impl ShimClient {
             all,
             ..Default::default()
         };
-        let _: containerd_shim_protos::protobuf::well_known_types::empty::Empty = self.call_for("Kill", &req).await?;
+        let _: containerd_shim_protos::protobuf::well_known_types::empty::Empty =
+            self.call_for("Kill", &req).await?;
         Ok(())
     }
 
@@ -377,7 +411,9 @@ impl ShimClient {
             ..Default::default()
         };
         match self
-            .call::<_, containerd_shim_protos::protobuf::well_known_types::empty::Empty>("Shutdown", &req)
+            .call::<_, containerd_shim_protos::protobuf::well_known_types::empty::Empty>(
+                "Shutdown", &req,
+            )
             .await
         {
             Ok(_) => Ok(()),

@@ -423,6 +423,18 @@ async fn bad_commands_give_typed_errors_and_leave_nothing() {
     rt.remove(id).await.expect("remove");
     assert_nothing_left(&rt, id, &info.veth, &info.netns);
 
+    // Prepared but never started (the service went away meanwhile): remove
+    // takes all of it away too.
+    let id = "sh5-unstarted";
+    rt.prepare(&nginx(id)).await.expect("prepare");
+    let info = rt.info(id).expect("info");
+    assert!(
+        !shim_processes(&cfg.namespace, id).is_empty(),
+        "no shim for the created container"
+    );
+    rt.remove(id).await.expect("remove a created container");
+    assert_nothing_left(&rt, id, &info.veth, &info.netns);
+
     // An ID that cannot be a file or namespace name.
     let err = rt.prepare(&nginx("../etc")).await.expect_err("bad id");
     assert!(matches!(err, ContainerError::InvalidId { .. }), "{err:?}");

@@ -537,9 +537,6 @@ impl ContainerRuntime {
             return Err(ContainerError::NotFound { id: id.to_string() });
         };
         lock(&self.busy).insert(id.to_string());
-        if task.exit.borrow().is_none() {
-            let _ = self.kill_and_wait(id, &task).await;
-        }
         task.shim_log.abort();
         self.cleanup(id, Some(&task.client)).await;
         lock(&self.busy).remove(id);
@@ -552,19 +549,6 @@ impl ContainerRuntime {
                 message: format!("could not remove: {}", left.join(", ")),
             })
         }
-    }
-
-    async fn kill_and_wait(&self, id: &str, task: &Task) -> Result<(), ContainerError> {
-        task.client.kill(libc::SIGKILL, true).await?;
-        let mut rx = task.exit.clone();
-        tokio::time::timeout(KILL_WAIT, wait_status(&mut rx))
-            .await
-            .map_err(|_| ContainerError::Shim {
-                id: id.to_string(),
-                message: "no exit after SIGKILL".to_string(),
-            })?
-            .map(|_| ())
-            .ok_or_else(|| ContainerError::NotFound { id: id.to_string() })
     }
 
     /// Takes away everything a task may have: runc's container and the shim
@@ -589,6 +573,11 @@ impl ContainerRuntime {
         };
         let mut deleted = false;
         if let Some(c) = client {
+            // A container still running (or created and never started) is
+            // killed first: runc deletes only stopped containers.
+            if let Err(e) = force_stop(c).await {
+                tracing::warn!(%id, "{e}");
+            }
             match c.delete().await {
                 Ok(_) => deleted = true,
                 Err(e) => tracing::debug!(%id, "shim Delete: {e}"),
@@ -848,6 +837,32 @@ pub fn cgroup_dirs(path: &str) -> Vec<PathBuf> {
         .collect();
     dirs.sort();
     dirs
+}
+
+/// SIGKILL to every process of the container unless it has stopped, then
+/// waits (bounded) until the shim reports it stopped. Asks the shim's State
+/// rather than waiting for the exit event: a container that was created
+/// but never started, or one whose event went to a node that is gone,
+/// is covered too.
+async fn force_stop(client: &ShimClient) -> Result<(), ContainerError> {
+    let stopped = |s: &api::StateResponse| s.status.enum_value() == Ok(api::Status::STOPPED);
+    if stopped(&client.state().await?) {
+        return Ok(());
+    }
+    client.kill(libc::SIGKILL, true).await?;
+    let deadline = tokio::time::Instant::now() + KILL_WAIT;
+    loop {
+        if stopped(&client.state().await?) {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(ContainerError::Shim {
+                id: String::new(),
+                message: format!("the container did not stop within {KILL_WAIT:?} of SIGKILL"),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// The exit status once there is one; `None` if the task was forgotten.

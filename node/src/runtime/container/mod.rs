@@ -8,8 +8,9 @@
 //! directory, `network.rs` makes the namespace and veth, `shim.rs` launches
 //! and talks to the shim and serves the events sink, `logs.rs` reads the
 //! per-task log the shim writes. `ContainerRuntime` (this file) puts them
-//! together: prepare → start → wait_exit / stop → remove, and `reattach`
-//! after the node restarts.
+//! together: prepare → start → wait_exit / stop → remove; `cleanup.rs`
+//! takes a task's things away, `reattach.rs` adopts or cleans up what a
+//! previous node process left running.
 //!
 //! On disk, per task: `ROOT/tasks/<id>/` = the bundle (`config.json`,
 //! `rootfs/` (the mount), `upper/`, `work/`, the shim's `log` fifo and
@@ -24,13 +25,16 @@
 //! is never started twice for one task ID on a node.
 
 mod bundle;
+mod cleanup;
 mod error;
 mod logs;
 mod network;
+mod reattach;
 mod rootfs;
 mod shim;
 
 pub use bundle::DOCKER_DEFAULT_CAPS;
+pub use cleanup::cgroup_dirs;
 pub use error::{ContainerError, ExitStatus};
 pub use logs::tail as log_tail;
 pub use network::{link_exists, netns_path, remove_bridge, Attachment, NetworkConfig};
@@ -551,105 +555,6 @@ impl ContainerRuntime {
         }
     }
 
-    /// Takes away everything a task may have: runc's container and the shim
-    /// (through `client`, the shim's socket, or the shim binary's `delete`),
-    /// the mount, the network, a leftover cgroup, the bundle. Idempotent;
-    /// each failure is logged and the next step still runs.
-    async fn cleanup(&self, id: &str, client: Option<&ShimClient>) {
-        let bundle = self.bundle_dir(id);
-        let record = read_record(&bundle);
-        let connected;
-        let client = match client {
-            Some(c) => Some(c),
-            None => {
-                connected = match shim::read_address(&bundle) {
-                    Some(address) => ShimClient::connect(&address, &self.cfg.namespace, id)
-                        .await
-                        .ok(),
-                    None => None,
-                };
-                connected.as_ref()
-            }
-        };
-        let mut deleted = false;
-        if let Some(c) = client {
-            // A container still running (or created and never started) is
-            // killed first: runc deletes only stopped containers.
-            if let Err(e) = force_stop(c).await {
-                tracing::warn!(%id, "{e}");
-            }
-            match c.delete().await {
-                Ok(_) => deleted = true,
-                Err(e) => tracing::debug!(%id, "shim Delete: {e}"),
-            }
-            if let Err(e) = c.shutdown().await {
-                tracing::debug!(%id, "shim Shutdown: {e}");
-            }
-            wait_gone(c.shim_pid).await;
-        }
-        if !deleted && bundle.join("config.json").exists() {
-            let address = self.cfg.root.join("containerd.sock");
-            let events = self.cfg.root.join("events.sock");
-            if let Err(e) =
-                shim::delete_with_binary(&self.launch(&bundle, id, &address, &events)).await
-            {
-                tracing::debug!(%id, "shim delete: {e}");
-            }
-        }
-        if let Some(address) = shim::read_address(&bundle) {
-            let _ = std::fs::remove_file(shim::socket_path(&address));
-        }
-        if let Err(e) = Rootfs::in_bundle(&bundle).unmount() {
-            tracing::warn!(%id, "{e}");
-        }
-        let attachment = record
-            .as_ref()
-            .and_then(|r| r.attachment.clone())
-            .unwrap_or_else(|| Attachment {
-                netns: self.cfg.network.netns_name(id),
-                veth: self.cfg.network.veth_name(id),
-                ip: Ipv4Addr::UNSPECIFIED,
-            });
-        network::detach(&attachment).await;
-        lock(&self.ips).remove(&attachment.ip);
-        for dir in cgroup_dirs(&self.cgroups_path(id)) {
-            if let Err(e) = std::fs::remove_dir(&dir) {
-                tracing::warn!(%id, "removing cgroup {}: {e}", dir.display());
-            }
-        }
-        if bundle.exists() && !rootfs::is_mountpoint(&bundle.join("rootfs")) {
-            if let Err(e) = std::fs::remove_dir_all(&bundle) {
-                tracing::warn!(%id, "removing bundle {}: {e}", bundle.display());
-            }
-        }
-        self.exits.forget(id);
-        tracing::info!(%id, "container removed");
-    }
-
-    /// What of the task is still on the machine (empty once removed).
-    pub fn leftovers(&self, id: &str) -> Vec<String> {
-        let mut left = Vec::new();
-        let bundle = self.bundle_dir(id);
-        if rootfs::is_mountpoint(&bundle.join("rootfs")) {
-            left.push(format!("mount {}", bundle.join("rootfs").display()));
-        }
-        if bundle.exists() {
-            left.push(format!("bundle {}", bundle.display()));
-        }
-        let netns = self.cfg.network.netns_name(id);
-        if netns_path(&netns).exists() {
-            left.push(format!("network namespace {netns}"));
-        }
-        let veth = self.cfg.network.veth_name(id);
-        if link_exists(&veth) {
-            left.push(format!("veth {veth}"));
-        }
-        for dir in cgroup_dirs(&self.cgroups_path(id)) {
-            left.push(format!("cgroup {}", dir.display()));
-        }
-        left
-    }
-
     /// Facts about a task this runtime holds.
     pub fn info(&self, id: &str) -> Option<ContainerInfo> {
         let task = lock(&self.tasks).get(id).cloned()?;
@@ -668,95 +573,6 @@ impl ContainerRuntime {
     /// The main process ID of a running container (from the shim).
     pub async fn pid(&self, id: &str) -> Result<u32, ContainerError> {
         Ok(self.task(id)?.client.state().await?.pid)
-    }
-
-    /// After a node restart: adopts the container of `id` if it still runs
-    /// (its shim outlived the node), else removes everything of it.
-    pub async fn reattach(&self, id: &str) -> Result<Reattached, ContainerError> {
-        let claim = self.claim(id)?;
-        let bundle = self.bundle_dir(id);
-        if !bundle.exists() {
-            return Err(ContainerError::NotFound { id: id.to_string() });
-        }
-        // Watch first: an exit between the State call and adoption is then seen.
-        let exit = self.exits.watch(id);
-        let record = read_record(&bundle);
-        let client = match shim::read_address(&bundle) {
-            Some(address) => ShimClient::connect(&address, &self.cfg.namespace, id)
-                .await
-                .ok(),
-            None => None,
-        };
-        let running = match (&client, &record) {
-            (
-                Some(c),
-                Some(Record {
-                    attachment: Some(_),
-                    ..
-                }),
-            ) => match c.state().await {
-                Ok(s)
-                    if s.status.enum_value() == Ok(api::Status::RUNNING)
-                        && exit.borrow().is_none() =>
-                {
-                    Some(s.pid)
-                }
-                Ok(s) if s.status.enum_value() == Ok(api::Status::STOPPED) => {
-                    self.exits.record(id, ExitStatus(s.exit_status));
-                    None
-                }
-                _ => None,
-            },
-            _ => None,
-        };
-        match (running, client, record) {
-            (Some(pid), Some(client), Some(record)) => {
-                let shim_log = shim::follow_shim_log(&bundle)?;
-                let ip = record
-                    .attachment
-                    .as_ref()
-                    .map(|a| a.ip)
-                    .unwrap_or(Ipv4Addr::UNSPECIFIED);
-                lock(&self.ips).insert(ip);
-                lock(&self.tasks).insert(
-                    id.to_string(),
-                    Arc::new(Task {
-                        bundle,
-                        record,
-                        client,
-                        exit,
-                        shim_log,
-                    }),
-                );
-                drop(claim);
-                tracing::info!(%id, pid, %ip, "adopted a running container");
-                Ok(Reattached::Running { pid, ip })
-            }
-            (_, client, _) => {
-                let status = *exit.borrow();
-                self.cleanup(id, client.as_ref()).await;
-                drop(claim);
-                Ok(Reattached::CleanedUp { exit: status })
-            }
-        }
-    }
-
-    /// `reattach` for every bundle on disk not held yet.
-    pub async fn reattach_all(&self) -> Vec<(String, Result<Reattached, ContainerError>)> {
-        let mut out = Vec::new();
-        let Ok(dir) = std::fs::read_dir(self.cfg.root.join("tasks")) else {
-            return out;
-        };
-        let ids: Vec<String> = dir
-            .filter_map(|e| e.ok())
-            .filter_map(|e| e.file_name().into_string().ok())
-            .filter(|id| !lock(&self.tasks).contains_key(id))
-            .collect();
-        for id in ids {
-            let r = self.reattach(&id).await;
-            out.push((id, r));
-        }
-        out
     }
 
     /// IDs of the containers this runtime holds.
@@ -816,77 +632,10 @@ fn command_error(args: &[String], message: &str) -> Option<ContainerError> {
     })
 }
 
-/// The cgroup directories at `path` that exist: one per v1 hierarchy, or
-/// the one of the unified (v2) hierarchy.
-pub fn cgroup_dirs(path: &str) -> Vec<PathBuf> {
-    let root = Path::new("/sys/fs/cgroup");
-    let rel = path.trim_start_matches('/');
-    if root.join("cgroup.controllers").exists() {
-        let dir = root.join(rel);
-        return if dir.is_dir() { vec![dir] } else { vec![] };
-    }
-    let Ok(entries) = std::fs::read_dir(root) else {
-        return vec![];
-    };
-    let mut dirs: Vec<PathBuf> = entries
-        .filter_map(|e| e.ok())
-        // Skip the comma-joined hierarchies' symlinks (cpu -> cpu,cpuacct).
-        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-        .map(|e| e.path().join(rel))
-        .filter(|d| d.is_dir())
-        .collect();
-    dirs.sort();
-    dirs
-}
-
-/// SIGKILL to every process of the container unless it has stopped, then
-/// waits (bounded) until the shim reports it stopped. Asks the shim's State
-/// rather than waiting for the exit event: a container that was created
-/// but never started, or one whose event went to a node that is gone,
-/// is covered too.
-async fn force_stop(client: &ShimClient) -> Result<(), ContainerError> {
-    let stopped = |s: &api::StateResponse| s.status.enum_value() == Ok(api::Status::STOPPED);
-    if stopped(&client.state().await?) {
-        return Ok(());
-    }
-    client.kill(libc::SIGKILL, true).await?;
-    let deadline = tokio::time::Instant::now() + KILL_WAIT;
-    loop {
-        if stopped(&client.state().await?) {
-            return Ok(());
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return Err(ContainerError::Shim {
-                id: String::new(),
-                message: format!("the container did not stop within {KILL_WAIT:?} of SIGKILL"),
-            });
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// The exit status once there is one; `None` if the task was forgotten.
 async fn wait_status(rx: &mut watch::Receiver<Option<ExitStatus>>) -> Option<ExitStatus> {
     let seen = rx.wait_for(|s| s.is_some()).await.ok().and_then(|s| *s);
     seen
-}
-
-/// Waits (bounded) for a shim process to exit after Shutdown.
-async fn wait_gone(pid: u32) {
-    if pid == 0 {
-        return;
-    }
-    let deadline = tokio::time::Instant::now() + SHIM_EXIT_WAIT;
-    while shim::process_alive(pid) {
-        if tokio::time::Instant::now() >= deadline {
-            tracing::warn!(
-                pid,
-                "the shim did not exit within {SHIM_EXIT_WAIT:?} of Shutdown"
-            );
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 #[cfg(test)]

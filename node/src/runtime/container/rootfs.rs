@@ -340,8 +340,9 @@ pub fn resolve_user(rootfs: &Path, user: Option<&str>) -> Result<Identity, Conta
 mod tests {
     use super::*;
 
-    fn image() -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("sh5-rootfs-unit-{}", std::process::id()));
+    fn image(name: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("sh5-rootfs-unit-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("etc")).expect("mkdir");
         std::fs::create_dir_all(dir.join("usr/bin")).expect("mkdir");
@@ -370,7 +371,7 @@ mod tests {
 
     #[test]
     fn commands_are_looked_up_in_the_image() {
-        let root = image();
+        let root = image("commands");
         let env = vec!["PATH=/usr/bin".to_string()];
         let ok = |cmd: &str| check_command(&root, &[cmd.to_string()], &env, "/");
         assert!(ok("tool").is_ok());
@@ -400,7 +401,7 @@ mod tests {
 
     #[test]
     fn users_resolve_through_the_image() {
-        let root = image();
+        let root = image("users");
         let id = |u: &str| resolve_user(&root, Some(u));
         assert_eq!(
             id("web").ok(),

@@ -13,6 +13,10 @@ apt_need iproute2 nftables iptables
 # A local OCI registry and the tools that build and push test images into it
 # (node/tests/images.rs, scripts/images/registry.sh).
 apt_need docker-registry skopeo umoci jq
+# Containers (node/src/runtime/container): containerd's package ships
+# containerd-shim-runc-v2 (no containerd daemon is used), runc runs them;
+# nginx is copied into the test image (scripts/images/nginx-rootfs.sh).
+apt_need containerd runc nginx
 "$REPO/guests/build.sh"
 (cd "$REPO" && cargo build --release -p swarmlet)
 # On the PATH, as a user would have it after installing a package.

@@ -1,4 +1,5 @@
 //! Task runtimes. `wasm` serves `wasi:http/proxy` components in-process;
-//! `container` (OCI through containerd's shim) comes later beside it.
+//! `container` runs OCI containers through containerd's shim beside it.
 
+pub mod container;
 pub mod wasm;

@@ -1,0 +1,46 @@
+//! Container output: the shim appends the container's stdout and stderr to
+//! one file per task itself (`file://` stdio), so output is kept while the
+//! node restarts. Here: the log's place and its last lines for errors.
+
+use std::io::{Read, Seek, SeekFrom};
+use std::path::Path;
+
+/// How much of the end of a log `tail` reads at most.
+const TAIL_BYTES: u64 = 16 * 1024;
+
+/// The last `lines` lines of the file at `path` (empty if there is none).
+pub fn tail(path: &Path, lines: usize) -> String {
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return String::new();
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let start = len.saturating_sub(TAIL_BYTES);
+    if f.seek(SeekFrom::Start(start)).is_err() {
+        return String::new();
+    }
+    let mut buf = Vec::new();
+    if f.read_to_end(&mut buf).is_err() {
+        return String::new();
+    }
+    let text = String::from_utf8_lossy(&buf);
+    let all: Vec<&str> = text.lines().collect();
+    // A partial first line (cut by the byte window) is dropped.
+    let skip_partial = usize::from(start > 0 && all.len() > 1);
+    let from = all.len().saturating_sub(lines).max(skip_partial);
+    all[from..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tail_keeps_the_last_lines() {
+        let path = std::env::temp_dir().join(format!("sh5-logs-unit-{}", std::process::id()));
+        std::fs::write(&path, "a\nb\nc\nd\n").expect("write");
+        assert_eq!(tail(&path, 2), "c\nd");
+        assert_eq!(tail(&path, 10), "a\nb\nc\nd");
+        assert_eq!(tail(&path.with_extension("none"), 3), "");
+        let _ = std::fs::remove_file(&path);
+    }
+}

@@ -120,7 +120,7 @@ async fn wasm_replicas_run_serve_and_stop_and_oci_tasks_are_rejected() {
     let (web_port, nginx_port) = (free_port(), free_port());
     let web = service(
         "sw",
-        "web",
+        "hello",
         Image::Wasm {
             digest: digest.clone(),
             name: "hello.wasm".into(),
@@ -196,11 +196,11 @@ async fn wasm_replicas_run_serve_and_stop_and_oci_tasks_are_rejected() {
     assert!(
         seen.iter()
             .flatten()
-            .any(|l| l.contains("hello from web.1"))
+            .any(|l| l.contains("hello from hello.1"))
             && seen
                 .iter()
                 .flatten()
-                .any(|l| l.contains("hello from web.2")),
+                .any(|l| l.contains("hello from hello.2")),
         "{seen:?}"
     );
     assert!(runtime.loaded(&digest).is_some());
@@ -220,7 +220,7 @@ async fn wasm_replicas_run_serve_and_stop_and_oci_tasks_are_rejected() {
     for _ in 0..4 {
         let (status, body) = get(web_port).await.unwrap();
         assert_eq!(status, 200, "{body}");
-        assert!(body.contains("hello from web.2"), "{body}");
+        assert!(body.contains("hello from hello.2"), "{body}");
     }
     assert_eq!(stored(&c, "n1").state, TaskState::Rejected, "not restarted");
 

@@ -11,6 +11,8 @@
 //! Architecture invariant: every supervisor ends with exactly one of
 //! `Failed`, `Exited` or `Stopped`, after its controller's `remove`; a task
 //! that was `Started` gets its `stop` before `remove` when asked to stop.
+//! The one exception is a handle dropped without `stop` (the daemon shuts
+//! down): the supervisor then leaves its task alone and sends nothing.
 
 use std::time::Duration;
 
@@ -68,18 +70,11 @@ impl Supervisor {
     }
 
     /// Stops the task: `before` first, then the controller's `stop` (with
-    /// `grace`) and `remove`; `Event::Stopped` follows. A task that already
-    /// failed or exited is only removed (its event was sent already).
+    /// `grace`) and `remove`; `Event::Stopped` follows. A supervisor that
+    /// already ended (its task failed or exited; that event was sent)
+    /// ignores it.
     pub fn stop(self, grace: Duration, before: BoxFuture<'static, ()>) {
         let _ = self.stop.send(Stop { grace, before });
-    }
-}
-
-/// A handle dropped without `stop` (the agent is gone): stop at once.
-fn dropped() -> Stop {
-    Stop {
-        grace: Duration::ZERO,
-        before: Box::pin(async {}),
     }
 }
 
@@ -102,9 +97,15 @@ async fn run(
         controller.prepare().await?;
         controller.start().await
     };
+    // A handle dropped without `stop` means the agent is gone (the daemon
+    // shuts down): the task is left as it is, for the next agent to find
+    // (a container outlives the daemon), and nothing is sent.
     let started = tokio::select! {
         r = starting => Ok(r),
-        s = &mut stop_rx => Err(s.unwrap_or_else(|_| dropped())),
+        s = &mut stop_rx => match s {
+            Ok(stop) => Err(stop),
+            Err(_) => return,
+        },
     };
     let stop = match started {
         Ok(Ok(serving)) => {
@@ -114,7 +115,10 @@ async fn run(
             });
             let ended = tokio::select! {
                 exit = controller.wait() => Ok(exit),
-                s = &mut stop_rx => Err(s.unwrap_or_else(|_| dropped())),
+                s = &mut stop_rx => match s {
+                    Ok(stop) => Err(stop),
+                    Err(_) => return,
+                },
             };
             match ended {
                 Ok(exit) => {

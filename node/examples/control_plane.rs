@@ -48,6 +48,7 @@ fn node(i: usize) -> Node {
         addr: String::new(),
         created_at_ms: 0,
         status: swarmlet_proto::NodeStatus::ready(),
+        port_problems: Vec::new(),
     }
 }
 

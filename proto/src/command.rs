@@ -122,4 +122,8 @@ pub struct TaskStatus {
     pub state: TaskState,
     pub message: String,
     pub error: Option<String>,
+    /// Where the task listens, reported with `running` by runtimes whose
+    /// replicas the mesh reaches over the network (containers).
+    #[serde(default)]
+    pub endpoint: Option<crate::TaskEndpoint>,
 }

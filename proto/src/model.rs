@@ -59,8 +59,8 @@ impl std::fmt::Display for Availability {
     }
 }
 
-/// What a service runs. Only wasm components today; OCI images come with
-/// the container runtime.
+/// What a service runs: a wasm component, or an OCI image (run by a
+/// container runtime; a node without one rejects such tasks).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum Image {
@@ -72,13 +72,24 @@ pub enum Image {
         name: String,
         size: u64,
     },
+    /// An OCI image, e.g. `nginx:1.27`, pinned to its manifest digest once
+    /// a manager resolved it.
+    Oci {
+        /// What the user asked for (`nginx:1.27`, `registry:5000/web@sha256:…`).
+        reference: String,
+        /// `sha256:<hex>` of the manifest the reference resolved to.
+        #[serde(default)]
+        digest: Option<String>,
+    },
 }
 
 impl Image {
-    /// The content address (`sha256:<hex>`) of what the service runs.
+    /// The content address (`sha256:<hex>`) of what the service runs; an
+    /// OCI image not resolved to a digest has none (empty).
     pub fn digest(&self) -> &str {
         match self {
             Image::Wasm { digest, .. } => digest,
+            Image::Oci { digest, .. } => digest.as_deref().unwrap_or(""),
         }
     }
 
@@ -86,6 +97,7 @@ impl Image {
     pub fn display_name(&self) -> &str {
         match self {
             Image::Wasm { name, .. } => name,
+            Image::Oci { reference, .. } => reference,
         }
     }
 }
@@ -233,6 +245,20 @@ pub struct Task {
     pub error: Option<String>,
     pub created_at_ms: u64,
     pub updated_at_ms: u64,
+    /// Where the replica listens, as its node reported when it started
+    /// (containers: the task's own address); `None` for wasm replicas,
+    /// which the mesh serves in-process.
+    #[serde(default)]
+    pub endpoint: Option<TaskEndpoint>,
+}
+
+/// A running task's network address, as the mesh forwards to it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskEndpoint {
+    /// The IP address the node reaches the task at.
+    pub addr: String,
+    /// The port the task listens on there (the service's target port).
+    pub port: u16,
 }
 
 impl Task {
@@ -279,5 +305,44 @@ impl std::fmt::Display for NodeState {
             NodeState::Ready => "Ready",
             NodeState::Down => "Down",
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stored_wasm_images_and_tasks_still_read_and_oci_images_round_trip() {
+        // As entries written before the OCI variant and endpoints existed.
+        let wasm: Image = serde_json::from_str(
+            r#"{"kind":"wasm","digest":"sha256:00","name":"hello.wasm","size":3}"#,
+        )
+        .unwrap();
+        assert_eq!(wasm.digest(), "sha256:00");
+        let oci: Image =
+            serde_json::from_str(r#"{"kind":"oci","reference":"nginx:1.27"}"#).unwrap();
+        assert_eq!(
+            oci,
+            Image::Oci {
+                reference: "nginx:1.27".into(),
+                digest: None
+            }
+        );
+        assert_eq!((oci.digest(), oci.display_name()), ("", "nginx:1.27"));
+        let pinned = Image::Oci {
+            reference: "nginx:1.27".into(),
+            digest: Some("sha256:ab".into()),
+        };
+        let back: Image = serde_json::from_str(&serde_json::to_string(&pinned).unwrap()).unwrap();
+        assert_eq!((back.digest(), &back), ("sha256:ab", &pinned));
+
+        let task: Task = serde_json::from_str(
+            r#"{"id":"t","service_id":"s","service_name":"web","slot":1,"service_version":1,
+               "node_id":"n","desired_state":"running","state":"running","message":"running",
+               "error":null,"created_at_ms":0,"updated_at_ms":0}"#,
+        )
+        .unwrap();
+        assert_eq!(task.endpoint, None);
     }
 }

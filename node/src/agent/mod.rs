@@ -5,39 +5,51 @@
 //! spec), and its reports go back in batches that double as heartbeats. On a
 //! manager the source is the local dispatcher in process; on a worker it is a
 //! manager's dispatcher over the cluster port (`remote.rs`), with failover to
-//! the other managers. The agent compares its tasks with what runs locally,
-//! starts and stops replicas through the runtime, and tells the mesh which
-//! local replicas exist. A component this node does not hold is fetched from
-//! a manager by digest and checked before it is stored (`fetch.rs`).
+//! the other managers. The agent compares its tasks with what runs locally
+//! (`plan.rs`), starts and stops tasks through the node's runtimes
+//! (`crate::runtime`: the one chosen by the service's image), and tells the
+//! mesh which local replicas exist. A component this node does not hold is
+//! fetched from a manager by digest and checked before it is stored
+//! (`fetch.rs`, `components.rs`).
 //!
-//! Starting is asynchronous: the tasks to start are grouped by component and
-//! each group loads in its own tokio task (compiling runs in
-//! `spawn_blocking`), so one service's first compile never holds up another
-//! service's replicas. Reports go through `report::Reporter`, which sends
-//! whatever has queued as one batch: 10,000 replicas cost a handful of raft
-//! commits, not 10,000, and the agent never waits on one.
+//! Each task has its own supervisor (`runtime::supervisor`), which prepares
+//! and starts it in its own tokio task and sends back `Started`, `Failed`,
+//! `Exited` or `Stopped`; so one task's slow start (a first compile, an
+//! image pull) never holds up another's. Tasks of one component share one
+//! load. Reports go through `report::Reporter`, which sends whatever has
+//! queued as one batch: 10,000 replicas cost a handful of raft commits, not
+//! 10,000, and the agent never waits on one. A task whose image no runtime
+//! of this node runs (an OCI image while there is no container runtime) is
+//! reported `rejected` with the reason.
 //!
 //! Architecture invariant: a task starts only after its assignment is
 //! committed (the dispatcher answers from the applied store only), and a
-//! replica is in the mesh before its task is reported `running`.
+//! replica is in the mesh before its task is reported `running`. A stopped
+//! replica leaves the mesh's rotation first, finishes the requests inside
+//! it (`Mesh::drain`), then its runtime stops and removes it, and only then
+//! is its task reported `shutdown`.
 
+mod components;
 mod fetch;
+mod plan;
 mod ports;
 pub mod remote;
 mod report;
 pub mod source;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::FutureExt as _;
 use swarmlet_proto::dispatcher::{AssignedTask, Assignments, Routes, Since};
-use swarmlet_proto::{DesiredState, Service, TaskState, TaskStatus};
+use swarmlet_proto::{DesiredState, Service, TaskEndpoint, TaskState, TaskStatus};
 use tokio::sync::{mpsc, watch};
 
-use crate::blobs::{BlobError, Blobs};
+use crate::blobs::Blobs;
 use crate::mesh::{Backend, Mesh, ServiceBackends, DEFAULT_CONCURRENT_REQUESTS};
-use crate::runtime::wasm::{ServiceSettings, WasmApp, WasmRuntime};
+use crate::runtime::wasm::{ServiceSettings, WasmRuntime, WasmTasks};
+use crate::runtime::{Event, Runtimes, Serving, Supervisor};
 use report::Reporter;
 pub use source::{AssignmentSource, InProcess, SourceError};
 
@@ -118,13 +130,19 @@ async fn poll(
     }
 }
 
-struct Local {
+/// How long a stopped task may take to end before it is forced (Docker's
+/// default; there is no `--stop-grace-period` yet). Wasm replicas end at once.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// A task this node runs, or is preparing/starting.
+struct Replica {
     service_id: String,
     service_name: String,
     name: String,
-    digest: String,
-    app: Arc<WasmApp>,
     memory_limit: Option<usize>,
+    supervisor: Supervisor,
+    /// How the mesh reaches it; `None` until its supervisor says it started.
+    serving: Option<Serving>,
 }
 
 pub struct Agent {
@@ -135,40 +153,43 @@ pub struct Agent {
     pub mesh: Arc<Mesh>,
 }
 
-/// A task to start, with its component's digest and memory limit.
-struct Start {
-    task: AssignedTask,
-    digest: String,
-    memory_limit: Option<usize>,
-}
-
-/// What a plan asks for.
-#[derive(Default)]
-struct Plan {
-    start: Vec<Start>,
-    stop: Vec<String>,
-    /// Tasks running here whose `running` report the store does not show
-    /// and that were not reported by this process yet.
-    report_running: Vec<String>,
-}
-
-/// The outcome of loading one component for a group of tasks.
-struct Loaded {
-    starts: Vec<Start>,
-    result: Result<Arc<WasmApp>, String>,
-}
-
 fn status(task_id: &str, state: TaskState, message: &str, error: Option<String>) -> TaskStatus {
     TaskStatus {
         task_id: task_id.to_string(),
         state,
         message: message.to_string(),
         error,
+        endpoint: None,
+    }
+}
+
+fn running(task_id: &str, endpoint: Option<TaskEndpoint>) -> TaskStatus {
+    TaskStatus {
+        endpoint,
+        ..status(task_id, TaskState::Running, "running", None)
     }
 }
 
 impl Agent {
-    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+    /// This node's runtimes: wasm, and no container runtime yet.
+    pub fn runtimes(&self) -> Runtimes {
+        let components = components::NodeComponents {
+            blobs: self.blobs.clone(),
+            source: self.source.clone(),
+        };
+        Runtimes {
+            wasm: Arc::new(WasmTasks::new(self.runtime.clone(), Arc::new(components))),
+            containers: None,
+        }
+    }
+
+    pub async fn run(self, shutdown: watch::Receiver<bool>) {
+        let runtimes = self.runtimes();
+        self.run_with(runtimes, shutdown).await
+    }
+
+    /// Runs the agent with the given runtimes (`run` uses `runtimes()`).
+    pub async fn run_with(self, runtimes: Runtimes, mut shutdown: watch::Receiver<bool>) {
         let reporter = Reporter::spawn(self.source.clone(), shutdown.clone());
         crate::daemon::spawn_critical(
             "heartbeats",
@@ -185,68 +206,80 @@ impl Agent {
             "port reports",
             ports::report(self.source.clone(), port_rx, shutdown.clone()),
         );
-        let (loaded_tx, mut loaded_rx) = mpsc::unbounded_channel::<Loaded>();
-        let mut local: HashMap<String, Local> = HashMap::new();
-        // Tasks whose component is loading now.
-        let mut starting: HashSet<String> = HashSet::new();
+        let (events_tx, mut events_rx) = mpsc::unbounded_channel::<Event>();
+        // Tasks with a supervisor that was not asked to stop.
+        let mut replicas: HashMap<String, Replica> = HashMap::new();
         // The last state this process reported per task, so that a report
         // still on its way is not queued again at every store change.
         let mut reported: HashMap<String, TaskState> = HashMap::new();
         loop {
-            let plan = self.plan(&view, &local, &starting, &mut reported);
+            let plan = plan::plan(&view, &replicas, &mut reported);
             let report = |reported: &mut HashMap<String, TaskState>, s: TaskStatus| {
                 reported.insert(s.task_id.clone(), s.state);
                 reporter.send(s);
             };
-            let mut groups: HashMap<String, Vec<Start>> = HashMap::new();
-            for start in plan.start {
-                starting.insert(start.task.id.clone());
-                if start.task.state < TaskState::Starting {
-                    report(
-                        &mut reported,
-                        status(&start.task.id, TaskState::Starting, "starting", None),
-                    );
+            for id in plan.start {
+                let Some(task) = view.tasks.get(&id) else {
+                    continue;
+                };
+                let Some(service) = view.services.get(&task.service_id) else {
+                    continue;
+                };
+                match runtimes.controller(task, service) {
+                    Ok(controller) => {
+                        if task.state < TaskState::Starting {
+                            report(
+                                &mut reported,
+                                status(&id, TaskState::Starting, "starting", None),
+                            );
+                        }
+                        let supervisor =
+                            Supervisor::spawn(id.clone(), controller, events_tx.clone());
+                        replicas.insert(id, replica(task, service, supervisor));
+                    }
+                    Err(e) => {
+                        tracing::warn!(task = %task.display_name(), "task rejected: {e}");
+                        report(
+                            &mut reported,
+                            status(&id, e.state(), "rejected", Some(e.to_string())),
+                        );
+                    }
                 }
-                groups.entry(start.digest.clone()).or_default().push(start);
-            }
-            for (digest, starts) in groups {
-                let (blobs, runtime, source, tx) = (
-                    self.blobs.clone(),
-                    self.runtime.clone(),
-                    self.source.clone(),
-                    loaded_tx.clone(),
-                );
-                tokio::spawn(async move {
-                    let result = load(blobs, runtime, source, digest).await;
-                    let _ = tx.send(Loaded { starts, result });
-                });
             }
             if !plan.stop.is_empty() {
                 // Drain before stop: the replicas leave the mesh's rotation
-                // now; each task is reported shut down once the requests
-                // inside its replica are done.
+                // now (one table rebuild for the batch); each one's runtime
+                // stops it once the requests inside it are done, and then
+                // its task is reported shut down (`Event::Stopped`).
                 let drains = self.mesh.drain(&plan.stop);
                 for (id, drained) in plan.stop.into_iter().zip(drains) {
-                    if let Some(l) = local.remove(&id) {
-                        tracing::info!(task = %l.name, "replica stopped");
-                        if !local.values().any(|o| o.digest == l.digest) {
-                            self.runtime.unload(&l.digest);
+                    reported.insert(id.clone(), TaskState::Shutdown);
+                    match replicas.remove(&id) {
+                        Some(r) => {
+                            if r.serving.is_some() {
+                                tracing::info!(task = %r.name, "replica stopped");
+                            }
+                            r.supervisor.stop(STOP_GRACE, drained.boxed());
+                        }
+                        // Nothing runs here (a task assigned while this
+                        // node was down, or already failed).
+                        None => {
+                            let reporter = reporter.clone();
+                            tokio::spawn(async move {
+                                drained.await;
+                                reporter.send(status(&id, TaskState::Shutdown, "shutdown", None));
+                            });
                         }
                     }
-                    reported.insert(id.clone(), TaskState::Shutdown);
-                    let reporter = reporter.clone();
-                    tokio::spawn(async move {
-                        drained.await;
-                        reporter.send(status(&id, TaskState::Shutdown, "shutdown", None));
-                    });
                 }
-                self.publish(&view, &local);
+                self.publish(&view, &replicas);
             }
             for id in plan.report_running {
-                report(
-                    &mut reported,
-                    status(&id, TaskState::Running, "running", None),
-                );
+                let endpoint = replicas
+                    .get(&id)
+                    .and_then(|r| r.serving.as_ref())
+                    .and_then(Serving::endpoint);
+                report(&mut reported, running(&id, endpoint));
             }
             if let Some(routes) = &view.routes {
                 if std::mem::take(&mut view.routes_changed) {
@@ -267,13 +300,15 @@ impl Agent {
                         view.apply(more);
                     }
                 }
-                Some(first) = loaded_rx.recv() => {
-                    let mut done = vec![first];
-                    while let Ok(more) = loaded_rx.try_recv() {
-                        done.push(more);
+                Some(first) = events_rx.recv() => {
+                    // Let the other supervisors of a shared load send
+                    // theirs too: one mesh update for all of them.
+                    tokio::task::yield_now().await;
+                    let mut events = vec![first];
+                    while let Ok(more) = events_rx.try_recv() {
+                        events.push(more);
                     }
-                    let statuses = self.started(&view, done, &mut local, &mut starting);
-                    for s in statuses {
+                    for s in self.handle(&view, events, &mut replicas) {
                         report(&mut reported, s);
                     }
                 }
@@ -286,136 +321,85 @@ impl Agent {
         }
     }
 
-    /// Takes in loaded components: the tasks that still should run join
-    /// `local` and the mesh, and their reports are returned (after the mesh
-    /// has them, so a task reported running serves).
-    fn started(
+    /// Takes in what supervisors said: started tasks that should still run
+    /// join the mesh, failed and exited ones leave it; the reports are
+    /// returned (after the mesh has them, so a task reported running serves).
+    fn handle(
         &self,
         view: &View,
-        done: Vec<Loaded>,
-        local: &mut HashMap<String, Local>,
-        starting: &mut HashSet<String>,
+        events: Vec<Event>,
+        replicas: &mut HashMap<String, Replica>,
     ) -> Vec<TaskStatus> {
         let mut statuses = Vec::new();
-        {
-            for Loaded { starts, result } in done {
-                let mut running = 0;
-                let service = starts
-                    .first()
-                    .map(|s| s.task.service_name.clone())
-                    .unwrap_or_default();
-                for Start {
-                    task,
-                    digest,
-                    memory_limit,
-                } in starts
-                {
-                    starting.remove(&task.id);
-                    // Stopped or removed while its component loaded.
+        let mut started: HashMap<String, usize> = HashMap::new();
+        let mut changed = false;
+        for event in events {
+            match event {
+                Event::Started { task_id, serving } => {
+                    // Not there: asked to stop meanwhile (its supervisor
+                    // stops it and says `Stopped`).
+                    let Some(r) = replicas.get_mut(&task_id) else {
+                        continue;
+                    };
+                    // Stopped or removed while it started: not in the mesh
+                    // nor reported running; the next plan stops it.
                     let wanted = view
                         .tasks
-                        .get(&task.id)
+                        .get(&task_id)
                         .is_some_and(|t| t.desired_state == DesiredState::Running);
                     if !wanted {
                         continue;
                     }
-                    match &result {
-                        Ok(app) => {
-                            local.insert(
-                                task.id.clone(),
-                                Local {
-                                    service_id: task.service_id.clone(),
-                                    service_name: task.service_name.clone(),
-                                    name: task.display_name(),
-                                    digest,
-                                    app: app.clone(),
-                                    memory_limit,
-                                },
-                            );
-                            running += 1;
-                            tracing::debug!(task = %task.display_name(), "replica running");
-                            statuses.push(status(&task.id, TaskState::Running, "running", None));
-                        }
-                        Err(e) => {
-                            tracing::warn!(task = %task.display_name(), "task failed to start: {e}");
-                            statuses.push(status(
-                                &task.id,
-                                TaskState::Failed,
-                                "starting failed",
-                                Some(e.clone()),
-                            ));
-                        }
-                    }
+                    tracing::debug!(task = %r.name, "replica running");
+                    *started.entry(r.service_name.clone()).or_default() += 1;
+                    statuses.push(running(&task_id, serving.endpoint()));
+                    r.serving = Some(serving);
+                    changed = true;
                 }
-                if running > 0 {
-                    tracing::info!(%service, replicas = running, "replicas running");
+                Event::Failed { task_id, error } => {
+                    let name = match replicas.remove(&task_id) {
+                        Some(r) => r.name,
+                        None => task_id.clone(),
+                    };
+                    tracing::warn!(task = %name, "task failed to start: {error}");
+                    statuses.push(status(
+                        &task_id,
+                        error.state(),
+                        "starting failed",
+                        Some(error.to_string()),
+                    ));
+                }
+                Event::Exited { task_id, exit } => {
+                    if let Some(r) = replicas.remove(&task_id) {
+                        tracing::warn!(task = %r.name, "task exited: {}", exit.message);
+                        changed |= r.serving.is_some();
+                    }
+                    let error = (exit.state() == TaskState::Failed).then(|| exit.message.clone());
+                    statuses.push(status(&task_id, exit.state(), &exit.message, error));
+                }
+                Event::Stopped { task_id } => {
+                    statuses.push(status(&task_id, TaskState::Shutdown, "shutdown", None));
                 }
             }
         }
-        self.publish(view, local);
+        for (service, n) in started {
+            tracing::info!(%service, replicas = n, "replicas running");
+        }
+        if changed {
+            self.publish(view, replicas);
+        }
         statuses
     }
 
-    /// What to do to make local replicas match this node's tasks.
-    fn plan(
-        &self,
-        view: &View,
-        local: &HashMap<String, Local>,
-        starting: &HashSet<String>,
-        reported: &mut HashMap<String, TaskState>,
-    ) -> Plan {
-        let mut plan = Plan::default();
-        let sent = |reported: &HashMap<String, TaskState>, id: &str, s: TaskState| {
-            reported.get(id).is_some_and(|r| *r >= s)
-        };
-        for t in view.tasks.values() {
-            let here = local.contains_key(&t.id);
-            match t.desired_state {
-                DesiredState::Running
-                    if !t.state.is_terminal() && !here && !starting.contains(&t.id) =>
-                {
-                    let Some(service) = view.services.get(&t.service_id) else {
-                        continue;
-                    };
-                    plan.start.push(Start {
-                        task: t.clone(),
-                        digest: service.spec.image.digest().to_string(),
-                        memory_limit: service.spec.limits.memory_bytes.map(|b| b as usize),
-                    });
-                }
-                DesiredState::Running
-                    if here
-                        && t.state < TaskState::Running
-                        && !sent(reported, &t.id, TaskState::Running) =>
-                {
-                    plan.report_running.push(t.id.clone());
-                }
-                DesiredState::Shutdown
-                    if here
-                        || (!t.state.is_terminal()
-                            && !starting.contains(&t.id)
-                            && !sent(reported, &t.id, TaskState::Shutdown)) =>
-                {
-                    plan.stop.push(t.id.clone());
-                }
-                _ => {}
-            }
-        }
-        // Local replicas whose task is no longer assigned here (removed,
-        // or moved away while this node was down).
-        for id in local.keys() {
-            if !view.tasks.contains_key(id) {
-                plan.stop.push(id.clone());
-            }
-        }
-        reported.retain(|id, _| view.tasks.contains_key(id));
-        plan
-    }
-
-    fn publish(&self, view: &View, local: &HashMap<String, Local>) {
+    fn publish(&self, view: &View, replicas: &HashMap<String, Replica>) {
         // Per-service settings (limits, egress, reuse) come from the spec.
         let mut by_service: HashMap<String, ServiceBackends> = HashMap::new();
-        for (task_id, l) in local {
+        for (task_id, l) in replicas {
+            // Only in-process replicas: the mesh does not forward to task
+            // endpoints (containers) yet.
+            let Some(Serving::InProcess(app)) = &l.serving else {
+                continue;
+            };
             let spec = view.services.get(&l.service_id).map(|s| &s.spec);
             let entry = by_service
                 .entry(l.service_id.clone())
@@ -439,7 +423,7 @@ impl Agent {
             };
             entry.list.push(Backend::LocalWasm {
                 replica: l.name.clone(),
-                app: l.app.clone(),
+                app: app.clone(),
                 settings: Arc::new(settings),
                 task_id: task_id.clone(),
             });
@@ -451,29 +435,16 @@ impl Agent {
     }
 }
 
-/// Loads (compiling the first time) the component `digest`, fetching it
-/// from a manager first if this node does not hold it (or its copy is
-/// damaged).
-async fn load(
-    blobs: Arc<Blobs>,
-    runtime: Arc<WasmRuntime>,
-    source: Arc<dyn AssignmentSource>,
-    digest: String,
-) -> Result<Arc<WasmApp>, String> {
-    let blob = match blobs.verified(&digest) {
-        Ok(p) => p,
-        Err(e @ (BlobError::NotFound(_) | BlobError::Corrupt { .. })) => {
-            match source.fetch_component(&digest).await {
-                Ok(()) => blobs.verified(&digest).map_err(|e| e.to_string())?,
-                Err(SourceError::NoSource) => return Err(e.to_string()),
-                Err(f) => return Err(format!("{e}; {f}")),
-            }
-        }
-        Err(e) => return Err(e.to_string()),
-    };
-    // Compiling can take a while the first time: keep it off the reactor.
-    tokio::task::spawn_blocking(move || runtime.load(&digest, &blob))
-        .await
-        .map_err(|e| format!("loading the component panicked: {e}"))?
-        .map_err(|e| e.to_string())
+fn replica(task: &AssignedTask, service: &Service, supervisor: Supervisor) -> Replica {
+    Replica {
+        service_id: task.service_id.clone(),
+        service_name: task.service_name.clone(),
+        name: task.display_name(),
+        memory_limit: service.spec.limits.memory_bytes.map(|b| b as usize),
+        supervisor,
+        serving: None,
+    }
 }
+
+#[cfg(test)]
+mod tests;

@@ -401,6 +401,7 @@ mod tests {
             state: TaskState::Running,
             message: "running".into(),
             error: None,
+            endpoint: None,
         };
         src.report(vec![running.clone()]).await.unwrap();
         assert_eq!(c.store.read().tasks["tw"].state, TaskState::Running);

@@ -133,6 +133,7 @@ mod tests {
             state,
             message: String::new(),
             error: None,
+            endpoint: None,
         };
         let mut p = BTreeMap::new();
         merge(&mut p, s(TaskState::Running));

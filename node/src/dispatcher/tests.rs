@@ -56,6 +56,7 @@ pub(crate) fn task(id: &str, node: &str, slot: u64) -> Task {
         error: None,
         created_at_ms: 0,
         updated_at_ms: 0,
+        endpoint: None,
     }
 }
 
@@ -293,6 +294,7 @@ async fn status_from_a_node_about_another_nodes_task_is_refused() {
         state: TaskState::Running,
         message: "running".into(),
         error: None,
+        endpoint: None,
     };
     let ack = d
         .status(

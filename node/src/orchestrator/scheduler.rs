@@ -140,6 +140,7 @@ mod tests {
             error: None,
             created_at_ms: 0,
             updated_at_ms: 0,
+            endpoint: None,
         }
     }
 

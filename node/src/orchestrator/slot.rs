@@ -144,5 +144,6 @@ fn new_task(service: &Service, slot: u64, now_ms: u64, placer: &mut ServicePlace
         error: None,
         created_at_ms: now_ms,
         updated_at_ms: now_ms,
+        endpoint: None,
     })
 }

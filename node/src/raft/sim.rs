@@ -503,6 +503,7 @@ impl Sim {
                         state,
                         message: String::new(),
                         error: None,
+                        endpoint: None,
                     })
                 })
                 .collect();

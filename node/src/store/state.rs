@@ -248,15 +248,17 @@ impl State {
             Command::UpdateTaskStatuses { updates } => {
                 // A report for a task removed meanwhile is dropped: one gone
                 // task must not refuse the others' reports.
-                for TaskStatus {
+                for u @ TaskStatus {
                     task_id,
                     state,
                     message,
                     error,
+                    ..
                 } in updates
                 {
                     if let Some(t) = self.tasks.get_mut(task_id) {
                         set_status(t, *state, message, error, now);
+                        set_endpoint(t, u);
                     }
                 }
             }
@@ -361,6 +363,7 @@ impl State {
                 for u in updates {
                     if let Some(t) = self.tasks.get_mut(&u.task_id) {
                         set_status(t, u.state, &u.message, &u.error, now);
+                        set_endpoint(t, u);
                     }
                 }
             }
@@ -403,6 +406,14 @@ fn set_status(t: &mut Task, state: TaskState, message: &str, error: &Option<Stri
     t.message = message.to_string();
     t.error = error.clone();
     t.updated_at_ms = now;
+}
+
+/// Keeps the address a report gives (a report of an older state than the
+/// task's, ignored by `set_status`, does not change it either).
+fn set_endpoint(t: &mut Task, u: &TaskStatus) {
+    if u.endpoint.is_some() && u.state == t.state {
+        t.endpoint = u.endpoint.clone();
+    }
 }
 
 #[cfg(test)]
@@ -589,6 +600,7 @@ mod tests {
             error: None,
             created_at_ms: 0,
             updated_at_ms: 0,
+            endpoint: None,
         }
     }
 
@@ -650,6 +662,7 @@ mod tests {
             state,
             message: "running".into(),
             error: None,
+            endpoint: None,
         };
         st.apply(&env(Command::UpdateTaskStatuses {
             updates: vec![
@@ -661,6 +674,29 @@ mod tests {
         .unwrap();
         assert_eq!(st.tasks["t1"].state, TaskState::Running);
         assert_eq!(st.tasks["t2"].state, TaskState::Running);
+        assert_eq!(st.tasks["t1"].endpoint, None);
+
+        // A replica the mesh reaches over the network reports its address
+        // with `running`; a late report of an older state changes nothing.
+        let at = |addr: &str| {
+            Some(swarmlet_proto::TaskEndpoint {
+                addr: addr.into(),
+                port: 80,
+            })
+        };
+        let mut running = status("t1", TaskState::Running);
+        running.endpoint = at("10.0.6.2");
+        let mut late = status("t1", TaskState::Starting);
+        late.endpoint = at("10.0.6.3");
+        st.apply(&env(Command::UpdateTaskStatuses {
+            updates: vec![running],
+        }))
+        .unwrap();
+        st.apply(&env(Command::UpdateTaskStatuses {
+            updates: vec![late],
+        }))
+        .unwrap();
+        assert_eq!(st.tasks["t1"].endpoint, at("10.0.6.2"));
     }
 
     #[test]
@@ -681,6 +717,7 @@ mod tests {
             state: TaskState::Running,
             message: "running".into(),
             error: None,
+            endpoint: None,
         };
         let err = st.apply(&env(Command::ReportTaskStatuses {
             node_id: "n".into(),
@@ -768,6 +805,7 @@ mod tests {
             error: None,
             created_at_ms: 0,
             updated_at_ms: 0,
+            endpoint: None,
         };
         st.apply(&env(Command::CreateTasks { tasks: vec![task] }))
             .unwrap();

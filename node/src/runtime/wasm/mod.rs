@@ -5,7 +5,7 @@
 //! `engine.rs` builds the one engine from `EngineSettings` (isolation and an
 //! instance allocator sized for the machine's address space); `compile.rs`
 //! compiles in a child process and keeps the on-disk cache; `app.rs` serves
-//! a request.
+//! a request; `task.rs` makes it a task `Runtime` for the agent.
 //!
 //! Architecture invariant: a guest can fail only its own request. Traps,
 //! timeouts and pool exhaustion become 5xx responses; nothing a guest does
@@ -16,12 +16,14 @@ mod compile;
 mod egress;
 mod engine;
 mod limits;
+mod task;
 
 pub use app::{ServiceSettings, WasmApp, QUEUE_WAIT};
 pub use compile::{child_main, CHILD_COMMAND};
 pub use egress::EgressPolicy;
 pub use engine::{gib, Allocator, EngineSettings, Isolation};
 pub use limits::MemoryBudget;
+pub use task::{Components, WasmTasks};
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -160,6 +162,11 @@ impl WasmRuntime {
         ));
         lock(&self.loaded).insert(digest.to_string(), app.clone());
         Ok(app)
+    }
+
+    /// The component `digest` if it is loaded (never compiles or waits).
+    pub fn loaded(&self, digest: &str) -> Option<Arc<WasmApp>> {
+        lock(&self.loaded).get(digest).cloned()
     }
 
     /// Deletes the compiled artifact of a component that is gone.

@@ -10,7 +10,8 @@
 # max requests/s, p50/p99 of the median round) and the ratio the target in
 # DESIGN.md is about (remote hop ≥ 1.0× HAProxy, p99 ≤ HAProxy's + 1 ms).
 #
-# Usage: scripts/bench-mesh.sh [ROUNDS]   (SWARMLET=path, DUR=10s, CONNS=64)
+# Usage: scripts/bench-mesh.sh [ROUNDS]   (SWARMLET=path, DUR=10s, CONNS=64,
+#        MESH_A/MESH_B/MESH_HA=loopback addresses of node A, node B, HAProxy)
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 source "$(dirname "$0")/bench-lib.sh"
@@ -25,9 +26,9 @@ HELLO=guests/out/hello.wasm
 command -v haproxy >/dev/null || apt_need haproxy
 command -v wrk >/dev/null || apt_need wrk
 
-A=127.0.0.60
-B=127.0.0.61
-HA=127.0.0.62
+A=${MESH_A:-127.0.0.60}
+B=${MESH_B:-127.0.0.61}
+HA=${MESH_HA:-127.0.0.62}
 PORT=18180
 WORK=$(mktemp -d /tmp/swarmlet-mesh.XXXXXX)
 PIDS=()

@@ -10,7 +10,11 @@
 # max requests/s, p50/p99 of the median round) and the ratio the target in
 # DESIGN.md is about (remote hop ≥ 1.0× HAProxy, p99 ≤ HAProxy's + 1 ms).
 #
-# Usage: scripts/bench-mesh.sh [ROUNDS]   (SWARMLET=path, DUR=10s, CONNS=64)
+# Usage: scripts/bench-mesh.sh [ROUNDS]   (SWARMLET=path, DUR=10s, CONNS=64,
+#        MESH_A/MESH_B/MESH_HA=loopback addresses of node A, node B, HAProxy;
+#        SPLIT=1 adds a row that tells node B's half of the hop from node A's:
+#        HAProxy speaking HTTP/2 over mutual TLS (node B's certificate)
+#        straight to A's cluster port, /v1/mesh/SERVICE_ID/..., as B does)
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 source "$(dirname "$0")/bench-lib.sh"
@@ -25,9 +29,10 @@ HELLO=guests/out/hello.wasm
 command -v haproxy >/dev/null || apt_need haproxy
 command -v wrk >/dev/null || apt_need wrk
 
-A=127.0.0.60
-B=127.0.0.61
-HA=127.0.0.62
+A=${MESH_A:-127.0.0.60}
+B=${MESH_B:-127.0.0.61}
+HA=${MESH_HA:-127.0.0.62}
+SPLIT=${SPLIT:-0}
 PORT=18180
 WORK=$(mktemp -d /tmp/swarmlet-mesh.XXXXXX)
 PIDS=()
@@ -85,15 +90,32 @@ backend a
     http-reuse always
     server a $A:$PORT
 CONF
+if [ "$SPLIT" = 1 ]; then
+    SID=$(cli a service inspect hello | python3 -c 'import json,sys; d=json.load(sys.stdin); d=d[0] if isinstance(d,list) else d; print(d.get("id") or d["service"]["id"])')
+    cat "$WORK/b/certs/node.crt" "$WORK/b/certs/node.key" >"$WORK/b.pem"
+    cat >>"$WORK/haproxy.cfg" <<CONF
+frontend split_in
+    mode http
+    bind $HA:$((PORT + 1))
+    default_backend a_cluster
+backend a_cluster
+    mode http
+    http-reuse always
+    http-request set-path /v1/mesh/$SID%[path]
+    server a $A:2377 ssl crt $WORK/b.pem verify none alpn h2
+CONF
+fi
 "${SERVER_PIN[@]}" haproxy -f "$WORK/haproxy.cfg" &
 PIDS+=($!)
 wait_http "http://$A:$PORT/"
 wait_http "http://$B:$PORT/"
 wait_http "http://$HA:$PORT/"
+[ "$SPLIT" = 1 ] && wait_http "http://$HA:$((PORT + 1))/"
 
 ROWS=("local|node A, replicas local (no hop)|http://$A:$PORT/"
       "remote|node B, every replica on A (mesh hop over the cluster port, mTLS HTTP/2)|http://$B:$PORT/"
       "haproxy|HAProxy http mode → node A (the same hop by HAProxy)|http://$HA:$PORT/")
+[ "$SPLIT" = 1 ] && ROWS+=("split|HAProxy → HTTP/2 + mTLS → node A's cluster port (node A's half of the mesh hop)|http://$HA:$((PORT + 1))/")
 mkdir -p "$WORK/rows"
 for round in $(seq "$ROUNDS"); do
     for row in "${ROWS[@]}"; do

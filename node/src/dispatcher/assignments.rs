@@ -103,31 +103,13 @@ pub fn diff(old: &NodeView, new: &NodeView) -> Diff {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use swarmlet_proto::{DesiredState, Image, ServiceSpec, TaskState};
+    use swarmlet_proto::{DesiredState, TaskState};
 
     fn state() -> State {
         let mut st = State::default();
         st.services.insert(
             "s".into(),
-            Service {
-                id: "s".into(),
-                spec: ServiceSpec {
-                    name: "web".into(),
-                    replicas: 3,
-                    image: Image::Wasm {
-                        digest: "sha256:00".into(),
-                        name: "w.wasm".into(),
-                        size: 1,
-                    },
-                    ports: vec![],
-                    limits: Default::default(),
-                    allow_outbound: vec![],
-                    instance_reuse: 0,
-                },
-                version: 1,
-                created_at_ms: 0,
-                updated_at_ms: 0,
-            },
+            crate::dispatcher::tests::service("s", "web", 3, vec![]),
         );
         for (id, node, slot) in [("t1", "a", 1), ("t2", "b", 2), ("t3", "a", 3)] {
             st.tasks

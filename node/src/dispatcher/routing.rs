@@ -53,8 +53,8 @@ pub fn routes_of(state: &State) -> Routes {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::dispatcher::tests::task;
-    use swarmlet_proto::{Image, Node, NodeRole, PortConfig, Protocol, Service, ServiceSpec};
+    use crate::dispatcher::tests::{service, task};
+    use swarmlet_proto::{Node, NodeRole, PortConfig, Protocol};
 
     pub(crate) fn node(id: &str, state: NodeState) -> Node {
         Node {
@@ -76,32 +76,13 @@ pub(crate) mod tests {
     #[test]
     fn running_replicas_on_live_nodes_with_every_port() {
         let mut st = State::default();
-        st.services.insert(
-            "s".into(),
-            Service {
-                id: "s".into(),
-                spec: ServiceSpec {
-                    name: "web".into(),
-                    replicas: 3,
-                    image: Image::Wasm {
-                        digest: "sha256:00".into(),
-                        name: "w.wasm".into(),
-                        size: 1,
-                    },
-                    ports: vec![PortConfig {
-                        published: 8080,
-                        target: 80,
-                        protocol: Protocol::Tcp,
-                    }],
-                    limits: Default::default(),
-                    allow_outbound: vec![],
-                    instance_reuse: 0,
-                },
-                version: 1,
-                created_at_ms: 0,
-                updated_at_ms: 0,
-            },
-        );
+        let port = PortConfig {
+            published: 8080,
+            target: 80,
+            protocol: Protocol::Tcp,
+        };
+        st.services
+            .insert("s".into(), service("s", "web", 3, vec![port]));
         st.nodes.insert("a".into(), node("a", NodeState::Ready));
         st.nodes.insert("b".into(), node("b", NodeState::Down));
         for (id, n, slot, state) in [

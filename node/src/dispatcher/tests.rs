@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use swarmlet_proto::dispatcher::{AssignmentsRequest, Since, StatusReport};
 use swarmlet_proto::{
-    Availability, Command, DesiredState, Image, Node, NodeRole, NodeStatus, Service, ServiceSpec,
-    Task, TaskState, TaskStatus,
+    Availability, Command, DesiredState, Image, Node, NodeRole, NodeStatus, PortConfig, Service,
+    ServiceSpec, Task, TaskState, TaskStatus,
 };
 use tokio::sync::watch;
 
@@ -39,6 +39,29 @@ pub(crate) fn node(id: &str, raft_id: u64, role: NodeRole) -> Node {
         created_at_ms: 0,
         status: NodeStatus::ready(),
         port_problems: Vec::new(),
+    }
+}
+
+/// A wasm service `id` named `name` publishing `ports`.
+pub(crate) fn service(id: &str, name: &str, replicas: u64, ports: Vec<PortConfig>) -> Service {
+    Service {
+        id: id.into(),
+        spec: ServiceSpec {
+            name: name.into(),
+            replicas,
+            image: Image::Wasm {
+                digest: format!("sha256:{}", "0".repeat(64)),
+                name: "w.wasm".into(),
+                size: 1,
+            },
+            ports,
+            limits: Default::default(),
+            allow_outbound: vec![],
+            instance_reuse: 0,
+        },
+        version: 1,
+        created_at_ms: 0,
+        updated_at_ms: 0,
     }
 }
 
@@ -81,28 +104,9 @@ pub(crate) async fn cluster() -> TestCluster {
     state
         .nodes
         .insert("m2".into(), node("m2", 3, NodeRole::Manager));
-    state.services.insert(
-        "s".into(),
-        Service {
-            id: "s".into(),
-            spec: ServiceSpec {
-                name: "web".into(),
-                replicas: 2,
-                image: Image::Wasm {
-                    digest: format!("sha256:{}", "0".repeat(64)),
-                    name: "w.wasm".into(),
-                    size: 1,
-                },
-                ports: vec![],
-                limits: Default::default(),
-                allow_outbound: vec![],
-                instance_reuse: 0,
-            },
-            version: 1,
-            created_at_ms: 0,
-            updated_at_ms: 0,
-        },
-    );
+    state
+        .services
+        .insert("s".into(), service("s", "web", 2, vec![]));
     let store = Arc::new(Store::new());
     let (stop_tx, stop) = watch::channel(false);
     let storage = DiskStorage::open(&dir.join("raft.redb")).unwrap();

@@ -3,7 +3,7 @@
 //! the guest sees can be told apart from the nodes' own).
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::time::Duration;
 
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
@@ -34,14 +34,21 @@ pub fn get_from(source: Ipv4Addr, addr: SocketAddr, path: &str) -> Result<Reply,
         .map_err(|e| format!("bind {source}: {e}"))?;
     s.connect_timeout(&SockAddr::from(addr), Duration::from_secs(5))
         .map_err(|e| format!("connect {addr}: {e}"))?;
-    let mut s: std::net::TcpStream = s.into();
-    s.set_read_timeout(Some(Duration::from_secs(30)))
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    exchange(s.into(), addr, request.as_bytes(), Duration::from_secs(30))
+}
+
+/// Sends `request` (a whole HTTP/1.1 request asking `Connection: close`) on
+/// `s`, connected to `addr`, and reads the answer until the server closes.
+pub fn exchange(
+    mut s: TcpStream,
+    addr: SocketAddr,
+    request: &[u8],
+    timeout: Duration,
+) -> Result<Reply, String> {
+    s.set_read_timeout(Some(timeout))
         .map_err(|e| e.to_string())?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .map_err(|e| e.to_string())?;
+    s.write_all(request).map_err(|e| e.to_string())?;
     let mut buf = Vec::new();
     s.read_to_end(&mut buf)
         .map_err(|e| format!("read from {addr}: {e}"))?;

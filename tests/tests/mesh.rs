@@ -12,40 +12,18 @@ use std::time::Duration;
 
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use swarmlet_e2e::http::{exchange, Reply};
 use swarmlet_e2e::swarm::{eventually, Swarm};
 use swarmlet_e2e::Node;
 
-/// One HTTP/1.1 request to `addr`: (status, head in lower case, body, the
-/// client's own address as the server saw it).
-fn get_with_head(
-    addr: SocketAddr,
-    raw_head: &str,
-) -> Result<(u16, String, String, String), String> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+/// One HTTP/1.1 request to `addr`: the answer, and the client's own
+/// address as the server saw it.
+fn get_with_head(addr: SocketAddr, raw_head: &str) -> Result<(Reply, String), String> {
+    let s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
         .map_err(|e| format!("connect {addr}: {e}"))?;
     let me = s.local_addr().map_err(|e| e.to_string())?.ip().to_string();
-    s.set_read_timeout(Some(Duration::from_secs(60)))
-        .map_err(|e| e.to_string())?;
-    s.write_all(raw_head.as_bytes())
-        .map_err(|e| e.to_string())?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf)
-        .map_err(|e| format!("read from {addr}: {e}"))?;
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| format!("no HTTP answer from {addr}: {text:?}"))?;
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| format!("bad status line: {head:?}"))?;
-    Ok((status, head.to_ascii_lowercase(), body.to_string(), me))
-}
-
-fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
-    head.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+    let r = exchange(s, addr, raw_head.as_bytes(), Duration::from_secs(60))?;
+    Ok((r, me))
 }
 
 fn read(path: &Path) -> String {
@@ -169,27 +147,29 @@ fn the_guest_sees_the_client_and_a_peer_node_reaches_the_mesh_route() {
     let addr = SocketAddr::new(manager.ip.into(), 8080);
     let mut answered = None;
     eventually("the manager's published port answers", || {
-        let r = get_with_head(
+        let (r, me) = get_with_head(
             addr,
             "GET /who HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 203.0.113.5\r\nConnection: close\r\n\r\n",
         )?;
-        if r.0 == 200 {
-            answered = Some(r);
+        if r.status == 200 {
+            answered = Some((r, me));
             Ok(())
         } else {
-            Err(format!("{} {}", r.0, r.2))
+            Err(format!("{} {}", r.status, r.body))
         }
     });
-    let (_, head, _, me) = answered.expect("an answer");
+    let (r, me) = answered.expect("an answer");
     assert_eq!(
-        header(&head, "x-seen-forwarded-for"),
+        r.header("x-seen-forwarded-for"),
         Some(format!("203.0.113.5, {me}").as_str()),
-        "{head}"
+        "{:?}",
+        r.headers
     );
     assert_eq!(
-        header(&head, "x-seen-forwarded"),
+        r.header("x-seen-forwarded"),
         Some(format!("for={me};proto=http").as_str()),
-        "{head}"
+        "{:?}",
+        r.headers
     );
 
     // The worker's certificate calls the manager's mesh route as a

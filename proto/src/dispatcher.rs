@@ -117,6 +117,12 @@ pub struct RoutePort {
     pub port: u16,
     pub service_id: String,
     pub service_name: String,
+    /// HTTP (wasm) or TCP (containers).
+    #[serde(default)]
+    pub mode: crate::model::MeshMode,
+    /// The port the service's replicas listen on (`-p PUBLISHED:TARGET`).
+    #[serde(default)]
+    pub target: u16,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -128,6 +134,10 @@ pub struct RouteReplica {
     pub node_id: String,
     /// The node's cluster port, IP:PORT (TLS server name = node_id).
     pub node_addr: String,
+    /// Where the replica listens on its node (containers: its address on
+    /// the node's bridge); `None` for in-process (wasm) replicas.
+    #[serde(default)]
+    pub endpoint: Option<crate::model::TaskEndpoint>,
 }
 
 /// `POST /v1/dispatcher/ports`: the published ports this node could not

@@ -141,6 +141,48 @@ pub struct ServiceSpec {
     /// after another. 0 or 1: a fresh instance per request (the default).
     #[serde(default)]
     pub instance_reuse: u32,
+    /// `--env KEY=VALUE` (containers): added after the image's own `Env`,
+    /// a later key replacing an earlier one.
+    #[serde(default)]
+    pub env: Vec<String>,
+    /// `--stop-grace-period`: how long a stopping replica gets between
+    /// SIGTERM and SIGKILL (containers) or to finish its requests (wasm).
+    /// `None`: 10 s, as Docker.
+    #[serde(default)]
+    pub stop_grace_period_ms: Option<u64>,
+}
+
+impl ServiceSpec {
+    /// Docker's default `--stop-grace-period`.
+    pub const DEFAULT_STOP_GRACE_MS: u64 = 10_000;
+
+    /// The grace period a stopping replica gets.
+    pub fn stop_grace(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(
+            self.stop_grace_period_ms
+                .unwrap_or(Self::DEFAULT_STOP_GRACE_MS),
+        )
+    }
+
+    /// What a published port speaks: HTTP for wasm components (served in
+    /// process), TCP for containers (forwarded byte for byte).
+    pub fn mesh_mode(&self) -> MeshMode {
+        match self.image {
+            Image::Wasm { .. } => MeshMode::Http,
+            Image::Oci { .. } => MeshMode::Tcp,
+        }
+    }
+}
+
+/// What the mesh speaks on a service's published ports.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MeshMode {
+    /// Requests are parsed and balanced one by one (wasm services).
+    #[default]
+    Http,
+    /// Connections are balanced and their bytes copied (container services).
+    Tcp,
 }
 
 /// Resource limits of every replica (`--limit-memory`).
@@ -152,6 +194,9 @@ pub struct Limits {
     /// (`--max-concurrent-requests`); `None`: the node's default.
     #[serde(default)]
     pub concurrent_requests: Option<u32>,
+    /// `--limit-cpu 0.5` as Docker's NanoCPUs (10^9 = one CPU); containers.
+    #[serde(default)]
+    pub nano_cpus: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -30,6 +30,8 @@ fn service(id: &str, name: &str, image: Image, port: u16) -> Service {
             limits: Default::default(),
             allow_outbound: vec![],
             instance_reuse: 0,
+            env: vec![],
+            stop_grace_period_ms: None,
         },
         version: 1,
         created_at_ms: 0,

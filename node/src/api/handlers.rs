@@ -488,9 +488,12 @@ pub async fn create_service(st: &ApiState, body: Incoming) -> Result<Response, A
             limits: Limits {
                 memory_bytes: req.limit_memory,
                 concurrent_requests: req.max_concurrent_requests,
+                nano_cpus: None,
             },
             allow_outbound: req.allow_outbound.clone(),
             instance_reuse: req.instance_reuse.unwrap_or(0),
+            env: vec![],
+            stop_grace_period_ms: None,
         },
         version: 1,
         created_at_ms: now,

@@ -23,6 +23,8 @@ pub fn routes_of(state: &State) -> Routes {
                 port: p.published,
                 service_id: s.id.clone(),
                 service_name: s.spec.name.clone(),
+                mode: s.spec.mesh_mode(),
+                target: p.target,
             })
         })
         .collect();
@@ -43,6 +45,7 @@ pub fn routes_of(state: &State) -> Routes {
                 name: format!("{}.{}", t.service_name, t.slot),
                 node_id: node.id.clone(),
                 node_addr: node.addr.clone(),
+                endpoint: t.endpoint.clone(),
             })
         })
         .collect();

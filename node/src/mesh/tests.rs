@@ -75,6 +75,7 @@ fn replica(task: &str, name: &str, node: &str, addr: &str) -> RouteReplica {
         name: name.into(),
         node_id: node.into(),
         node_addr: addr.into(),
+        endpoint: None,
     }
 }
 
@@ -84,6 +85,8 @@ fn routes(port: u16, replicas: Vec<RouteReplica>) -> Routes {
             port,
             service_id: SVC.into(),
             service_name: "hello".into(),
+            mode: swarmlet_proto::MeshMode::Http,
+            target: 80,
         }],
         replicas,
     }

@@ -999,6 +999,8 @@ mod tests {
                 limits: Default::default(),
                 allow_outbound: Vec::new(),
                 instance_reuse: 0,
+                env: vec![],
+                stop_grace_period_ms: None,
             },
             version: 1,
             created_at_ms: 0,

@@ -242,6 +242,8 @@ mod tests {
                 limits: Default::default(),
                 allow_outbound: vec![],
                 instance_reuse: 0,
+                env: vec![],
+                stop_grace_period_ms: None,
             },
             version: 1,
             created_at_ms: 0,

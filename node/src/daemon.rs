@@ -42,6 +42,8 @@ pub struct DaemonConfig {
     pub node_down_after: Duration,
     /// `--gossip-addr`; `None`: the listen IP with port 7946.
     pub gossip_addr: Option<SocketAddr>,
+    /// `--insecure-registry HOST[:PORT]` (repeatable).
+    pub insecure_registries: Vec<String>,
 }
 
 /// The parts that exist once the node is in a swarm.
@@ -419,6 +421,20 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         runtime.memory_budget().limit() >> 20
     );
     let blobs = Arc::new(Blobs::open(&cfg.data_dir, cfg.max_upload_size)?);
+    let image_store = Arc::new(
+        crate::image::ImageStore::open(&cfg.data_dir)
+            .context("opening the image store under the data dir")?,
+    );
+    let images = Arc::new(
+        crate::image::Puller::new(
+            image_store,
+            crate::image::RegistryOptions {
+                insecure_registries: cfg.insecure_registries.clone(),
+                ..Default::default()
+            },
+        )
+        .context("setting up the registry client")?,
+    );
     let fd_limit = crate::listen::raise_fd_limit().unwrap_or_else(|e| {
         tracing::warn!("cannot read or raise RLIMIT_NOFILE ({e}); assuming 1024 file descriptors");
         1024
@@ -448,6 +464,7 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         advertise_addr: cfg.advertise_addr.clone(),
         blobs,
         runtime,
+        images,
         mesh: mesh.clone(),
         cluster: tokio::sync::OnceCell::new(),
         init_lock: tokio::sync::Mutex::new(()),

@@ -38,6 +38,9 @@ pub struct ApiState {
     pub advertise_addr: Option<String>,
     pub blobs: Arc<Blobs>,
     pub runtime: Arc<WasmRuntime>,
+    /// This node's image store and registry client (`crate::image`): the
+    /// manager resolves references with it, the container runtime pulls.
+    pub images: Arc<crate::image::Puller>,
     pub mesh: Arc<Mesh>,
     pub cluster: tokio::sync::OnceCell<Cluster>,
     pub init_lock: tokio::sync::Mutex<()>,

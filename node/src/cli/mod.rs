@@ -147,6 +147,11 @@ pub struct DaemonArgs {
     /// advertised on the advertise IP]
     #[arg(long)]
     gossip_addr: Option<SocketAddr>,
+    /// A registry (HOST[:PORT]) this node may reach over plain HTTP or with
+    /// an untrusted certificate (repeatable). Registries on 127.0.0.0/8
+    /// need no entry, as with Docker
+    #[arg(long = "insecure-registry", value_name = "HOST[:PORT]")]
+    insecure_registries: Vec<String>,
 }
 
 /// `--node-down-after`: a duration that leaves room for a few heartbeats.
@@ -211,6 +216,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 instance_memory_budget: a.instance_memory_budget,
                 node_down_after: a.node_down_after,
                 gossip_addr: a.gossip_addr,
+                insecure_registries: a.insecure_registries,
             })
             .await
         }

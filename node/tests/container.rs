@@ -258,7 +258,10 @@ async fn two_nginx_containers_on_port_80_then_stop_leaves_nothing() {
     for (id, ip, ..) in &seen {
         let response = get(*ip);
         assert!(response.starts_with("HTTP/1.1 200"), "{id}: {response}");
-        assert!(response.ends_with("hello from nginx\n"), "{id}: {response}");
+        assert!(
+            response.ends_with(&format!("hello from nginx on {id}\n")),
+            "{id}: {response}"
+        );
     }
     // The hostname is the task ID (in the container's UTS namespace).
     let pid = rt.pid("sh5-web-1").await.expect("pid");
@@ -326,7 +329,7 @@ async fn killing_nginx_inside_is_an_exit_event_with_its_status() {
     let id = "sh5-kill";
     let prepared = rt.prepare(&nginx(id)).await.expect("prepare");
     rt.start(id).await.expect("start");
-    assert!(get(prepared.ip).ends_with("hello from nginx\n"));
+    assert!(get(prepared.ip).contains("hello from nginx on "));
     let info = rt.info(id).expect("info");
     let pid = rt.pid(id).await.expect("pid");
     assert_eq!(rt.exit_status(id), None);
@@ -464,7 +467,7 @@ async fn reattach_after_restart_adopts_running_and_cleans_up_dead() {
         !shim_processes(&cfg.namespace, alive).is_empty(),
         "the shim must outlive the runtime"
     );
-    assert!(get(ip).ends_with("hello from nginx\n"));
+    assert!(get(ip).contains("hello from nginx on "));
     // One container dies while no node listens.
     // SAFETY: kill(2) on a pid the shim reported for our container.
     assert_eq!(unsafe { libc::kill(dead_pid as i32, libc::SIGKILL) }, 0);
@@ -512,7 +515,7 @@ async fn reattach_after_restart_adopts_running_and_cleans_up_dead() {
 
     // Adopted for real: it serves, and stopping it comes back through the
     // new runtime's events.
-    assert!(get(ip).ends_with("hello from nginx\n"));
+    assert!(get(ip).contains("hello from nginx on "));
     let status = rt.stop(alive, Duration::from_secs(10)).await.expect("stop");
     assert_eq!(status, ExitStatus(0));
     rt.remove(alive).await.expect("remove");

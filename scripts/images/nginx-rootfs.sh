@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds a minimal nginx root filesystem from Debian's nginx package (no
 # registry needed): the binary, the libraries it links, a config that
-# answers `return 200`. Used for container images in tests and benchmarks.
+# answers `return 200` with the container's hostname (its task ID), so a
+# test through the mesh can tell replicas apart. Used for container images in tests and benchmarks.
 #   images/nginx-rootfs.sh DIR
 set -euo pipefail
 source "$(dirname "$0")/../common.sh"
@@ -28,7 +29,7 @@ http {
     keepalive_requests 1000000;
     server {
         listen 80;
-        location / { return 200 "hello from nginx\n"; }
+        location / { return 200 "hello from nginx on $hostname\n"; }
     }
 }
 CONF

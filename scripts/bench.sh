@@ -5,8 +5,10 @@
 #   scripts/bench.sh          full run: every HTTP row 3 times, systems
 #                             interleaved (A B C A B C ...), min/median/max;
 #                             fixed-rate latency; control plane; Docker Swarm
-#                             (NO_DOCKER=1 skips it); the dist build at the very
-#                             end (NO_DIST=1 skips it)
+#                             (NO_DOCKER=1 skips it); container services
+#                             (scripts/bench-containers.sh; NO_CONTAINERS=1
+#                             skips it); the dist build at the very end
+#                             (NO_DIST=1 skips it)
 #   scripts/bench.sh --quick  swarmlet's own figures, a few seconds each (CI)
 #
 # Servers run on core 0 and the load generator on core 1 (taskset). It never
@@ -249,6 +251,15 @@ if [ $QUICK = 0 ] && [ "${NO_DOCKER:-0}" != 1 ]; then
     fi
 fi
 
+# --- container services (full run): nginx through the mesh vs HAProxy tcp, ----
+# replica start and scale beside Docker Swarm's figures measured above.
+CONTAINERS=""
+if [ $QUICK = 0 ] && [ "${NO_CONTAINERS:-0}" != 1 ]; then
+    CONTAINERS=$(SWARMLET="$SWARMLET" DUR=$DUR CONNS=$CONNS \
+        DOCKER_S0_10=${DOCKER_S0_10:-} DOCKER_S10_50=${DOCKER_S10_50:-} \
+        "$REPO/scripts/bench-containers.sh" "$ROUNDS")
+fi
+
 # --- binary size: the dist build last, after every measurement --------------
 BIN_MB=$(awk -v b="$(stat -c %s "$SWARMLET")" 'BEGIN {printf "%.1f", b/1048576}')
 strip -o "$WORK/swarmlet.stripped" "$SWARMLET"
@@ -338,6 +349,10 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a > 0 && b > 0) printf "%.2f×", 
     echo "Docker Swarm for comparison (not run here: one dockerd per machine): not measured, swarmkit's defaults are quoted: raft ElectionTick 10 with 1 s ticks (a leader election waits ≥ 10 s) and a dispatcher heartbeat period of 5 s with a node marked down after about three missed periods (~15 s)."
     echo
     echo "$MESH"
+    if [ -n "$CONTAINERS" ]; then
+        echo
+        echo "$CONTAINERS"
+    fi
     echo
     echo "## Footprint"
     echo

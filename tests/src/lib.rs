@@ -14,6 +14,13 @@ use std::time::{Duration, Instant};
 
 pub mod http;
 pub mod netns;
+pub mod registry;
+
+/// Whether this runs in CI (`CI=true`): there a missing tool or privilege
+/// fails a test instead of skipping it.
+pub fn ci() -> bool {
+    std::env::var("CI").as_deref() == Ok("true")
+}
 
 /// The `swarmlet` binary under test: `$SWARMLET_BIN`, or the one cargo built
 /// next to this test executable (`scripts/test.sh` builds it first).
@@ -57,6 +64,44 @@ pub fn guest(name: &str) -> PathBuf {
 pub mod swarm;
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
+static NEXT_BRIDGE: AtomicU32 = AtomicU32::new(0);
+
+/// The container bridge of one node: several daemons on one host must not
+/// share a bridge or a subnet (`daemon --bridge NAME --bridge-cidr CIDR`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bridge {
+    /// `sweBBBnN`: B from the test process (as the loopback addresses), N
+    /// the node's number in it; at most 15 characters, as Linux requires.
+    pub name: String,
+    /// `10.B.N.0/24`: its containers' subnet (the bridge takes `.1`).
+    pub cidr: String,
+}
+
+/// Whether daemons get their own bridge: `SWARMLET_E2E_BRIDGES=1` / `0`,
+/// otherwise whenever `swarmlet daemon --help` offers `--bridge-cidr` (the
+/// container runtime's flags; a daemon without them would refuse them).
+pub fn bridges_enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| match std::env::var("SWARMLET_E2E_BRIDGES").as_deref() {
+        Ok("1") => true,
+        Ok("0") => false,
+        _ => Command::new(swarmlet_bin())
+            .args(["daemon", "--help"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).contains("--bridge-cidr"))
+            .unwrap_or(false),
+    })
+}
+
+/// The next node's bridge in this test process.
+fn next_bridge() -> Bridge {
+    let n = NEXT_BRIDGE.fetch_add(1, Ordering::SeqCst) % 250;
+    let b = 100 + (std::process::id() % 100);
+    Bridge {
+        name: format!("swe{b}n{n}"),
+        cidr: format!("10.{b}.{n}.0/24"),
+    }
+}
 
 /// A fresh loopback address for one node of one test.
 fn next_ip() -> Ipv4Addr {
@@ -84,6 +129,10 @@ pub struct Node {
     /// partition tests (`Node::start_in`). The CLI still reaches it over
     /// the unix socket in `data_dir`, which works across namespaces.
     pub netns: Option<String>,
+    /// This node's container bridge, passed at every start (so a restarted
+    /// daemon finds its containers' network again); `None` when
+    /// `bridges_enabled()` is false. Deleted when the node is dropped.
+    pub bridge: Option<Bridge>,
     child: Option<Child>,
 }
 
@@ -168,6 +217,7 @@ impl Node {
             ulimit_v_kib: None,
             env: Vec::new(),
             netns: None,
+            bridge: bridges_enabled().then(next_bridge),
             child: None,
         }
     }
@@ -286,6 +336,11 @@ impl Node {
             .args(["--node-name", &self.name]);
         if !self.daemon_args.iter().any(|a| a == "--wasm-timeout") {
             cmd.args(["--wasm-timeout", "2s"]);
+        }
+        if let Some(b) = &self.bridge {
+            if !self.daemon_args.iter().any(|a| a == "--bridge") {
+                cmd.args(["--bridge", &b.name, "--bridge-cidr", &b.cidr]);
+            }
         }
         if let Some(mask) = self.umask {
             use std::os::unix::process::CommandExt;
@@ -431,6 +486,19 @@ impl Node {
 impl Drop for Node {
     fn drop(&mut self) {
         self.kill9();
+        if let Some(b) = &self.bridge {
+            // The daemon keeps its bridge when it exits (as dockerd keeps
+            // docker0); a test's node is gone for good. Absent: nothing to do.
+            let mut ip = Command::new("ip");
+            if let Some(ns) = &self.netns {
+                ip.args(["netns", "exec", ns, "ip"]);
+            }
+            let _ = ip
+                .args(["link", "del", &b.name])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
         if std::thread::panicking() {
             eprintln!(
                 "---- daemon log of node {} ({}) ----\n{}",

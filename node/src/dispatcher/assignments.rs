@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use swarmlet_proto::dispatcher::{AssignedTask, Routes};
-use swarmlet_proto::Service;
+use swarmlet_proto::{Service, TaskState};
 
 use crate::store::State;
 
@@ -20,14 +20,19 @@ pub struct NodeView {
 
 /// The node's view of the state: tasks assigned to `node_id` that have not
 /// ended (desired running, or to be stopped), and the services they belong
-/// to (a task of a removed service comes without one).
+/// to (a task of a removed service comes without one). A `New` task is
+/// placed but still waits out its restart back-off: the orchestrator
+/// assigns it when it may start (`orchestrator/backoff.rs`).
 pub fn view_of(state: &State, node_id: &str) -> NodeView {
     let mut view = NodeView {
         routes: super::routing::routes_of(state),
         ..NodeView::default()
     };
     for t in state.tasks.values() {
-        if t.node_id.as_deref() != Some(node_id) || t.state.is_terminal() {
+        if t.node_id.as_deref() != Some(node_id)
+            || t.state.is_terminal()
+            || t.state == TaskState::New
+        {
             continue;
         }
         view.tasks.insert(
@@ -127,6 +132,9 @@ mod tests {
         st.tasks.get_mut("t1").unwrap().state = TaskState::Shutdown;
         assert_eq!(view_of(&st, "a").tasks.keys().collect::<Vec<_>>(), ["t3"]);
         assert!(view_of(&st, "c").tasks.is_empty());
+        // Waiting out its restart back-off: not the node's to start yet.
+        st.tasks.get_mut("t3").unwrap().state = TaskState::New;
+        assert!(view_of(&st, "a").tasks.is_empty());
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! Architecture invariant: the orchestrator changes the cluster only through
 //! raft proposals; `reconcile` decides, this loop proposes.
 
+mod backoff;
 pub mod managers;
 mod reconcile;
 pub mod scheduler;
@@ -20,7 +21,7 @@ use crate::store::Store;
 pub use reconcile::reconcile;
 
 /// Runs until `shutdown`. Wakes on every store change and at least every
-/// second (restart delays are time-based).
+/// second (restart back-off is time-based).
 pub async fn run(store: Arc<Store>, raft: RaftHandle, mut shutdown: watch::Receiver<bool>) {
     let mut changes = store.changes();
     let mut leadership = raft.leadership();

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use swarmlet_proto::{Command, DesiredState, Task, TaskState};
+use swarmlet_proto::{Command, DesiredState, Task, TaskState, TaskStatus};
 
 use super::scheduler;
 use super::slot::{self, Changes};
@@ -76,11 +76,32 @@ pub fn reconcile(state: &State, now_ms: u64) -> Vec<Command> {
         }
     }
 
+    // A task told to stop while waiting out its restart back-off never
+    // reached a node: nobody else will say it ended.
+    let never_started: Vec<&Task> = state
+        .tasks
+        .values()
+        .filter(|t| t.state == TaskState::New && t.desired_state == DesiredState::Shutdown)
+        .filter(|t| state.services.contains_key(&t.service_id))
+        .collect();
+
     let Changes {
         create,
         stop,
         remove,
+        assign,
     } = changes;
+    let statuses: Vec<TaskStatus> = assign
+        .into_iter()
+        .map(|id| status(id, TaskState::Assigned, "assigned"))
+        .chain(never_started.iter().map(|t| {
+            status(
+                t.id.clone(),
+                TaskState::Shutdown,
+                "stopped before it started",
+            )
+        }))
+        .collect();
     let mut out = Vec::new();
     if !stop.is_empty() {
         out.push(Command::SetDesiredState {
@@ -94,12 +115,24 @@ pub fn reconcile(state: &State, now_ms: u64) -> Vec<Command> {
     if !remove.is_empty() {
         out.push(Command::RemoveTasks { task_ids: remove });
     }
+    if !statuses.is_empty() {
+        out.push(Command::UpdateTaskStatuses { updates: statuses });
+    }
     out
+}
+
+fn status(task_id: String, state: TaskState, message: &str) -> TaskStatus {
+    TaskStatus {
+        task_id,
+        state,
+        message: message.into(),
+        error: None,
+        endpoint: None,
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::super::slot::RESTART_DELAY_MS;
     use super::*;
     use swarmlet_proto::{
         Availability, Envelope, Image, Node, NodeRole, NodeState, Service, ServiceSpec,
@@ -293,20 +326,146 @@ mod tests {
         assert!(reconcile(&st, 2).is_empty());
     }
 
+    /// Fails every live task of the state at `at_ms`, as an agent reports.
+    fn fail_all(st: &mut State, at_ms: u64) {
+        for t in st.tasks.values_mut() {
+            if t.desired_state == DesiredState::Running && !t.state.is_terminal() {
+                t.state = TaskState::Failed;
+                t.updated_at_ms = at_ms;
+            }
+        }
+    }
+
+    /// Applies `cmds` as the store would at `at_ms` (what `updated_at_ms`
+    /// the stopped tasks get, which the back-off reads back).
+    fn apply_at(st: &mut State, cmds: Vec<Command>, at_ms: u64) {
+        let store = crate::store::Store::new();
+        store.restore(st.clone());
+        for command in cmds {
+            store
+                .apply(&Envelope {
+                    proposal_id: 0,
+                    at_ms,
+                    command,
+                })
+                .unwrap();
+        }
+        *st = store.read().clone();
+    }
+
+    fn live(st: &State) -> Vec<&Task> {
+        st.tasks
+            .values()
+            .filter(|t| t.desired_state == DesiredState::Running)
+            .collect()
+    }
+
     #[test]
-    fn failed_task_is_replaced_after_the_restart_delay() {
+    fn a_failed_task_is_replaced_at_once() {
         let mut st = state_with(1);
         let cmds = reconcile(&st, 1);
-        apply_all(&mut st, cmds);
-        for t in st.tasks.values_mut() {
-            t.state = TaskState::Failed;
-            t.updated_at_ms = 10;
-        }
-        assert!(reconcile(&st, 10 + RESTART_DELAY_MS - 1).is_empty());
-        let cmds = reconcile(&st, 10 + RESTART_DELAY_MS);
-        apply_all(&mut st, cmds);
+        apply_at(&mut st, cmds, 1);
+        agents_report(&mut st);
+        fail_all(&mut st, 10);
+        let cmds = reconcile(&st, 11);
+        apply_at(&mut st, cmds, 11);
         assert_eq!(st.tasks.len(), 2);
         assert_eq!(running_slots(&st), vec![1]);
+        assert_eq!(live(&st)[0].state, TaskState::Assigned, "it starts now");
+    }
+
+    #[test]
+    fn a_slot_that_keeps_failing_waits_longer_each_time_and_shows_it() {
+        let mut st = state_with(1);
+        let mut now = 1;
+        let cmds = reconcile(&st, now);
+        apply_at(&mut st, cmds, now);
+        let mut waits = Vec::new();
+        for _ in 0..8 {
+            // The live task starts (once its node has it), runs 100 ms and
+            // fails; the orchestrator runs every 100 ms.
+            loop {
+                let t = live(&st)[0].clone();
+                if t.state == TaskState::Assigned {
+                    break;
+                }
+                assert_eq!(t.state, TaskState::New);
+                assert_eq!(t.node_id.as_deref(), Some("n1"), "placed at once");
+                assert!(
+                    t.message.contains("restart back-off"),
+                    "service ps says why it waits: {}",
+                    t.message
+                );
+                now += 100;
+                let cmds = reconcile(&st, now);
+                apply_at(&mut st, cmds, now);
+            }
+            agents_report(&mut st);
+            now += 100;
+            fail_all(&mut st, now);
+            let failed_at = now;
+            now += 1;
+            let cmds = reconcile(&st, now);
+            assert_eq!(created(&cmds).len(), 1, "replaced at once");
+            apply_at(&mut st, cmds, now);
+            // How long until the replacement is assigned.
+            let t = live(&st)[0].clone();
+            waits.push(t.created_at_ms.saturating_sub(failed_at) / 1000);
+            assert!(st.tasks.len() <= TASK_HISTORY + 2, "history stays trimmed");
+        }
+        assert_eq!(waits, vec![0, 1, 2, 4, 8, 16, 32, 60]);
+    }
+
+    #[test]
+    fn a_waiting_task_is_not_started_before_its_time() {
+        let mut st = state_with(1);
+        let cmds = reconcile(&st, 1);
+        apply_at(&mut st, cmds, 1);
+        for (fail_at, start_expected) in [(100, 101), (200, 1_201)] {
+            agents_report(&mut st);
+            fail_all(&mut st, fail_at);
+            let cmds = reconcile(&st, fail_at + 1);
+            apply_at(&mut st, cmds, fail_at + 1);
+            let t = live(&st)[0].clone();
+            assert_eq!(t.created_at_ms, start_expected);
+            if start_expected > fail_at + 1 {
+                assert_eq!(t.state, TaskState::New);
+                assert!(
+                    reconcile(&st, start_expected - 1).is_empty(),
+                    "nothing to do while it waits"
+                );
+                let cmds = reconcile(&st, start_expected);
+                apply_at(&mut st, cmds, start_expected);
+                assert_eq!(st.tasks[&t.id].state, TaskState::Assigned);
+            }
+        }
+    }
+
+    #[test]
+    fn a_waiting_task_scaled_away_ends_without_its_node() {
+        let mut st = state_with(1);
+        let cmds = reconcile(&st, 1);
+        apply_at(&mut st, cmds, 1);
+        for at in [100, 200] {
+            agents_report(&mut st);
+            fail_all(&mut st, at);
+            let cmds = reconcile(&st, at + 1);
+            apply_at(&mut st, cmds, at + 1);
+        }
+        let waiting = live(&st)[0].id.clone();
+        assert_eq!(st.tasks[&waiting].state, TaskState::New);
+        st.services.get_mut("s1").unwrap().spec.replicas = 0;
+        let cmds = reconcile(&st, 300);
+        apply_at(&mut st, cmds, 300);
+        assert_eq!(st.tasks[&waiting].desired_state, DesiredState::Shutdown);
+        let cmds = reconcile(&st, 301);
+        apply_at(&mut st, cmds, 301);
+        assert_eq!(
+            st.tasks[&waiting].state,
+            TaskState::Shutdown,
+            "no node will ever report it, so the orchestrator does"
+        );
+        assert!(reconcile(&st, 302).is_empty());
     }
 
     /// Every task not yet running (and meant to) reports `Running`; every
@@ -450,18 +609,14 @@ mod tests {
         let t = st.tasks.get_mut(&new_id).unwrap();
         t.state = TaskState::Failed;
         t.updated_at_ms = 10;
-        assert!(
-            reconcile(&st, 11).is_empty(),
-            "the old task runs on; the failed one waits for its restart delay"
-        );
-        let cmds = reconcile(&st, 10 + RESTART_DELAY_MS);
+        let cmds = reconcile(&st, 11);
         assert_eq!(stopped(&cmds), vec![new_id], "only the failed one");
         assert_eq!(created(&cmds).len(), 1, "one new replacement");
         assert_eq!(created(&cmds)[0].node_id.as_deref(), Some("n2"));
         apply_all(&mut st, cmds);
         assert_eq!(st.tasks[&old_id].desired_state, DesiredState::Running);
         agents_report(&mut st);
-        let cmds = reconcile(&st, 20 + RESTART_DELAY_MS);
+        let cmds = reconcile(&st, 20);
         assert_eq!(
             stopped(&cmds),
             vec![old_id],

@@ -10,18 +10,21 @@
 //! stop it; the failed one is restarted as any failed task is, and while a
 //! replacement is on its way no second one is made.
 //!
+//! A task that ended although it should run is replaced at once; the new
+//! one starts after the slot's restart back-off (`backoff`): until then it
+//! is `New`, placed but not handed to its node (the dispatcher leaves `New`
+//! tasks out), and this assigns it once the time has come.
+//!
 //! Architecture invariant: a slot has at most one live task that is not
 //! leaving; a second one (a `CreateTasks` whose fate was unknown after a
 //! leader change committed after all, beside the new leader's) is stopped.
 
 use swarmlet_proto::{Availability, DesiredState, NodeState, Service, Task, TaskState};
 
+use super::backoff;
 use super::scheduler::ServicePlacer;
 use crate::identity::random_id;
 use crate::store::State;
-
-/// Docker's default restart delay (restart condition `any`).
-pub const RESTART_DELAY_MS: u64 = 5_000;
 
 /// The changes of one round, proposed together by `reconcile`.
 #[derive(Default)]
@@ -29,6 +32,8 @@ pub struct Changes {
     pub create: Vec<Task>,
     pub stop: Vec<String>,
     pub remove: Vec<String>,
+    /// `New` tasks whose restart back-off is over: now `Assigned`.
+    pub assign: Vec<String>,
 }
 
 /// Decides slot `slot` of `service`; `tasks` are all the slot's tasks.
@@ -54,9 +59,16 @@ pub fn decide(
             // another node and the old one is told to stop, which the node
             // does if it comes back. With nowhere to go the task stays, so a
             // node that returns just resumes it.
-            if let Some(new) = new_task(service, slot, now_ms, placer) {
+            if let Some(new) = new_task(service, slot, now_ms, 0, placer) {
                 out.stop.push(t.id.clone());
                 out.create.push(new);
+            }
+        }
+        Some(t) if t.state == TaskState::New => {
+            // Waiting out its restart back-off: its node gets it when the
+            // time has come.
+            if now_ms >= t.created_at_ms {
+                out.assign.push(t.id.clone());
             }
         }
         Some(t) if !t.state.is_terminal() => {
@@ -66,16 +78,19 @@ pub fn decide(
             }
         }
         Some(t) => {
-            // It ended although it should run: restart it in a new task
-            // after the restart delay, as Swarm does.
-            if now_ms.saturating_sub(t.updated_at_ms) >= RESTART_DELAY_MS {
+            // It ended although it should run: a new task replaces it now,
+            // starting after the slot's back-off.
+            let previous = tasks
+                .iter()
+                .filter(|p| p.id != t.id && p.created_at_ms <= t.created_at_ms)
+                .max_by_key(|p| (p.created_at_ms, &p.id));
+            let delay = backoff::delay_after(t, previous.copied(), service.version);
+            if let Some(new) = new_task(service, slot, now_ms, delay, placer) {
                 out.stop.push(t.id.clone());
-                if let Some(new) = new_task(service, slot, now_ms, placer) {
-                    out.create.push(new);
-                }
+                out.create.push(new);
             }
         }
-        None => match (new_task(service, slot, now_ms, placer), old) {
+        None => match (new_task(service, slot, now_ms, 0, placer), old) {
             (Some(new), _) => out.create.push(new),
             // Draining with nowhere to go: it stops now.
             (None, Some(old)) => out.stop.push(old.id.clone()),
@@ -129,8 +144,21 @@ fn node_lost(state: &State, t: &Task) -> bool {
     }
 }
 
-fn new_task(service: &Service, slot: u64, now_ms: u64, placer: &mut ServicePlacer) -> Option<Task> {
+/// A task for `slot`, placed now. With a `delay` it is `New` until then
+/// (its `created_at_ms` is when it may start, which `backoff` reads back).
+fn new_task(
+    service: &Service,
+    slot: u64,
+    now_ms: u64,
+    delay: u64,
+    placer: &mut ServicePlacer,
+) -> Option<Task> {
     let node_id = placer.place()?;
+    let (state, message) = if delay == 0 {
+        (TaskState::Assigned, "assigned".to_string())
+    } else {
+        (TaskState::New, backoff::waiting_message(delay))
+    };
     Some(Task {
         id: random_id(25),
         service_id: service.id.clone(),
@@ -139,10 +167,10 @@ fn new_task(service: &Service, slot: u64, now_ms: u64, placer: &mut ServicePlace
         service_version: service.version,
         node_id: Some(node_id),
         desired_state: DesiredState::Running,
-        state: TaskState::Assigned,
-        message: "assigned".into(),
+        state,
+        message,
         error: None,
-        created_at_ms: now_ms,
+        created_at_ms: now_ms + delay,
         updated_at_ms: now_ms,
         endpoint: None,
     })

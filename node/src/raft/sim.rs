@@ -488,6 +488,9 @@ impl Sim {
                 .tasks
                 .values()
                 .filter(|t| t.node_id.as_deref() == Some(me.as_str()))
+                // As the dispatcher: a `New` task waits out its restart
+                // back-off and is not handed to its node yet.
+                .filter(|t| t.state != swarmlet_proto::TaskState::New)
                 .filter_map(|t| {
                     let state = match t.desired_state {
                         swarmlet_proto::DesiredState::Running

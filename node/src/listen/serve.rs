@@ -153,7 +153,6 @@ pub(super) enum Proto {
     Http2,
 }
 
-
 /// What the driver of one connection watches. Times are milliseconds
 /// since `born`.
 struct Activity {

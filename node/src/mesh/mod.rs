@@ -30,11 +30,11 @@ mod pipe;
 mod serve;
 mod table;
 mod tcp;
-mod tunnel;
 #[cfg(test)]
 mod tcp_tests;
 #[cfg(test)]
 mod tests;
+mod tunnel;
 
 use std::collections::HashMap;
 use std::net::IpAddr;

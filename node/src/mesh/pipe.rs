@@ -8,8 +8,8 @@
 //! Written here rather than with `tokio::io::copy_bidirectional` because
 //! that has no idle timeout and cannot drive an HTTP/2 body.
 
-use std::os::fd::{AsRawFd, RawFd};
 use std::future::Future as _;
+use std::os::fd::{AsRawFd, RawFd};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -218,7 +218,11 @@ impl SocketBody {
     /// ends empty if the sender is dropped).
     pub fn gated(
         activity: Arc<Activity>,
-    ) -> (tokio::sync::oneshot::Sender<OwnedReadHalf>, SocketBody, Gone) {
+    ) -> (
+        tokio::sync::oneshot::Sender<OwnedReadHalf>,
+        SocketBody,
+        Gone,
+    ) {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let (gone_tx, gone) = tokio::sync::oneshot::channel();
         let body = SocketBody {
@@ -289,7 +293,6 @@ impl hyper::body::Body for SocketBody {
         SizeHint::default()
     }
 }
-
 
 #[cfg(test)]
 mod tests {

@@ -158,7 +158,8 @@ impl Mesh {
     #[cfg(test)]
     pub(super) fn set_tcp_idle(&self, idle: Duration) {
         let ms = u64::try_from(idle.as_millis()).unwrap_or(u64::MAX);
-        self.tcp_idle_ms.store(ms, std::sync::atomic::Ordering::Relaxed);
+        self.tcp_idle_ms
+            .store(ms, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// How long a proxied TCP connection may stay silent.

@@ -126,13 +126,19 @@ async fn open(to: SocketAddr) -> (String, BufReader<TcpStream>) {
         .await
         .expect("a replica greets within a minute")
         .expect("read the greeting");
-    assert!(line.ends_with('\n'), "the connection closed before a replica greeted: {line:?}");
+    assert!(
+        line.ends_with('\n'),
+        "the connection closed before a replica greeted: {line:?}"
+    );
     (line.trim().to_string(), r)
 }
 
 /// Sends `data`, half-closes, and reads the echo to the end.
 async fn echo(r: BufReader<TcpStream>, data: &[u8]) -> Vec<u8> {
-    assert!(r.buffer().is_empty(), "only the greeting came before the echo");
+    assert!(
+        r.buffer().is_empty(),
+        "only the greeting came before the echo"
+    );
     let mut s = r.into_inner();
     let (mut rd, mut wr) = s.split();
     let write = async {
@@ -164,10 +170,7 @@ async fn connections_go_round_robin_to_local_replicas_and_skip_one_that_refuses(
     let a = backend("127.23.0.11", "web.1").await;
     let b = backend("127.23.0.12", "web.2").await;
     // A replica whose container does not listen (crashed): refused.
-    let dead = SocketAddr::new(
-        IpAddr::from([127, 23, 0, 13]),
-        free_port("127.23.0.13"),
-    );
+    let dead = SocketAddr::new(IpAddr::from([127, 23, 0, 13]), free_port("127.23.0.13"));
     let mesh = mesh_at("127.23.0.1");
     mesh.set_backends(service(vec![
         endpoint("t1", "web.1", a.addr),
@@ -191,7 +194,10 @@ async fn connections_go_round_robin_to_local_replicas_and_skip_one_that_refuses(
         seen["web.1"] >= 4 && seen["web.2"] >= 4,
         "spread over both live replicas: {seen:?}"
     );
-    assert_eq!(a.accepted.load(Ordering::SeqCst) + b.accepted.load(Ordering::SeqCst), 12);
+    assert_eq!(
+        a.accepted.load(Ordering::SeqCst) + b.accepted.load(Ordering::SeqCst),
+        12
+    );
 
     // A large transfer both ways, with the client half-closing its side
     // first: every byte arrives, in order.
@@ -227,7 +233,10 @@ async fn a_draining_replica_gets_no_new_connection_and_its_open_ones_finish() {
     }
     // web.1's open connection still works; the drain waits for it.
     let r = held.remove("web.1").unwrap();
-    assert!(!drained.is_finished(), "a connection is still open in web.1");
+    assert!(
+        !drained.is_finished(),
+        "a connection is still open in web.1"
+    );
     let got = echo(r, b"still here").await;
     assert_eq!(got, b"still here");
     tokio::time::timeout(Duration::from_secs(60), drained)
@@ -250,7 +259,11 @@ async fn a_full_port_holds_new_connections_until_one_ends() {
     // mesh, so no connection to the replica is made for it.
     let third = tokio::spawn(open(to));
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(a.accepted.load(Ordering::SeqCst), 2, "the cap is 2 connections");
+    assert_eq!(
+        a.accepted.load(Ordering::SeqCst),
+        2,
+        "the cap is 2 connections"
+    );
     assert!(!third.is_finished());
     drop(first);
     let (name, r) = tokio::time::timeout(Duration::from_secs(60), third)
@@ -299,10 +312,18 @@ async fn a_node_without_replicas_tunnels_to_another_node_and_skips_a_dead_one() 
     for i in 0..8 {
         let (name, r) = open(to).await;
         let data = format!("through the tunnel {i}");
-        assert_eq!(echo(r, data.as_bytes()).await, data.as_bytes(), "via {name}");
+        assert_eq!(
+            echo(r, data.as_bytes()).await,
+            data.as_bytes(),
+            "via {name}"
+        );
         *seen.entry(name).or_default() += 1;
     }
-    assert_eq!(seen.len(), 2, "both of B's replicas, each as asked: {seen:?}");
+    assert_eq!(
+        seen.len(),
+        2,
+        "both of B's replicas, each as asked: {seen:?}"
+    );
     // The dead node left rotation after its first failure.
     let t = a.mesh.table.load();
     let out = t.rotations[SVC]
@@ -390,6 +411,7 @@ async fn an_idle_tunnel_is_closed_at_both_ends() {
     }
     let (name, mut r) = open(to).await;
     assert_eq!(name, "web.1");
+    let silent_since = std::time::Instant::now();
     // Silent: the mesh closes it (the client reads EOF) and the replica's
     // side is closed too.
     let mut rest = Vec::new();
@@ -397,9 +419,55 @@ async fn an_idle_tunnel_is_closed_at_both_ends() {
         .await
         .expect("the idle connection was never closed");
     assert!(n.is_ok() || rest.is_empty(), "{n:?}");
+    assert!(
+        silent_since.elapsed() >= Duration::from_millis(250),
+        "closed after {:?}, before it was idle for the timeout",
+        silent_since.elapsed()
+    );
     until("the replica's connection closed", || {
         web1.open.load(Ordering::SeqCst) == 0
     })
     .await;
     assert_eq!(web1.accepted.load(Ordering::SeqCst), 1);
+}
+
+/// Not a test: a bench fixture. Serves `SWARMLET_BENCH_BACKEND` (e.g. an
+/// nginx on 127.0.0.1:8080) as one container replica on node B, published
+/// on B at 127.23.5.2:18082 (a local replica) and on node A at
+/// 127.23.5.1:18081 (through a tunnel to B), for `SWARMLET_BENCH_SECS`;
+/// run wrk against both meanwhile.
+/// `SWARMLET_BENCH_BACKEND=127.0.0.1:8080 cargo test --release -p swarmlet --lib bench_fixture -- --ignored --nocapture`
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "a bench fixture, run by hand"]
+async fn bench_fixture() {
+    let backend: SocketAddr = std::env::var("SWARMLET_BENCH_BACKEND")
+        .expect("SWARMLET_BENCH_BACKEND=IP:PORT")
+        .parse()
+        .expect("IP:PORT");
+    let secs: u64 = std::env::var("SWARMLET_BENCH_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(600);
+    let ca = pki::create_ca("c1").unwrap();
+    let (a_id, b_id) = ("a00000000000000000000000a", "b00000000000000000000000b");
+    let a = start_node("127.23.5.1", a_id, &node_certs(&ca, a_id, CertRole::Worker)).await;
+    let b = start_node("127.23.5.2", b_id, &node_certs(&ca, b_id, CertRole::Worker)).await;
+    b.mesh
+        .set_backends(service(vec![endpoint("t1", "web.1", backend)]));
+    let view = |port| tcp_routes(port, vec![replica("t1", "web.1", b_id, &b.cluster_addr)]);
+    for (mesh, ip, port) in [
+        (&a.mesh, "127.23.5.1", 18081),
+        (&b.mesh, "127.23.5.2", 18082),
+    ] {
+        mesh.set_routes(view(port));
+        let failed = mesh.sync_listeners(&[Publish {
+            port,
+            service_id: SVC.into(),
+            service_name: "web".into(),
+            mode: MeshMode::Tcp,
+        }]);
+        assert!(failed.is_empty(), "{ip}:{port}: {failed:?}");
+    }
+    println!("tunnel: 127.23.5.1:18081  local: 127.23.5.2:18082  for {secs} s");
+    tokio::time::sleep(Duration::from_secs(secs)).await;
 }

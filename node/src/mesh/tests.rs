@@ -203,7 +203,11 @@ fn failing_and_tried_nodes_are_skipped_while_others_remain() {
 
 // ---- forwarding between real cluster ports ----
 
-pub(super) fn node_certs(ca: &swarmlet_proto::cluster::CaMaterial, id: &str, role: CertRole) -> NodeCerts {
+pub(super) fn node_certs(
+    ca: &swarmlet_proto::cluster::CaMaterial,
+    id: &str,
+    role: CertRole,
+) -> NodeCerts {
     let key = pki::new_csr(id).unwrap();
     let cert_pem = Ca::load(ca)
         .unwrap()

@@ -89,9 +89,9 @@ pub async fn open(
         conn.ready()
             .await
             .map_err(|e| OpenFailure::Node(format!("the connection closed: {e}")))?;
-        conn.send_request(req).await.map_err(|e| {
-            OpenFailure::Node(format!("the tunnel request failed: {e}"))
-        })
+        conn.send_request(req)
+            .await
+            .map_err(|e| OpenFailure::Node(format!("the tunnel request failed: {e}")))
     };
     let resp = match tokio::time::timeout(OPEN_TIMEOUT, sent).await {
         Ok(r) => r?,
@@ -130,13 +130,19 @@ impl Mesh {
     /// on the cluster port, route already authorized): connects to the task
     /// if it runs here, else to another local replica of the service, and
     /// streams both ways; 503 + `swarmlet-no-replica` when none connects.
-    pub(super) async fn serve_tunnel(&self, req: hyper::Request<Incoming>) -> hyper::Response<Body> {
+    pub(super) async fn serve_tunnel(
+        &self,
+        req: hyper::Request<Incoming>,
+    ) -> hyper::Response<Body> {
         let path = req.uri().path();
         let Some((service_id, task_id)) = path
             .strip_prefix(TUNNEL_PREFIX)
             .and_then(|rest| rest.split_once('/'))
         else {
-            return text_response(404, format!("not a tunnel path: {TUNNEL_PREFIX}SERVICE_ID/TASK_ID\n"));
+            return text_response(
+                404,
+                format!("not a tunnel path: {TUNNEL_PREFIX}SERVICE_ID/TASK_ID\n"),
+            );
         };
         let table = self.table.load_full();
         let Some(service) = table.local.get(service_id) else {
@@ -200,7 +206,9 @@ pub async fn connect_local(l: &Local) -> Result<tokio::net::TcpStream, String> {
             Ok(s)
         }
         Ok(Err(e)) => Err(format!("connecting to {addr}: {e}")),
-        Err(_) => Err(format!("no connection to {addr} within {LOCAL_CONNECT_TIMEOUT:?}")),
+        Err(_) => Err(format!(
+            "no connection to {addr} within {LOCAL_CONNECT_TIMEOUT:?}"
+        )),
     }
 }
 

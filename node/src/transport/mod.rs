@@ -262,7 +262,12 @@ mod authz_tests {
             (&worker, Method::POST, "/v1/mesh/tcp/svc/task", true),
             (&manager, Method::POST, "/v1/mesh/tcp/svc/task", true),
             (&Peer::Client, Method::POST, "/v1/mesh/tcp/svc/task", false),
-            (&Peer::Anonymous, Method::POST, "/v1/mesh/tcp/svc/task", false),
+            (
+                &Peer::Anonymous,
+                Method::POST,
+                "/v1/mesh/tcp/svc/task",
+                false,
+            ),
             (&worker, Method::POST, "/v1/raft/messages", false),
             (&worker, Method::GET, "/v1/services", false),
             (&worker, Method::GET, "/v1/nodes", false),

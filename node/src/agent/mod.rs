@@ -395,12 +395,32 @@ impl Agent {
         // Per-service settings (limits, egress, reuse) come from the spec.
         let mut by_service: HashMap<String, ServiceBackends> = HashMap::new();
         for (task_id, l) in replicas {
-            // Only in-process replicas: the mesh does not forward to task
-            // endpoints (containers) yet.
-            let Some(Serving::InProcess(app)) = &l.serving else {
-                continue;
-            };
             let spec = view.services.get(&l.service_id).map(|s| &s.spec);
+            let app = match &l.serving {
+                Some(Serving::InProcess(app)) => app,
+                // A container: TCP ports connect to its address.
+                Some(Serving::Endpoint(e)) => {
+                    let Some(addr) = endpoint_addr(e) else {
+                        continue;
+                    };
+                    by_service
+                        .entry(l.service_id.clone())
+                        .or_insert_with(|| ServiceBackends {
+                            name: l.service_name.clone(),
+                            max_concurrent: DEFAULT_CONCURRENT_REQUESTS,
+                            list: Vec::new(),
+                        })
+                        .list
+                        .push(Backend::LocalEndpoint {
+                            replica: l.name.clone(),
+                            task_id: task_id.clone(),
+                            addr,
+                            drain_max: spec.map_or(crate::mesh::DRAIN_MAX, |s| s.stop_grace()),
+                        });
+                    continue;
+                }
+                None => continue,
+            };
             let entry = by_service
                 .entry(l.service_id.clone())
                 .or_insert_with(|| ServiceBackends {
@@ -433,6 +453,16 @@ impl Agent {
         }
         self.mesh.set_backends(by_service);
     }
+}
+
+/// A container's address as the mesh connects to it (`None`: it listens
+/// on no port, or the runtime reported an address that is not an IP).
+fn endpoint_addr(e: &TaskEndpoint) -> Option<std::net::SocketAddr> {
+    if e.port == 0 {
+        return None;
+    }
+    let ip: std::net::IpAddr = e.addr.parse().ok()?;
+    Some(std::net::SocketAddr::new(ip, e.port))
 }
 
 fn replica(task: &AssignedTask, service: &Service, supervisor: Supervisor) -> Replica {

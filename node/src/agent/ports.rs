@@ -24,6 +24,7 @@ pub fn sync(mesh: &Arc<Mesh>, routes: &Routes) -> Vec<PortProblem> {
             port: p.port,
             service_id: p.service_id.clone(),
             service_name: p.service_name.clone(),
+            mode: p.mode,
         })
         .collect();
     let mut problems: Vec<PortProblem> = mesh

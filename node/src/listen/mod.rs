@@ -130,6 +130,23 @@ impl Budget {
         }
     }
 
+    /// `n` places of the budget, for a listener with its own accept loop
+    /// (the mesh's TCP ports take two: the client's and the replica's
+    /// connection). `None` once the budget is closed.
+    pub async fn reserve(&self, n: u32) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        self.fds.clone().acquire_many_owned(n).await.ok()
+    }
+
+    /// Counts a connection accepted with `permit` (from `reserve`) as open
+    /// until the returned guard is dropped.
+    pub fn opened(self: &Arc<Self>, permit: tokio::sync::OwnedSemaphorePermit) -> Open {
+        self.conn_opened();
+        Open {
+            budget: self.clone(),
+            _permit: permit,
+        }
+    }
+
     /// Waits until no connection is open (after every listener was closed).
     pub async fn drained(&self) {
         loop {
@@ -141,6 +158,18 @@ impl Budget {
             }
             notified.await;
         }
+    }
+}
+
+/// One open connection's share of the budget; released on drop.
+pub struct Open {
+    budget: Arc<Budget>,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.budget.conn_closed();
     }
 }
 

@@ -13,10 +13,10 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::{watch, OwnedSemaphorePermit};
+use tokio::sync::watch;
 
 use super::table::{Conn, Table};
-use super::{Budget, Limits};
+use super::{Budget, Limits, Open};
 
 /// A listening socket: TCP or unix.
 pub trait Accept: Send + 'static {
@@ -151,18 +151,6 @@ pub(super) async fn accept_loop<A, F, Fut>(
 pub(super) enum Proto {
     Http1,
     Http2,
-}
-
-/// One open connection's share of the budget; released on drop.
-pub(super) struct Open {
-    budget: Arc<Budget>,
-    _permit: OwnedSemaphorePermit,
-}
-
-impl Drop for Open {
-    fn drop(&mut self) {
-        self.budget.conn_closed();
-    }
 }
 
 /// What the driver of one connection watches. Times are milliseconds

@@ -26,10 +26,15 @@ mod forward;
 mod headers;
 mod health;
 mod listener;
+mod pipe;
 mod serve;
 mod table;
+mod tcp;
+#[cfg(test)]
+mod tcp_tests;
 #[cfg(test)]
 mod tests;
+mod tunnel;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -39,12 +44,13 @@ use std::time::Duration;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use swarmlet_proto::dispatcher::Routes;
+pub use swarmlet_proto::MeshMode;
 use tokio::sync::Semaphore;
 
 use crate::runtime::wasm::{ServiceSettings, WasmApp};
 use crate::transport::ClusterPort;
 pub use headers::{FORWARDED_BY, MESH_PREFIX, NO_REPLICA};
-use table::{Inputs, Local, Remote, ServiceInput, Table};
+use table::{Inputs, Local, Remote, Serves, ServiceInput, Table};
 
 /// Requests one service serves at once on this node unless its
 /// `--max-concurrent-requests` says otherwise: well under the instance
@@ -65,6 +71,16 @@ pub enum Backend {
         /// The replica's task (matches the routing view's entries).
         task_id: String,
     },
+    /// A replica on this node reached at its own address (a container):
+    /// TCP ports connect to it.
+    LocalEndpoint {
+        replica: String,
+        task_id: String,
+        addr: std::net::SocketAddr,
+        /// Longest its open connections may keep it from stopping (the
+        /// service's stop grace period).
+        drain_max: Duration,
+    },
     /// A replica on another node, reached over its cluster port.
     Remote {
         node_id: String,
@@ -79,7 +95,9 @@ impl Backend {
     /// The replica's name (`hello.2`).
     pub fn replica(&self) -> &str {
         match self {
-            Backend::LocalWasm { replica, .. } | Backend::Remote { replica, .. } => replica,
+            Backend::LocalWasm { replica, .. }
+            | Backend::LocalEndpoint { replica, .. }
+            | Backend::Remote { replica, .. } => replica,
         }
     }
 }
@@ -98,6 +116,8 @@ pub struct Publish {
     pub port: u16,
     pub service_id: String,
     pub service_name: String,
+    /// What the port speaks: HTTP (wasm services) or TCP (containers).
+    pub mode: MeshMode,
 }
 
 pub struct Mesh {
@@ -115,6 +135,8 @@ pub struct Mesh {
     listeners: Mutex<HashMap<u16, listener::Listener>>,
     /// Set by `close_all`: the daemon is stopping, no port opens again.
     closed: std::sync::atomic::AtomicBool,
+    /// How long a proxied TCP connection may stay silent (milliseconds).
+    tcp_idle_ms: std::sync::atomic::AtomicU64,
 }
 
 impl Mesh {
@@ -132,6 +154,9 @@ impl Mesh {
             cluster: ArcSwapOption::empty(),
             listeners: Mutex::new(HashMap::new()),
             closed: Default::default(),
+            tcp_idle_ms: std::sync::atomic::AtomicU64::new(
+                u64::try_from(tcp::TCP_IDLE_TIMEOUT.as_millis()).unwrap_or(u64::MAX),
+            ),
         })
     }
 
@@ -168,19 +193,35 @@ impl Mesh {
                             replicas.push(Arc::new(Local {
                                 task_id,
                                 name: replica,
-                                app,
-                                settings,
+                                serves: Serves::Wasm { app, settings },
                                 inflight,
+                                drain_max: DRAIN_MAX,
+                            }));
+                        }
+                        Backend::LocalEndpoint {
+                            replica,
+                            task_id,
+                            addr,
+                            drain_max,
+                        } => {
+                            let inflight = inflight.remove(&task_id).unwrap_or_default();
+                            replicas.push(Arc::new(Local {
+                                task_id,
+                                name: replica,
+                                serves: Serves::Endpoint(addr),
+                                inflight,
+                                drain_max,
                             }));
                         }
                         Backend::Remote {
                             node_id,
                             addr,
                             replica,
-                            task_id: _,
+                            task_id,
                         } => remotes.push(Arc::new(Remote {
                             health: inputs.health(&node_id),
                             name: replica,
+                            task_id,
                             node_id,
                             addr,
                         })),
@@ -260,14 +301,15 @@ impl Mesh {
                     if inside > 0 {
                         tracing::debug!(task = %local.name, inside, "draining: waiting for requests in flight");
                     }
-                    if tokio::time::timeout(DRAIN_MAX, local.inflight.idle())
+                    let max = local.drain_max;
+                    if tokio::time::timeout(max, local.inflight.idle())
                         .await
                         .is_err()
                     {
                         tracing::warn!(
                             task = %local.name,
                             inside = local.inflight.count(),
-                            "requests still in flight after {DRAIN_MAX:?}; stopping the replica anyway"
+                            "requests or connections still open after {max:?}; stopping the replica anyway"
                         );
                     }
                     mesh.drained(&sid, &local);
@@ -311,7 +353,7 @@ impl Mesh {
         listeners.retain(|port, l| {
             let keep = desired
                 .iter()
-                .any(|p| p.port == *port && p.service_id == l.service_id);
+                .any(|p| p.port == *port && p.service_id == l.service_id && p.mode == l.mode);
             if !keep {
                 tracing::info!(port, "closing published port");
             }

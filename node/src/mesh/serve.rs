@@ -24,7 +24,7 @@ use super::drain::Tracked;
 use super::forward::{self, Failure, Head};
 use super::headers::{self, NO_REPLICA};
 use super::health::now_ms;
-use super::table::{Local, LocalService, Remote, Replica, Rotation};
+use super::table::{Local, LocalService, Remote, Replica, Rotation, Serves};
 use super::Mesh;
 use crate::body::{text_response, Body};
 use crate::runtime::wasm::QUEUE_WAIT;
@@ -230,7 +230,7 @@ impl Mesh {
         }
     }
 
-    fn node_failed(&self, remote: &Remote, why: &str) {
+    pub(super) fn node_failed(&self, remote: &Remote, why: &str) {
         if remote.health.failed(now_ms()) {
             tracing::warn!(
                 node = %remote.node_id,
@@ -254,6 +254,9 @@ impl Mesh {
         &self,
         mut req: hyper::Request<Incoming>,
     ) -> hyper::Response<Body> {
+        if req.uri().path().starts_with(super::tunnel::TUNNEL_PREFIX) {
+            return self.serve_tunnel(req).await;
+        }
         let pq = req
             .uri()
             .path_and_query()
@@ -314,7 +317,16 @@ async fn serve_local(
             );
         }
     };
-    let resp = l.app.handle(&l.name, &l.settings, permit, req).await;
+    let Serves::Wasm { app, settings } = &l.serves else {
+        return text_response(
+            502,
+            format!(
+                "replica {} is a container: it is reached on TCP ports only\n",
+                l.name
+            ),
+        );
+    };
+    let resp = app.handle(&l.name, settings, permit, req).await;
     Tracked::wrap(resp, inside)
 }
 

@@ -24,20 +24,35 @@ use super::drain::InFlight;
 use super::health::Health;
 use crate::runtime::wasm::{ServiceSettings, WasmApp};
 
-/// A replica on this node, served in process.
+/// A replica on this node.
 pub struct Local {
     pub task_id: String,
     /// `hello.2`: the guest sees it as `SWARMLET_TASK_NAME`.
     pub name: String,
-    pub app: Arc<WasmApp>,
-    pub settings: Arc<ServiceSettings>,
+    pub serves: Serves,
+    /// Requests (HTTP) or connections (TCP) inside it.
     pub inflight: Arc<InFlight>,
+    /// Longest stopping it waits for what is inside.
+    pub drain_max: std::time::Duration,
+}
+
+/// How a local replica is reached.
+pub enum Serves {
+    /// A wasm component, called in process (HTTP ports).
+    Wasm {
+        app: Arc<WasmApp>,
+        settings: Arc<ServiceSettings>,
+    },
+    /// A container at its own address: the mesh connects to it (TCP ports).
+    Endpoint(std::net::SocketAddr),
 }
 
 /// A replica on another node, reached over the cluster port.
 #[derive(Debug)]
 pub struct Remote {
     pub name: String,
+    /// The replica's task (a TCP tunnel asks the node for it).
+    pub task_id: String,
     pub node_id: String,
     /// The node's cluster port, IP:PORT.
     pub addr: String,
@@ -121,6 +136,11 @@ impl Rotation {
     /// (tried already by this request) and, while others remain, those on
     /// nodes whose connection failed lately.
     pub fn pick(&self, skip: &[Option<&str>], now: u64) -> Option<&Replica> {
+        self.pick_where(now, |r| skip.contains(&r.node()))
+    }
+
+    /// `pick` with the replicas to skip (tried already) chosen by `skip`.
+    pub fn pick_where(&self, now: u64, skip: impl Fn(&Replica) -> bool) -> Option<&Replica> {
         let n = self.list.len();
         if n == 0 {
             return None;
@@ -129,7 +149,7 @@ impl Rotation {
         let mut fallback = None;
         for k in 0..n {
             let r = &self.list[(start + k) % n];
-            if skip.contains(&r.node()) {
+            if skip(r) {
                 continue;
             }
             if r.is_out(now) {
@@ -219,7 +239,13 @@ impl Inputs {
         for (sid, list) in draining {
             let name = list
                 .first()
-                .map(|l| l.settings.service.to_string())
+                .map(|l| match &l.serves {
+                    Serves::Wasm { settings, .. } => settings.service.to_string(),
+                    Serves::Endpoint(_) => l
+                        .name
+                        .rsplit_once('.')
+                        .map_or(l.name.clone(), |(n, _)| n.to_string()),
+                })
                 .unwrap_or_default();
             let max = crate::mesh::DEFAULT_CONCURRENT_REQUESTS;
             let slots = old
@@ -283,6 +309,7 @@ impl Inputs {
                     let health = self.health.entry(r.node_id.clone()).or_default().clone();
                     entry.1.push(Replica::Remote(Arc::new(Remote {
                         name: r.name.clone(),
+                        task_id: r.task_id.clone(),
                         node_id: r.node_id.clone(),
                         addr: r.node_addr.clone(),
                         health,

@@ -21,7 +21,7 @@ use crate::pki::{self, Ca, CertRole, NodeCerts};
 use crate::runtime::wasm::WasmRuntime;
 use crate::transport::Peer;
 
-const SVC: &str = "svc0000000001";
+pub(super) const SVC: &str = "svc0000000001";
 
 /// The hello component, loaded once per test process.
 fn hello() -> Arc<WasmApp> {
@@ -68,7 +68,7 @@ fn backends(list: Vec<Backend>) -> HashMap<String, ServiceBackends> {
     .into()
 }
 
-fn replica(task: &str, name: &str, node: &str, addr: &str) -> RouteReplica {
+pub(super) fn replica(task: &str, name: &str, node: &str, addr: &str) -> RouteReplica {
     RouteReplica {
         task_id: task.into(),
         service_id: SVC.into(),
@@ -100,7 +100,7 @@ fn names(t: &Table) -> Vec<(String, Option<String>)> {
         .collect()
 }
 
-fn mesh_at(ip: &str) -> Arc<Mesh> {
+pub(super) fn mesh_at(ip: &str) -> Arc<Mesh> {
     let budget = Budget::new(1024);
     let limits = Limits::new(&budget, None);
     Mesh::new(ip.parse().unwrap(), limits, budget)
@@ -203,7 +203,11 @@ fn failing_and_tried_nodes_are_skipped_while_others_remain() {
 
 // ---- forwarding between real cluster ports ----
 
-fn node_certs(ca: &swarmlet_proto::cluster::CaMaterial, id: &str, role: CertRole) -> NodeCerts {
+pub(super) fn node_certs(
+    ca: &swarmlet_proto::cluster::CaMaterial,
+    id: &str,
+    role: CertRole,
+) -> NodeCerts {
     let key = pki::new_csr(id).unwrap();
     let cert_pem = Ca::load(ca)
         .unwrap()
@@ -218,13 +222,13 @@ fn node_certs(ca: &swarmlet_proto::cluster::CaMaterial, id: &str, role: CertRole
 
 /// A node: a mesh whose cluster port serves forwarded requests as
 /// `api::server::route_cluster_port` does (route check, then the mesh).
-struct TestNode {
-    mesh: Arc<Mesh>,
-    cluster_addr: String,
+pub(super) struct TestNode {
+    pub mesh: Arc<Mesh>,
+    pub cluster_addr: String,
     _closing: watch::Sender<bool>,
 }
 
-async fn start_node(ip: &str, id: &str, certs: &NodeCerts) -> TestNode {
+pub(super) async fn start_node(ip: &str, id: &str, certs: &NodeCerts) -> TestNode {
     let mesh = mesh_at(ip);
     let port = ClusterPort::new();
     port.install(certs).unwrap();
@@ -267,7 +271,7 @@ async fn start_node(ip: &str, id: &str, certs: &NodeCerts) -> TestNode {
 }
 
 /// A free port on `ip` (bound, then released for the mesh to bind).
-fn free_port(ip: &str) -> u16 {
+pub(super) fn free_port(ip: &str) -> u16 {
     std::net::TcpListener::bind(format!("{ip}:0"))
         .unwrap()
         .local_addr()
@@ -320,6 +324,7 @@ async fn a_node_without_replicas_forwards_and_the_guest_sees_the_client() {
         port: published,
         service_id: SVC.into(),
         service_name: "hello".into(),
+        mode: MeshMode::Http,
     }];
     assert!(a.mesh.sync_listeners(&ports).is_empty());
     let to = SocketAddr::new(IpAddr::from([127, 0, 2, 1]), published);

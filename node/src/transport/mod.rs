@@ -258,6 +258,16 @@ mod authz_tests {
             (&manager, Method::GET, "/v1/mesh/svc/", true),
             (&Peer::Client, Method::GET, "/v1/mesh/svc/", false),
             (&Peer::Anonymous, Method::GET, "/v1/mesh/svc/", false),
+            // TCP tunnels: node certificates only.
+            (&worker, Method::POST, "/v1/mesh/tcp/svc/task", true),
+            (&manager, Method::POST, "/v1/mesh/tcp/svc/task", true),
+            (&Peer::Client, Method::POST, "/v1/mesh/tcp/svc/task", false),
+            (
+                &Peer::Anonymous,
+                Method::POST,
+                "/v1/mesh/tcp/svc/task",
+                false,
+            ),
             (&worker, Method::POST, "/v1/raft/messages", false),
             (&worker, Method::GET, "/v1/services", false),
             (&worker, Method::GET, "/v1/nodes", false),

@@ -109,6 +109,22 @@ impl Registry {
     }
 }
 
+/// Whether the `swarmlet` under test runs container services: its daemon
+/// has a container runtime (`--bridge-cidr`) and `service create` takes an
+/// image reference (`--no-resolve-image`). A build capability, not a
+/// missing tool: tests of container services skip without it, in CI too.
+pub fn containers_supported() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| {
+        crate::bridges_enabled()
+            && Command::new(crate::swarmlet_bin())
+                .args(["service", "create", "--help"])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).contains("--no-resolve-image"))
+                .unwrap_or(false)
+    })
+}
+
 /// The tools of `TOOLS` that are not on PATH.
 fn missing_tools() -> Vec<String> {
     TOOLS

@@ -29,7 +29,10 @@ pub const FIRST_DELAY_MS: u64 = 1_000;
 pub const RESET_AFTER_MS: u64 = 10_000;
 
 /// Whether `t` ended on its own (it failed, was rejected, or exited)
-/// soon after it was started: a sign the next one may do the same.
+/// soon after it was started: a sign the next one may do the same. "Ran"
+/// counts from the time it could start (`created_at_ms`) to its last status
+/// change, so it includes an image pull: the store records no separate
+/// start time, and only a first pull is slow.
 fn crashed_soon(t: &Task) -> bool {
     matches!(
         t.state,

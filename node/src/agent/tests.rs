@@ -115,6 +115,7 @@ async fn wasm_replicas_run_serve_and_stop_and_oci_tasks_are_rejected() {
         runtime: runtime.clone(),
         blobs,
         mesh: mesh.clone(),
+        containers: None,
     };
     let (stop_tx, stop_rx) = watch::channel(false);
     let agent = tokio::spawn(agent.run(stop_rx));

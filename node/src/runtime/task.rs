@@ -101,6 +101,26 @@ pub trait Runtime: Send + Sync + 'static {
         task: &AssignedTask,
         service: &Service,
     ) -> Result<Box<dyn Controller>, RuntimeError>;
+
+    /// Called once, after the agent made controllers for the tasks of its
+    /// first assignments: what a previous node process left running and no
+    /// controller took over is no longer assigned here (containers: stopped
+    /// and removed).
+    fn assignments_known(&self) {}
+}
+
+/// A runtime this node could not set up (a container tool is missing):
+/// every task is rejected, saying why and what to install.
+pub struct Unavailable(pub String);
+
+impl Runtime for Unavailable {
+    fn controller(
+        &self,
+        _task: &AssignedTask,
+        _service: &Service,
+    ) -> Result<Box<dyn Controller>, RuntimeError> {
+        Err(RuntimeError::Unsupported(self.0.clone()))
+    }
 }
 
 /// What a node refuses container tasks with while it has no container runtime.
@@ -126,6 +146,14 @@ impl Runtimes {
                 Some(r) => r.controller(task, service),
                 None => Err(RuntimeError::Unsupported(NO_CONTAINERS.into())),
             },
+        }
+    }
+
+    /// See `Runtime::assignments_known`.
+    pub fn assignments_known(&self) {
+        self.wasm.assignments_known();
+        if let Some(c) = &self.containers {
+            c.assignments_known();
         }
     }
 }

@@ -305,3 +305,19 @@ mod node_down_after_tests {
         assert!(cli.is_ok());
     }
 }
+
+#[cfg(test)]
+mod bridge_cidr_tests {
+    use super::parse_cidr;
+
+    #[test]
+    fn bridge_cidr_takes_a_network_or_a_gateway_address() {
+        let net = (std::net::Ipv4Addr::new(10, 221, 0, 0), 16);
+        assert_eq!(parse_cidr("10.221.0.0/16"), Ok(net));
+        assert_eq!(parse_cidr("10.221.0.1/16"), Ok(net), "Docker's --bip form");
+        for bad in ["10.221.0.0", "10.221.0.0/7", "10.221.0.0/31", "x/16", "10.221.0.0/a"] {
+            let e = parse_cidr(bad).expect_err(bad);
+            assert!(e.contains(bad), "{bad}: {e}");
+        }
+    }
+}

@@ -157,3 +157,63 @@ impl Runtimes {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use swarmlet_proto::{DesiredState, ServiceSpec};
+
+    use super::*;
+
+    fn oci_service() -> Service {
+        Service {
+            id: "s".into(),
+            spec: ServiceSpec {
+                name: "web".into(),
+                replicas: 1,
+                image: Image::Oci {
+                    reference: "nginx:1.27".into(),
+                    digest: None,
+                },
+                ports: vec![],
+                limits: Default::default(),
+                allow_outbound: vec![],
+                instance_reuse: 0,
+                env: vec![],
+                stop_grace_period_ms: None,
+            },
+            version: 1,
+            created_at_ms: 0,
+            updated_at_ms: 0,
+        }
+    }
+
+    #[test]
+    fn a_node_without_container_tools_rejects_container_tasks_saying_why() {
+        let why = "this node cannot run containers: `runc` is not installed: install runc";
+        let runtimes = Runtimes {
+            wasm: Arc::new(Unavailable("no wasm here".into())),
+            containers: Some(Arc::new(Unavailable(why.into()))),
+        };
+        let task = AssignedTask {
+            id: "t".into(),
+            service_id: "s".into(),
+            service_name: "web".into(),
+            slot: 1,
+            service_version: 1,
+            desired_state: DesiredState::Running,
+            state: TaskState::Assigned,
+        };
+        let err = runtimes
+            .controller(&task, &oci_service())
+            .err()
+            .expect("rejected");
+        assert_eq!(err, RuntimeError::Unsupported(why.into()));
+        assert_eq!(err.state(), TaskState::Rejected);
+        let none = Runtimes {
+            containers: None,
+            ..runtimes
+        };
+        let err = none.controller(&task, &oci_service()).err().expect("rejected");
+        assert_eq!(err.to_string(), NO_CONTAINERS);
+    }
+}

@@ -269,9 +269,10 @@ async fn next(events: &mut mpsc::UnboundedReceiver<Event>, what: &str) -> Event 
 
 fn endpoint(e: Event) -> (String, TaskEndpoint) {
     match e {
-        Event::Started { task_id, serving } => {
-            (task_id, serving.endpoint().expect("a container has an endpoint"))
-        }
+        Event::Started { task_id, serving } => (
+            task_id,
+            serving.endpoint().expect("a container has an endpoint"),
+        ),
         Event::Failed { task_id, error } => panic!("{task_id} failed: {error}"),
         Event::Exited { task_id, exit } => panic!("{task_id} exited: {}", exit.message),
         Event::Stopped { task_id } => panic!("{task_id} stopped"),
@@ -280,7 +281,9 @@ fn endpoint(e: Event) -> (String, TaskEndpoint) {
 
 /// GET / at the endpoint; polls (bounded) until something answers.
 fn get(ep: &TaskEndpoint) -> String {
-    let addr: SocketAddr = format!("{}:{}", ep.addr, ep.port).parse().expect("endpoint");
+    let addr: SocketAddr = format!("{}:{}", ep.addr, ep.port)
+        .parse()
+        .expect("endpoint");
     let mut last = String::new();
     for _ in 0..600 {
         match TcpStream::connect_timeout(&addr, Duration::from_secs(5)) {
@@ -375,13 +378,24 @@ async fn three_replicas_pull_once_serve_and_stop_cleanly() {
     for _ in 0..3 {
         endpoints.push(endpoint(next(&mut events, "three replicas started").await));
     }
-    assert_eq!(tasks.pull_count(), 1, "3 replicas of one image pull it once");
+    assert_eq!(
+        tasks.pull_count(),
+        1,
+        "3 replicas of one image pull it once"
+    );
     let mut addrs: Vec<&str> = endpoints.iter().map(|(_, e)| e.addr.as_str()).collect();
     addrs.sort();
     addrs.dedup();
-    assert_eq!(addrs.len(), 3, "each replica has its own address: {endpoints:?}");
+    assert_eq!(
+        addrs.len(),
+        3,
+        "each replica has its own address: {endpoints:?}"
+    );
     for (tid, ep) in &endpoints {
-        assert_eq!(ep.port, 80, "the endpoint port is the service's target port");
+        assert_eq!(
+            ep.port, 80,
+            "the endpoint port is the service's target port"
+        );
         let info = tasks.runtime().info(tid).expect("info");
         assert_eq!(info.ip.to_string(), ep.addr);
         let body = get(ep);
@@ -399,7 +413,10 @@ async fn three_replicas_pull_once_serve_and_stop_cleanly() {
             .collect();
         assert!(env.contains(&"NGINX_MODE=service"), "{env:?}");
         assert!(!env.contains(&"NGINX_MODE=image"), "{env:?}");
-        assert!(env.contains(&"KEEP=1") && env.contains(&"EXTRA=1"), "{env:?}");
+        assert!(
+            env.contains(&"KEEP=1") && env.contains(&"EXTRA=1"),
+            "{env:?}"
+        );
         assert_eq!(
             config["linux"]["resources"]["memory"]["limit"].as_i64(),
             Some(64 << 20)
@@ -425,10 +442,17 @@ async fn three_replicas_pull_once_serve_and_stop_cleanly() {
             Event::Started { task_id, .. } => panic!("{task_id} started again"),
         }
     }
-    assert!(tasks.runtime().ids().is_empty(), "{:?}", tasks.runtime().ids());
+    assert!(
+        tasks.runtime().ids().is_empty(),
+        "{:?}",
+        tasks.runtime().ids()
+    );
     for tid in &ids {
         assert!(shims(&cfg.namespace, tid).is_empty(), "shim of {tid} left");
-        assert!(!cfg.root.join("tasks").join(tid).exists(), "bundle of {tid} left");
+        assert!(
+            !cfg.root.join("tasks").join(tid).exists(),
+            "bundle of {tid} left"
+        );
     }
     drop(runtime);
     drop(tasks);
@@ -488,11 +512,17 @@ async fn bad_images_and_commands_fail_the_task_saying_why() {
     assert!(e.contains("exited with code 1"), "{e}");
     assert!(e.contains("missing.conf"), "the log tail is quoted: {e}");
 
-    until("every failed task removed", || tasks.runtime().ids().is_empty()).await;
+    until("every failed task removed", || {
+        tasks.runtime().ids().is_empty()
+    })
+    .await;
     for n in ["ctr2a", "ctr2b", "ctr2c", "ctr2d"] {
         let tid = id(n);
         assert!(shims(&cfg.namespace, &tid).is_empty(), "shim of {tid} left");
-        assert!(!cfg.root.join("tasks").join(&tid).exists(), "bundle of {tid} left");
+        assert!(
+            !cfg.root.join("tasks").join(&tid).exists(),
+            "bundle of {tid} left"
+        );
     }
     drop(runtime);
     drop(tasks);
@@ -508,12 +538,17 @@ async fn a_restarted_node_adopts_assigned_containers_and_removes_the_rest() {
     let cfg = config(3);
     let tasks1 = tasks(&cfg).await;
     let runtime: Arc<dyn Runtime> = Arc::new(tasks1.clone());
-    let svc = service(oci(&format!("{reg}/nginx:1.27"), true, &puller(&cfg)).await, &[80]);
+    let svc = service(
+        oci(&format!("{reg}/nginx:1.27"), true, &puller(&cfg)).await,
+        &[80],
+    );
     let (kept, orphan) = (id("ctr3keep"), id("ctr3gone"));
     let (tx, mut events) = mpsc::unbounded_channel();
     let mut handles = Vec::new();
     for (n, tid) in [&kept, &orphan].into_iter().enumerate() {
-        let c = runtime.controller(&task(tid, n as u64 + 1), &svc).expect("controller");
+        let c = runtime
+            .controller(&task(tid, n as u64 + 1), &svc)
+            .expect("controller");
         handles.push(Supervisor::spawn(tid.clone(), c, tx.clone()));
     }
     let mut before = std::collections::HashMap::new();
@@ -543,12 +578,18 @@ async fn a_restarted_node_adopts_assigned_containers_and_removes_the_rest() {
     assert_eq!(adopted, want, "both running containers found");
     let runtime: Arc<dyn Runtime> = Arc::new(tasks2.clone());
     let (tx, mut events) = mpsc::unbounded_channel();
-    let c = runtime.controller(&task(&kept, 1), &svc).expect("controller");
+    let c = runtime
+        .controller(&task(&kept, 1), &svc)
+        .expect("controller");
     let h = Supervisor::spawn(kept.clone(), c, tx);
     let (tid, ep) = endpoint(next(&mut events, "the kept task adopted").await);
     assert_eq!(tid, kept);
     assert_eq!(ep, before[&kept], "the same container, the same endpoint");
-    assert_eq!(shims(&cfg.namespace, &kept), kept_shim, "no second container");
+    assert_eq!(
+        shims(&cfg.namespace, &kept),
+        kept_shim,
+        "no second container"
+    );
     assert!(get(&ep).contains("hello from nginx"));
     assert_eq!(tasks2.pull_count(), 0, "an adopted container pulls nothing");
 
@@ -561,14 +602,20 @@ async fn a_restarted_node_adopts_assigned_containers_and_removes_the_rest() {
     })
     .await;
     assert!(tasks2.adopted().is_empty());
-    assert!(get(&ep).contains("hello from nginx"), "the kept one still serves");
+    assert!(
+        get(&ep).contains("hello from nginx"),
+        "the kept one still serves"
+    );
 
     h.stop(svc.spec.stop_grace(), Box::pin(async {}));
     match next(&mut events, "the kept task stopped").await {
         Event::Stopped { .. } => {}
         _ => panic!("the kept task did not stop cleanly"),
     }
-    assert!(shims(&cfg.namespace, &kept).is_empty(), "shim of {kept} left");
+    assert!(
+        shims(&cfg.namespace, &kept).is_empty(),
+        "shim of {kept} left"
+    );
     drop(runtime);
     drop(tasks2);
     finish(&cfg).await;

@@ -259,8 +259,7 @@ mod containers {
     use super::*;
     use crate::image::{ImageConfig, ImageInfo, ImageStore, Puller, RegistryOptions};
     use crate::runtime::container::{
-        cgroup_dirs, remove_bridge, ContainerRuntime, ContainerTasks, NetworkConfig,
-        RuntimeConfig,
+        cgroup_dirs, remove_bridge, ContainerRuntime, ContainerTasks, NetworkConfig, RuntimeConfig,
     };
 
     fn can_run() -> bool {
@@ -268,9 +267,8 @@ mod containers {
         let missing: Vec<&str> = tools
             .into_iter()
             .filter(|t| {
-                !std::env::var_os("PATH").is_some_and(|p| {
-                    std::env::split_paths(&p).any(|d| d.join(t).is_file())
-                })
+                !std::env::var_os("PATH")
+                    .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(t).is_file()))
             })
             .collect();
         // SAFETY: geteuid has no preconditions.
@@ -295,13 +293,20 @@ mod containers {
     /// a pull would fail).
     fn import_nginx(store: &ImageStore) -> String {
         let tmp = store.temp_dir().unwrap();
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/images/nginx-rootfs.sh");
+        let script = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../scripts/images/nginx-rootfs.sh"
+        );
         let out = std::process::Command::new("bash")
             .arg(script)
             .arg(tmp.path())
             .output()
             .expect("run nginx-rootfs.sh");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let layer = sha("agent test nginx layer");
         store.commit_layer(tmp, &layer, 0).unwrap();
         let manifest = sha("agent test nginx manifest");
@@ -335,7 +340,9 @@ mod containers {
                 let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
                 args.first()
                     .is_some_and(|a| a.ends_with(b"containerd-shim-runc-v2"))
-                    && args.windows(2).any(|w| w == [b"-namespace", namespace.as_bytes()])
+                    && args
+                        .windows(2)
+                        .any(|w| w == [b"-namespace", namespace.as_bytes()])
                     && args.windows(2).any(|w| w == [b"-id", id.as_bytes()])
             })
             .count()
@@ -365,8 +372,12 @@ mod containers {
             crate::identity::random_id(6)
         ));
         let blobs = Arc::new(Blobs::open(&dir.join("blobs"), 64 << 20).unwrap());
-        let wasm = WasmRuntime::new(dir.join("cache"), Duration::from_secs(5), Default::default())
-            .unwrap();
+        let wasm = WasmRuntime::new(
+            dir.join("cache"),
+            Duration::from_secs(5),
+            Default::default(),
+        )
+        .unwrap();
         let store = Arc::new(ImageStore::open(&dir).unwrap());
         let digest = import_nginx(&store);
         let images = Arc::new(Puller::new(store, RegistryOptions::default()).unwrap());
@@ -446,12 +457,18 @@ mod containers {
         let endpoint = stored(&c, "n1").endpoint.expect("n1 reports its endpoint");
         assert_eq!(endpoint.port, 80, "the service's target port");
         assert!(endpoint.addr.starts_with("10.221.99."), "{endpoint:?}");
-        let addr: SocketAddr = format!("{}:{}", endpoint.addr, endpoint.port).parse().unwrap();
+        let addr: SocketAddr = format!("{}:{}", endpoint.addr, endpoint.port)
+            .parse()
+            .unwrap();
         wait_for("nginx of n1 answering at its endpoint", async || {
             http_ok(addr).await
         })
         .await;
-        assert_eq!(tasks.pull_count(), 0, "the stored image is used, not pulled");
+        assert_eq!(
+            tasks.pull_count(),
+            0,
+            "the stored image is used, not pulled"
+        );
 
         // The node process stops (its containers stay); meanwhile n2 is
         // taken off this node.
@@ -469,7 +486,11 @@ mod containers {
             })
             .await
             .unwrap();
-        assert_eq!(shims(&cfg.namespace, "n2"), 1, "n2 still runs while the node is down");
+        assert_eq!(
+            shims(&cfg.namespace, "n2"),
+            1,
+            "n2 still runs while the node is down"
+        );
 
         // The next process: reattach, then the agent.
         let rt = ContainerRuntime::new(cfg.clone()).await.unwrap();
@@ -483,7 +504,11 @@ mod containers {
         })
         .await;
         assert_eq!(stored(&c, "n1").state, TaskState::Running);
-        assert_eq!(stored(&c, "n1").endpoint, Some(endpoint), "n1 adopted, not replaced");
+        assert_eq!(
+            stored(&c, "n1").endpoint,
+            Some(endpoint),
+            "n1 adopted, not replaced"
+        );
         assert_eq!(shims(&cfg.namespace, "n1"), 1, "one container for n1");
         assert!(http_ok(addr).await, "n1 still serves");
 

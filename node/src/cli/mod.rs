@@ -315,7 +315,13 @@ mod bridge_cidr_tests {
         let net = (std::net::Ipv4Addr::new(10, 221, 0, 0), 16);
         assert_eq!(parse_cidr("10.221.0.0/16"), Ok(net));
         assert_eq!(parse_cidr("10.221.0.1/16"), Ok(net), "Docker's --bip form");
-        for bad in ["10.221.0.0", "10.221.0.0/7", "10.221.0.0/31", "x/16", "10.221.0.0/a"] {
+        for bad in [
+            "10.221.0.0",
+            "10.221.0.0/7",
+            "10.221.0.0/31",
+            "x/16",
+            "10.221.0.0/a",
+        ] {
             let e = parse_cidr(bad).expect_err(bad);
             assert!(e.contains(bad), "{bad}: {e}");
         }

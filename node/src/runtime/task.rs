@@ -213,7 +213,10 @@ mod tests {
             containers: None,
             ..runtimes
         };
-        let err = none.controller(&task, &oci_service()).err().expect("rejected");
+        let err = none
+            .controller(&task, &oci_service())
+            .err()
+            .expect("rejected");
         assert_eq!(err.to_string(), NO_CONTAINERS);
     }
 }

@@ -44,6 +44,10 @@ pub struct DaemonConfig {
     pub gossip_addr: Option<SocketAddr>,
     /// `--insecure-registry HOST[:PORT]` (repeatable).
     pub insecure_registries: Vec<String>,
+    /// `--bridge NAME`: the containers' bridge.
+    pub bridge: String,
+    /// `--bridge-cidr`: the containers' subnet (network address, prefix).
+    pub bridge_cidr: (std::net::Ipv4Addr, u8),
 }
 
 /// The parts that exist once the node is in a swarm.
@@ -207,6 +211,7 @@ pub async fn start_manager(
         runtime: st.runtime.clone(),
         blobs: st.blobs.clone(),
         mesh: st.mesh.clone(),
+        containers: Some(st.containers.runtime()),
     };
     spawn_critical("agent", agent.run(st.shutdown.clone()));
     tokio::spawn(collect_blobs(
@@ -287,6 +292,7 @@ async fn start_worker(st: &ApiState, joined: &crate::api::join::Joined) -> anyho
         runtime: st.runtime.clone(),
         blobs: st.blobs.clone(),
         mesh: st.mesh.clone(),
+        containers: Some(st.containers.runtime()),
     };
     spawn_critical("agent", agent.run(st.shutdown.clone()));
     spawn_critical(
@@ -300,6 +306,53 @@ async fn start_worker(st: &ApiState, joined: &crate::api::join::Joined) -> anyho
         ),
     );
     Ok(())
+}
+
+/// The container runtime under `DATA_DIR/containers`, reattached to the
+/// containers a previous daemon left (before any agent runs). Missing tools
+/// leave the node without containers (their tasks are rejected saying what
+/// to install); a bad `--bridge`/`--bridge-cidr` stops the daemon.
+async fn containers(
+    cfg: &DaemonConfig,
+    images: Arc<crate::image::Puller>,
+) -> anyhow::Result<crate::runtime::container::Containers> {
+    use crate::runtime::container::{
+        ContainerError, ContainerRuntime, ContainerTasks, Containers, NetworkConfig, RuntimeConfig,
+    };
+    let mut rc = RuntimeConfig::new(cfg.data_dir.join("containers"));
+    rc.network = NetworkConfig {
+        bridge: cfg.bridge.clone(),
+        subnet: cfg.bridge_cidr.0,
+        prefix_len: cfg.bridge_cidr.1,
+        ..NetworkConfig::default()
+    };
+    rc.network
+        .validate()
+        .with_context(|| "check --bridge and --bridge-cidr")?;
+    match ContainerRuntime::new(rc).await {
+        Ok(rt) => {
+            let tasks = ContainerTasks::start(Arc::new(rt), images).await;
+            tracing::info!(
+                bridge = %cfg.bridge,
+                subnet = %format!("{}/{}", cfg.bridge_cidr.0, cfg.bridge_cidr.1),
+                adopted = tasks.adopted().len(),
+                "container runtime ready"
+            );
+            Ok(Containers::Ready(tasks))
+        }
+        Err(e @ ContainerError::ToolMissing { .. }) => {
+            tracing::warn!("container services cannot run on this node: {e}");
+            Ok(Containers::Unavailable(format!(
+                "this node cannot run containers: {e}"
+            )))
+        }
+        Err(e) => {
+            tracing::warn!("container services cannot run on this node: {e}");
+            Ok(Containers::Unavailable(format!(
+                "this node's container runtime did not start: {e}"
+            )))
+        }
+    }
 }
 
 /// Spawns a task the node cannot work without: if it panics, the process
@@ -435,6 +488,7 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         )
         .context("setting up the registry client")?,
     );
+    let containers = containers(&cfg, images.clone()).await?;
     let fd_limit = crate::listen::raise_fd_limit().unwrap_or_else(|e| {
         tracing::warn!("cannot read or raise RLIMIT_NOFILE ({e}); assuming 1024 file descriptors");
         1024
@@ -465,6 +519,7 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         blobs,
         runtime,
         images,
+        containers,
         mesh: mesh.clone(),
         cluster: tokio::sync::OnceCell::new(),
         init_lock: tokio::sync::Mutex::new(()),

@@ -49,7 +49,7 @@ use tokio::sync::{mpsc, watch};
 use crate::blobs::Blobs;
 use crate::mesh::{Backend, Mesh, ServiceBackends, DEFAULT_CONCURRENT_REQUESTS};
 use crate::runtime::wasm::{ServiceSettings, WasmRuntime, WasmTasks};
-use crate::runtime::{Event, Runtimes, Serving, Supervisor};
+use crate::runtime::{Event, Runtime, Runtimes, Serving, Supervisor};
 use report::Reporter;
 pub use source::{AssignmentSource, InProcess, SourceError};
 
@@ -130,16 +130,15 @@ async fn poll(
     }
 }
 
-/// How long a stopped task may take to end before it is forced (Docker's
-/// default; there is no `--stop-grace-period` yet). Wasm replicas end at once.
-const STOP_GRACE: Duration = Duration::from_secs(10);
-
 /// A task this node runs, or is preparing/starting.
 struct Replica {
     service_id: String,
     service_name: String,
     name: String,
     memory_limit: Option<usize>,
+    /// The service's `--stop-grace-period` when the task started (used if
+    /// the service is gone when the task stops).
+    stop_grace: Duration,
     supervisor: Supervisor,
     /// How the mesh reaches it; `None` until its supervisor says it started.
     serving: Option<Serving>,
@@ -151,6 +150,9 @@ pub struct Agent {
     pub runtime: Arc<WasmRuntime>,
     pub blobs: Arc<Blobs>,
     pub mesh: Arc<Mesh>,
+    /// Runs OCI tasks (`runtime::container::Containers::runtime`); `None`:
+    /// they are rejected with `runtime::task::NO_CONTAINERS`.
+    pub containers: Option<Arc<dyn Runtime>>,
 }
 
 fn status(task_id: &str, state: TaskState, message: &str, error: Option<String>) -> TaskStatus {
@@ -171,7 +173,7 @@ fn running(task_id: &str, endpoint: Option<TaskEndpoint>) -> TaskStatus {
 }
 
 impl Agent {
-    /// This node's runtimes: wasm, and no container runtime yet.
+    /// This node's runtimes: wasm, and containers when the node has them.
     pub fn runtimes(&self) -> Runtimes {
         let components = components::NodeComponents {
             blobs: self.blobs.clone(),
@@ -179,7 +181,7 @@ impl Agent {
         };
         Runtimes {
             wasm: Arc::new(WasmTasks::new(self.runtime.clone(), Arc::new(components))),
-            containers: None,
+            containers: self.containers.clone(),
         }
     }
 
@@ -212,6 +214,10 @@ impl Agent {
         // The last state this process reported per task, so that a report
         // still on its way is not queued again at every store change.
         let mut reported: HashMap<String, TaskState> = HashMap::new();
+        // Until the first assignments are in, what a previous node process
+        // left running (containers) waits to be claimed by its task.
+        let mut first_assignments = false;
+        let mut adoption_open = true;
         loop {
             let plan = plan::plan(&view, &replicas, &mut reported);
             let report = |reported: &mut HashMap<String, TaskState>, s: TaskStatus| {
@@ -246,6 +252,12 @@ impl Agent {
                     }
                 }
             }
+            // Every task still assigned here has its controller now (and
+            // took over its container, if one ran): the rest go.
+            if adoption_open && first_assignments {
+                adoption_open = false;
+                runtimes.assignments_known();
+            }
             if !plan.stop.is_empty() {
                 // Drain before stop: the replicas leave the mesh's rotation
                 // now (one table rebuild for the batch); each one's runtime
@@ -259,7 +271,12 @@ impl Agent {
                             if r.serving.is_some() {
                                 tracing::info!(task = %r.name, "replica stopped");
                             }
-                            r.supervisor.stop(STOP_GRACE, drained.boxed());
+                            let grace = view
+                                .services
+                                .get(&r.service_id)
+                                .map(|s| s.spec.stop_grace())
+                                .unwrap_or(r.stop_grace);
+                            r.supervisor.stop(grace, drained.boxed());
                         }
                         // Nothing runs here (a task assigned while this
                         // node was down, or already failed).
@@ -295,6 +312,7 @@ impl Agent {
             }
             tokio::select! {
                 Some(first) = assigned_rx.recv() => {
+                    first_assignments = true;
                     view.apply(first);
                     while let Ok(more) = assigned_rx.try_recv() {
                         view.apply(more);
@@ -471,6 +489,7 @@ fn replica(task: &AssignedTask, service: &Service, supervisor: Supervisor) -> Re
         service_name: task.service_name.clone(),
         name: task.display_name(),
         memory_limit: service.spec.limits.memory_bytes.map(|b| b as usize),
+        stop_grace: service.spec.stop_grace(),
         supervisor,
         serving: None,
     }

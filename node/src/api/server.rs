@@ -41,6 +41,9 @@ pub struct ApiState {
     /// This node's image store and registry client (`crate::image`): the
     /// manager resolves references with it, the container runtime pulls.
     pub images: Arc<crate::image::Puller>,
+    /// This node's container runtime, or why it has none (the agent runs
+    /// container tasks through it; `image rm` asks what they use).
+    pub containers: crate::runtime::container::Containers,
     pub mesh: Arc<Mesh>,
     pub cluster: tokio::sync::OnceCell<Cluster>,
     pub init_lock: tokio::sync::Mutex<()>,

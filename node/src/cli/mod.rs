@@ -152,6 +152,31 @@ pub struct DaemonArgs {
     /// need no entry, as with Docker
     #[arg(long = "insecure-registry", value_name = "HOST[:PORT]")]
     insecure_registries: Vec<String>,
+    /// The Linux bridge this node's containers are attached to (at most
+    /// 15 characters; created if missing). Daemons sharing a host need one each
+    #[arg(long, default_value = "swarmlet0", value_name = "NAME")]
+    bridge: String,
+    /// The containers' subnet: the bridge takes its first address, each
+    /// container another (Docker's --bip; 10.219.0.1/16 and 10.219.0.0/16
+    /// mean the same). Daemons sharing a host need one each
+    #[arg(long, default_value = "10.219.0.0/16", value_name = "A.B.C.D/N", value_parser = parse_cidr)]
+    bridge_cidr: (std::net::Ipv4Addr, u8),
+}
+
+/// `--bridge-cidr`: an IPv4 address and prefix length; the address may be
+/// any in the subnet (Docker's `--bip` gives the gateway's).
+fn parse_cidr(s: &str) -> Result<(std::net::Ipv4Addr, u8), String> {
+    let usage = || format!("{s:?} is not A.B.C.D/N (e.g. 10.219.0.0/16)");
+    let (ip, len) = s.split_once('/').ok_or_else(usage)?;
+    let ip: std::net::Ipv4Addr = ip.trim().parse().map_err(|_| usage())?;
+    let len: u8 = len.trim().parse().map_err(|_| usage())?;
+    if !(8..=30).contains(&len) {
+        return Err(format!(
+            "prefix /{len} in {s:?}: use /8 to /30 (room for a gateway and containers)"
+        ));
+    }
+    let mask = u32::MAX << (32 - len);
+    Ok((std::net::Ipv4Addr::from(u32::from(ip) & mask), len))
 }
 
 /// `--node-down-after`: a duration that leaves room for a few heartbeats.
@@ -217,6 +242,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 node_down_after: a.node_down_after,
                 gossip_addr: a.gossip_addr,
                 insecure_registries: a.insecure_registries,
+                bridge: a.bridge,
+                bridge_cidr: a.bridge_cidr,
             })
             .await
         }
@@ -276,5 +303,27 @@ mod node_down_after_tests {
         assert!(parse_node_down_after("soon").is_err());
         let cli = Cli::try_parse_from(["swarmlet", "daemon", "--node-down-after", "1s"]);
         assert!(cli.is_ok());
+    }
+}
+
+#[cfg(test)]
+mod bridge_cidr_tests {
+    use super::parse_cidr;
+
+    #[test]
+    fn bridge_cidr_takes_a_network_or_a_gateway_address() {
+        let net = (std::net::Ipv4Addr::new(10, 221, 0, 0), 16);
+        assert_eq!(parse_cidr("10.221.0.0/16"), Ok(net));
+        assert_eq!(parse_cidr("10.221.0.1/16"), Ok(net), "Docker's --bip form");
+        for bad in [
+            "10.221.0.0",
+            "10.221.0.0/7",
+            "10.221.0.0/31",
+            "x/16",
+            "10.221.0.0/a",
+        ] {
+            let e = parse_cidr(bad).expect_err(bad);
+            assert!(e.contains(bad), "{bad}: {e}");
+        }
     }
 }

@@ -376,8 +376,12 @@ impl Puller {
 
         let count = manifest.layers.len();
         let results: Vec<Result<u64>> =
-            futures::stream::iter(manifest.layers.iter().zip(&diff_ids).enumerate())
-                .map(|(index, (desc, diff_id))| {
+            // Indices, not borrowed items: a closure over references is
+            // not general enough for the future to be `Send` (rustc #64552),
+            // and the node pulls in spawned tasks.
+            futures::stream::iter(0..count)
+                .map(|index| {
+                    let (desc, diff_id) = (&manifest.layers[index], &diff_ids[index]);
                     self.fetch_layer(client, &pinned, r, desc, diff_id, index, count, progress)
                 })
                 .buffered(self.opts.parallel_layers.max(1))

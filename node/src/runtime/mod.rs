@@ -1,6 +1,6 @@
 //! Task runtimes. `wasm` serves `wasi:http/proxy` components in-process;
-//! `container` runs OCI containers through containerd's shim beside it (a
-//! library so far: the agent does not drive it yet).
+//! `container` runs OCI containers through containerd's shim beside it
+//! (`container::ContainerTasks` is its `Runtime`).
 //!
 //! The agent drives every runtime through one interface (`task.rs`,
 //! modelled on swarmkit's `exec.Controller`): per task a `Controller` that
@@ -16,4 +16,4 @@ pub mod task;
 pub mod wasm;
 
 pub use supervisor::{Event, Supervisor};
-pub use task::{Controller, Exit, Runtime, RuntimeError, Runtimes, Serving};
+pub use task::{Controller, Exit, Runtime, RuntimeError, Runtimes, Serving, Unavailable};

@@ -101,6 +101,26 @@ pub trait Runtime: Send + Sync + 'static {
         task: &AssignedTask,
         service: &Service,
     ) -> Result<Box<dyn Controller>, RuntimeError>;
+
+    /// Called once, after the agent made controllers for the tasks of its
+    /// first assignments: what a previous node process left running and no
+    /// controller took over is no longer assigned here (containers: stopped
+    /// and removed).
+    fn assignments_known(&self) {}
+}
+
+/// A runtime this node could not set up (a container tool is missing):
+/// every task is rejected, saying why and what to install.
+pub struct Unavailable(pub String);
+
+impl Runtime for Unavailable {
+    fn controller(
+        &self,
+        _task: &AssignedTask,
+        _service: &Service,
+    ) -> Result<Box<dyn Controller>, RuntimeError> {
+        Err(RuntimeError::Unsupported(self.0.clone()))
+    }
 }
 
 /// What a node refuses container tasks with while it has no container runtime.
@@ -127,5 +147,76 @@ impl Runtimes {
                 None => Err(RuntimeError::Unsupported(NO_CONTAINERS.into())),
             },
         }
+    }
+
+    /// See `Runtime::assignments_known`.
+    pub fn assignments_known(&self) {
+        self.wasm.assignments_known();
+        if let Some(c) = &self.containers {
+            c.assignments_known();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use swarmlet_proto::{DesiredState, ServiceSpec};
+
+    use super::*;
+
+    fn oci_service() -> Service {
+        Service {
+            id: "s".into(),
+            spec: ServiceSpec {
+                name: "web".into(),
+                replicas: 1,
+                image: Image::Oci {
+                    reference: "nginx:1.27".into(),
+                    digest: None,
+                },
+                ports: vec![],
+                limits: Default::default(),
+                allow_outbound: vec![],
+                instance_reuse: 0,
+                env: vec![],
+                stop_grace_period_ms: None,
+            },
+            version: 1,
+            created_at_ms: 0,
+            updated_at_ms: 0,
+        }
+    }
+
+    #[test]
+    fn a_node_without_container_tools_rejects_container_tasks_saying_why() {
+        let why = "this node cannot run containers: `runc` is not installed: install runc";
+        let runtimes = Runtimes {
+            wasm: Arc::new(Unavailable("no wasm here".into())),
+            containers: Some(Arc::new(Unavailable(why.into()))),
+        };
+        let task = AssignedTask {
+            id: "t".into(),
+            service_id: "s".into(),
+            service_name: "web".into(),
+            slot: 1,
+            service_version: 1,
+            desired_state: DesiredState::Running,
+            state: TaskState::Assigned,
+        };
+        let err = runtimes
+            .controller(&task, &oci_service())
+            .err()
+            .expect("rejected");
+        assert_eq!(err, RuntimeError::Unsupported(why.into()));
+        assert_eq!(err.state(), TaskState::Rejected);
+        let none = Runtimes {
+            containers: None,
+            ..runtimes
+        };
+        let err = none
+            .controller(&task, &oci_service())
+            .err()
+            .expect("rejected");
+        assert_eq!(err.to_string(), NO_CONTAINERS);
     }
 }

@@ -32,6 +32,7 @@ mod network;
 mod reattach;
 mod rootfs;
 mod shim;
+mod task;
 
 pub use bundle::DOCKER_DEFAULT_CAPS;
 pub use cleanup::cgroup_dirs;
@@ -40,6 +41,7 @@ pub use logs::tail as log_tail;
 pub use network::{link_exists, netns_path, remove_bridge, Attachment, NetworkConfig};
 pub use rootfs::is_mountpoint;
 pub use shim::{process_alive, SHIM_BINARY};
+pub use task::{merge_env, one_line_tail, pull_reference, ContainerTasks};
 
 use std::collections::{HashMap, HashSet};
 use std::net::Ipv4Addr;
@@ -53,6 +55,40 @@ use tokio::sync::watch;
 
 use rootfs::Rootfs;
 use shim::{Exits, Launch, ShimClient};
+
+/// Where the node keeps a task's container log: `DATA_DIR/containers/logs/<task_id>.log`
+/// (the daemon's `RuntimeConfig` is `RuntimeConfig::new(DATA_DIR/containers)`).
+pub fn container_log_path(data_dir: &Path, task_id: &str) -> PathBuf {
+    data_dir
+        .join("containers")
+        .join("logs")
+        .join(format!("{task_id}.log"))
+}
+
+/// This node's container runtime, or why it has none.
+#[derive(Clone)]
+pub enum Containers {
+    Ready(Arc<ContainerTasks>),
+    /// Container tasks are rejected with this (e.g. what to install).
+    Unavailable(String),
+}
+
+impl Containers {
+    /// The runtime the agent drives container tasks through.
+    pub fn runtime(&self) -> Arc<dyn crate::runtime::Runtime> {
+        match self {
+            Containers::Ready(t) => Arc::new(t.clone()),
+            Containers::Unavailable(why) => Arc::new(crate::runtime::Unavailable(why.clone())),
+        }
+    }
+
+    pub fn tasks(&self) -> Option<&Arc<ContainerTasks>> {
+        match self {
+            Containers::Ready(t) => Some(t),
+            Containers::Unavailable(_) => None,
+        }
+    }
+}
 
 /// Lines of a container's log quoted in errors.
 const LOG_TAIL_LINES: usize = 20;

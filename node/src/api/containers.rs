@@ -238,7 +238,7 @@ mod tests {
             known: String::new(),
         });
         assert_eq!(e.status, 404);
-        let e = image_error(ImageRef::parse("UPPER/case").unwrap_err());
+        let e = image_error(ImageRef::parse("has space:v1").unwrap_err());
         assert_eq!(e.status, 400);
     }
 }

@@ -2,6 +2,7 @@
 //! command is a client of a daemon's API.
 
 mod format;
+mod image;
 mod info;
 mod join;
 mod node;
@@ -53,6 +54,9 @@ enum Command {
     /// Manage services
     #[command(subcommand)]
     Service(service::ServiceCommand),
+    /// Manage the images of this node
+    #[command(subcommand)]
+    Image(image::ImageCommand),
     /// Show how the node runs: identity, swarm, wasm isolation and allocator
     Info(info::InfoArgs),
     /// Compile a component for the daemon (it runs this itself)
@@ -225,6 +229,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Node(c) => node::run(client(cli.host)?, c).await,
         Command::Service(c) => service::run(client(cli.host)?, c).await,
+        Command::Image(c) => image::run(client(cli.host)?, c).await,
         Command::Info(a) => info::run(client(cli.host)?, a).await,
         Command::CompileComponent(a) => {
             std::process::exit(crate::runtime::wasm::child_main(&a.engine, &a.out))

@@ -153,7 +153,11 @@ fn flags_of_the_other_kind_of_service_are_refused_and_nothing_is_created() {
         err.contains("neither a .wasm file here nor an image reference"),
         "{err}"
     );
-    assert_eq!(node.ok(&["service", "ls", "-q"]).trim(), "", "nothing created");
+    assert_eq!(
+        node.ok(&["service", "ls", "-q"]).trim(),
+        "",
+        "nothing created"
+    );
 }
 
 #[test]
@@ -171,7 +175,11 @@ fn an_unreachable_registry_fails_naming_it_and_creates_nothing() {
     ]);
     assert!(err.contains("127.22.201.1:1"), "names the registry: {err}");
     assert!(err.contains("unreachable"), "{err}");
-    assert_eq!(node.ok(&["service", "ls", "-q"]).trim(), "", "nothing created");
+    assert_eq!(
+        node.ok(&["service", "ls", "-q"]).trim(),
+        "",
+        "nothing created"
+    );
 }
 
 #[test]
@@ -256,4 +264,93 @@ fn image_pull_import_ls_and_rm() {
     assert!(ls.contains(&format!("{}/web ", reg.addr)), "{ls}");
     let err = node.fails(&["image", "rm", "imported/web:v1"]);
     assert!(err.contains("no image imported/web:v1"), "{err}");
+}
+
+/// Full task IDs of `service ps -q SERVICE`.
+fn task_ids(node: &Node, service: &str) -> Vec<String> {
+    node.ok(&["service", "ps", "-q", service])
+        .lines()
+        .map(|l| l.trim().to_string())
+        .filter(|l| !l.is_empty())
+        .collect()
+}
+
+#[test]
+fn service_logs_reads_each_tasks_log_file_prefixed_and_follows_it() {
+    use std::io::{BufRead, BufReader, Write};
+    let node = Node::start("img6");
+    node.ok(&["init"]);
+    node.ok(&[
+        "service",
+        "create",
+        "--name",
+        "web",
+        "--detach",
+        "--no-resolve-image",
+        "nginx:1.27",
+    ]);
+    let mut ids = Vec::new();
+    node.wait_until("web's first task is placed on a node", || {
+        ids = task_ids(&node, "web");
+        !ids.is_empty()
+    });
+    // The file the container runtime writes for the task (containers do
+    // not run on this branch; the log is put where the runtime puts it).
+    let id = ids[0].clone();
+    let logs_dir = node.data_dir.join("containers/logs");
+    std::fs::create_dir_all(&logs_dir).expect("logs dir");
+    let log = logs_dir.join(format!("{id}.log"));
+    std::fs::write(&log, "first line\nsecond line\n").expect("write the log");
+
+    let out = node.ok(&["service", "logs", "web"]);
+    let prefix = format!("web.1.{}@", &id[..12]);
+    let lines: Vec<&str> = out.lines().filter(|l| l.starts_with(&prefix)).collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    assert!(lines[0].ends_with("    | first line"), "{out}");
+    assert!(lines[1].ends_with("    | second line"), "{out}");
+    let out = node.ok(&["service", "logs", "--tail", "1", "web"]);
+    assert!(out.contains("| second line"), "{out}");
+    assert!(!out.contains("first line"), "{out}");
+
+    // -f: what is appended arrives while the command runs.
+    let mut child = Command::new(swarmlet_e2e::swarmlet_bin())
+        .arg("-H")
+        .arg(format!("unix://{}", node.socket().display()))
+        .args(["service", "logs", "-f", "--tail", "0", "web"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("run service logs -f");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&log)
+        .expect("open the log");
+    let mut seen = Vec::new();
+    for _ in 0..600 {
+        writeln!(f, "appended").expect("append");
+        if let Ok(line) = rx.recv_timeout(std::time::Duration::from_millis(100)) {
+            seen.push(line);
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        seen.first()
+            .is_some_and(|l| l.starts_with(&prefix) && l.ends_with("| appended")),
+        "service logs -f never showed the appended line: {seen:?}"
+    );
+
+    // A wasm service: said plainly.
+    node.create("hello", "hello", &["--detach"]);
+    let err = node.fails(&["service", "logs", "hello"]);
+    assert!(err.contains("no logs for wasm services"), "{err}");
 }

@@ -145,7 +145,10 @@ pub fn image_error(e: ImageError) -> ApiError {
         | ImageError::Registry { .. }
         | ImageError::DigestMismatch { .. } => 502,
         ImageError::Disk { source, .. }
-            if matches!(source.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT)) =>
+            if matches!(
+                source.raw_os_error(),
+                Some(libc::ENOSPC) | Some(libc::EDQUOT)
+            ) =>
         {
             507
         }

@@ -213,7 +213,11 @@ fn stream_response(rx: mpsc::Receiver<Bytes>) -> hyper::Response<Body> {
 
 /// `GET /v1/cluster/logs/{task_id}?tail=N&follow=1` on the cluster port
 /// (managers only): this node's log of one task, raw.
-pub fn node_log(st: &ApiState, task_id: &str, query: &str) -> Result<hyper::Response<Body>, ApiError> {
+pub fn node_log(
+    st: &ApiState,
+    task_id: &str,
+    query: &str,
+) -> Result<hyper::Response<Body>, ApiError> {
     if !valid_task_id(task_id) {
         return Err(ApiError::bad_request(format!(
             "{task_id:?} is not a task ID"
@@ -286,7 +290,14 @@ enum Source {
 }
 
 /// Copies one source's chunks into `out` as prefixed lines.
-async fn relay(st: Arc<ApiState>, task_id: String, source: Source, q: LogQuery, mut lines: Lines, out: mpsc::Sender<Bytes>) {
+async fn relay(
+    st: Arc<ApiState>,
+    task_id: String,
+    source: Source,
+    q: LogQuery,
+    mut lines: Lines,
+    out: mpsc::Sender<Bytes>,
+) {
     let (tx, mut rx) = mpsc::channel::<Bytes>(8);
     let reader = match source {
         Source::Local(path) => tokio::spawn(stream_file(path, q, tx)),
@@ -353,11 +364,17 @@ async fn fetch_remote(
     let status = resp.status().as_u16();
     let mut body = resp.into_body();
     if !(200..300).contains(&status) {
-        let bytes = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+        let bytes = body
+            .collect()
+            .await
+            .map(|c| c.to_bytes())
+            .unwrap_or_default();
         let message = serde_json::from_slice::<swarmlet_proto::api::ErrorBody>(&bytes)
             .map(|e| e.message)
             .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).into_owned());
-        return Err(format!("its node refused to send this task's log: {message}"));
+        return Err(format!(
+            "its node refused to send this task's log: {message}"
+        ));
     }
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| format!("the log stream from its node broke: {e}"))?;
@@ -483,13 +500,29 @@ mod tests {
             (None, "one\ntwo\nthree\nfour\n"),
         ] {
             let (tx, rx) = mpsc::channel(8);
-            stream_file(p.clone(), LogQuery { tail, follow: false }, tx).await;
+            stream_file(
+                p.clone(),
+                LogQuery {
+                    tail,
+                    follow: false,
+                },
+                tx,
+            )
+            .await;
             assert_eq!(collect(rx).await, want, "tail {tail:?}");
         }
         // A last line still being written counts as a line.
         std::fs::write(&p, "a\nb\npartial").unwrap();
         let (tx, rx) = mpsc::channel(8);
-        stream_file(p.clone(), LogQuery { tail: Some(1), follow: false }, tx).await;
+        stream_file(
+            p.clone(),
+            LogQuery {
+                tail: Some(1),
+                follow: false,
+            },
+            tx,
+        )
+        .await;
         assert_eq!(collect(rx).await, "partial");
         // No file: an empty log.
         let (tx, rx) = mpsc::channel(8);

@@ -168,8 +168,12 @@ async fn route(state: Arc<ApiState>, req: hyper::Request<Incoming>) -> Response 
                 handlers::service_tasks(&state, key, &query)
             }
             (&Method::GET, ["v1", "images"]) => super::images::list(&state).await,
-            (&Method::POST, ["v1", "images", "remove"]) => super::images::remove(&state, body).await,
-            (&Method::POST, ["v1", "images", "import"]) => super::images::import(&state, body).await,
+            (&Method::POST, ["v1", "images", "remove"]) => {
+                super::images::remove(&state, body).await
+            }
+            (&Method::POST, ["v1", "images", "import"]) => {
+                super::images::import(&state, body).await
+            }
             (&Method::POST, ["v1", "swarm", "join"]) => super::join::join(&state, body).await,
             (&Method::GET, ["v1", "swarm", "join-token", role]) => {
                 super::join::join_token(&state, role, false).await
@@ -335,7 +339,13 @@ pub async fn route_cluster_port(
         .map(str::to_string)
         .collect();
     let streams = matches!(
-        (req.method(), segs.iter().map(String::as_str).collect::<Vec<_>>().as_slice()),
+        (
+            req.method(),
+            segs.iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>()
+                .as_slice()
+        ),
         (&Method::GET, ["v1", "cluster", "logs", _])
             | (&Method::GET, ["v1", "services", _, "logs"])
             | (&Method::POST, ["v1", "images", "pull"])
@@ -346,7 +356,10 @@ pub async fn route_cluster_port(
             .get::<crate::transport::Peer>()
             .cloned()
             .unwrap_or(crate::transport::Peer::Anonymous);
-        if let Err(f) = state.cluster_port.check(&peer, req.method(), req.uri().path()) {
+        if let Err(f) = state
+            .cluster_port
+            .check(&peer, req.method(), req.uri().path())
+        {
             tracing::debug!(method = %req.method(), path = %req.uri().path(), ?peer, "cluster port: forbidden");
             return boxed(json(403, &ErrorBody { message: f.0 }));
         }

@@ -104,13 +104,12 @@ pub fn human_size(n: u64) -> String {
 fn rows(images: &[ImageSummary]) -> Vec<Vec<String>> {
     let mut rows = Vec::new();
     for i in images {
-        let id: String = i
-            .id
-            .strip_prefix("sha256:")
-            .unwrap_or(&i.id)
-            .chars()
-            .take(12)
-            .collect();
+        let id: String =
+            i.id.strip_prefix("sha256:")
+                .unwrap_or(&i.id)
+                .chars()
+                .take(12)
+                .collect();
         let names: Vec<(String, String)> = if i.names.is_empty() {
             vec![("<none>".into(), "<none>".into())]
         } else {
@@ -163,7 +162,10 @@ async fn import(c: &Client, path: &std::path::Path) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot read {}", path.display()))?;
     if !file.metadata().await.map(|m| m.is_file()).unwrap_or(false) {
-        bail!("{} is not a file; give a tar archive of an image", path.display());
+        bail!(
+            "{} is not a file; give a tar archive of an image",
+            path.display()
+        );
     }
     let stream = futures::stream::unfold(file, |mut f| async move {
         let mut buf = vec![0u8; 256 * 1024];
@@ -201,7 +203,12 @@ async fn pull(c: &Client, reference: &str) -> anyhow::Result<()> {
         .map_err(|never| match never {})
         .boxed();
     let mut stream = c
-        .stream(http::Method::POST, "/v1/images/pull", body, "application/json")
+        .stream(
+            http::Method::POST,
+            "/v1/images/pull",
+            body,
+            "application/json",
+        )
         .await?;
     let tty = std::io::stdout().is_terminal();
     let mut pending = Vec::new();
@@ -210,7 +217,9 @@ async fn pull(c: &Client, reference: &str) -> anyhow::Result<()> {
     println!("Pulling {reference}");
     while let Some(frame) = stream.frame().await {
         let frame = frame.context("the pull's progress stream broke off")?;
-        let Ok(data) = frame.into_data() else { continue };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
         pending.extend_from_slice(&data);
         while let Some(nl) = pending.iter().position(|&b| b == b'\n') {
             let line: Vec<u8> = pending.drain(..=nl).collect();
@@ -234,7 +243,9 @@ async fn pull(c: &Client, reference: &str) -> anyhow::Result<()> {
                         "exists" => "Already exists".to_string(),
                         "complete" => "Pull complete".to_string(),
                         _ if tty => match total {
-                            Some(t) => format!("Downloading {}/{}", human_size(done), human_size(t)),
+                            Some(t) => {
+                                format!("Downloading {}/{}", human_size(done), human_size(t))
+                            }
                             None => format!("Downloading {}", human_size(done)),
                         },
                         _ => "Downloading".to_string(),

@@ -282,4 +282,39 @@ mod node_down_after_tests {
         let cli = Cli::try_parse_from(["swarmlet", "daemon", "--node-down-after", "1s"]);
         assert!(cli.is_ok());
     }
+
+    #[test]
+    fn every_command_is_well_formed() {
+        use clap::CommandFactory as _;
+        Cli::command().debug_assert();
+        for args in [
+            &["swarmlet", "service", "logs", "-f", "--tail", "5", "web"][..],
+            &["swarmlet", "service", "logs", "web"],
+            &["swarmlet", "image", "ls"],
+            &["swarmlet", "image", "rm", "a", "b"],
+            &["swarmlet", "image", "import", "x.tar"],
+            &["swarmlet", "image", "pull", "nginx:1.27"],
+            &[
+                "swarmlet",
+                "service",
+                "create",
+                "--name",
+                "web",
+                "--env",
+                "A=1",
+                "--limit-cpu",
+                "0.5",
+                "--stop-grace-period",
+                "3s",
+                "--no-resolve-image",
+                "nginx",
+            ],
+        ] {
+            let cli = Cli::try_parse_from(args);
+            assert!(cli.is_ok(), "{args:?}: {:?}", cli.err());
+        }
+        assert!(
+            Cli::try_parse_from(["swarmlet", "service", "logs", "--tail", "x", "web"]).is_err()
+        );
+    }
 }

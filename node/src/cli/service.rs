@@ -54,18 +54,22 @@ pub enum ServiceCommand {
         follow: bool,
         /// Number of lines to show from the end of each task's log, or "all"
         #[arg(short = 'n', long, default_value = "all", value_parser = parse_tail)]
-        tail: Option<usize>,
+        tail: Tail,
         #[arg(value_parser = ServiceKey)]
         service: String,
     },
 }
 
-fn parse_tail(s: &str) -> Result<Option<usize>, String> {
+/// `--tail N|all` (a newtype: clap reads an `Option` field as an optional flag).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tail(Option<usize>);
+
+fn parse_tail(s: &str) -> Result<Tail, String> {
     if s == "all" {
-        return Ok(None);
+        return Ok(Tail(None));
     }
     s.parse::<usize>()
-        .map(Some)
+        .map(|n| Tail(Some(n)))
         .map_err(|_| format!("--tail {s:?}: give a number of lines or \"all\""))
 }
 
@@ -428,9 +432,12 @@ async fn create(c: &Client, a: CreateArgs) -> anyhow::Result<()> {
 }
 
 /// `service logs`: the manager's merged stream, written as it arrives.
-async fn logs(c: &Client, service: &str, follow: bool, tail: Option<usize>) -> anyhow::Result<()> {
+async fn logs(c: &Client, service: &str, follow: bool, tail: Tail) -> anyhow::Result<()> {
     use http_body_util::BodyExt as _;
-    let tail = tail.map(|n| n.to_string()).unwrap_or_else(|| "all".into());
+    let tail = tail
+        .0
+        .map(|n| n.to_string())
+        .unwrap_or_else(|| "all".into());
     let path = format!(
         "/v1/services/{service}/logs?tail={tail}&follow={}",
         u8::from(follow)
@@ -695,10 +702,9 @@ mod tests {
 
     #[test]
     fn env_key_alone_takes_the_shells_value() {
-        let got = expand_env(
-            &["A=1".into(), "HOME".into(), "UNSET".into()],
-            |k| (k == "HOME").then(|| "/root".to_string()),
-        );
+        let got = expand_env(&["A=1".into(), "HOME".into(), "UNSET".into()], |k| {
+            (k == "HOME").then(|| "/root".to_string())
+        });
         assert_eq!(got, vec!["A=1".to_string(), "HOME=/root".to_string()]);
     }
 
@@ -725,7 +731,10 @@ mod tests {
         let e = target(other.to_str().unwrap()).unwrap_err().to_string();
         assert!(e.contains("not a .wasm component"), "{e}");
         let e = target("Not An Image!").unwrap_err().to_string();
-        assert!(e.contains("neither a .wasm file here nor an image reference"), "{e}");
+        assert!(
+            e.contains("neither a .wasm file here nor an image reference"),
+            "{e}"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 

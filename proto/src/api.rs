@@ -127,13 +127,33 @@ pub struct BlobResponse {
 }
 
 /// `POST /v1/services`. `published = None` asks for a port from 30000–32767.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// A wasm service names an uploaded blob (`wasm_digest`, `wasm_name`); a
+/// container service an image reference (`image`), and not both.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct CreateServiceRequest {
     pub name: String,
     pub replicas: u64,
-    /// `sha256:<hex>` of a blob uploaded before.
+    /// `sha256:<hex>` of a blob uploaded before (wasm services).
+    #[serde(default)]
     pub wasm_digest: String,
+    #[serde(default)]
     pub wasm_name: String,
+    /// An OCI image reference (`nginx:1.27`, `127.0.0.1:5000/web@sha256:…`):
+    /// a container service. The manager resolves it to a digest and pins it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// `--no-resolve-image`: keep the reference as given, no digest pinned.
+    #[serde(default)]
+    pub no_resolve_image: bool,
+    /// `--env KEY=VALUE`, repeatable (containers).
+    #[serde(default)]
+    pub env: Vec<String>,
+    /// `--limit-cpu 0.5` in billionths of a CPU (containers).
+    #[serde(default)]
+    pub limit_nano_cpus: Option<u64>,
+    /// `--stop-grace-period`, in milliseconds.
+    #[serde(default)]
+    pub stop_grace_period_ms: Option<u64>,
     pub ports: Vec<PortRequest>,
     /// `--limit-memory`, in bytes.
     #[serde(default)]
@@ -149,7 +169,7 @@ pub struct CreateServiceRequest {
     pub max_concurrent_requests: Option<u32>,
 }
 
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
 pub struct PortRequest {
     pub published: Option<u16>,
     pub target: u16,
@@ -198,4 +218,72 @@ pub struct NodeRoleRequest {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct NodeAvailabilityRequest {
     pub availability: crate::Availability,
+}
+
+/// One image of a node's image store, as `swarmlet image ls` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ImageSummary {
+    /// The image ID: `sha256:` of its config.
+    pub id: String,
+    /// `registry/repository:tag` names it is known by.
+    #[serde(default)]
+    pub names: Vec<String>,
+    /// `registry/repository@sha256:…` it was pulled by.
+    #[serde(default)]
+    pub repo_digests: Vec<String>,
+    /// The platform's image manifest digest (none for a `docker save` archive).
+    #[serde(default)]
+    pub manifest_digest: Option<String>,
+    /// `linux/amd64`.
+    pub platform: String,
+    /// Unpacked bytes over all layers.
+    pub size: u64,
+    #[serde(default)]
+    pub created: Option<String>,
+}
+
+/// `POST /v1/images/pull`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PullImageRequest {
+    pub reference: String,
+}
+
+/// `POST /v1/images/remove`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RemoveImageRequest {
+    /// A name (`nginx:1.27`), `name@sha256:…`, or an image ID (prefix).
+    pub reference: String,
+}
+
+/// What `image rm` did.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RemoveImageResponse {
+    pub untagged: Vec<String>,
+    pub deleted: Option<String>,
+    pub layers_deleted: usize,
+}
+
+/// One line of `image pull`'s progress stream (`application/x-ndjson`):
+/// a layer's progress, then the pulled image, or an error.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PullEvent {
+    Layer {
+        /// The layer's blob digest.
+        layer: String,
+        index: usize,
+        count: usize,
+        /// `exists`, `downloading` or `complete`.
+        state: String,
+        #[serde(default)]
+        done: u64,
+        #[serde(default)]
+        total: Option<u64>,
+    },
+    Done {
+        image: ImageSummary,
+    },
+    Error {
+        message: String,
+    },
 }

@@ -11,6 +11,8 @@ use hyper_util::rt::TokioIo;
 use serde::de::DeserializeOwned;
 use swarmlet_proto::api::ErrorBody;
 
+use crate::transport::client::OutBody;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error(
@@ -42,7 +44,7 @@ pub enum ClientError {
 /// One request on a fresh connection (the CLI makes a handful per command).
 async fn send_on<S>(
     stream: S,
-    req: hyper::Request<Full<Bytes>>,
+    req: hyper::Request<OutBody>,
 ) -> Result<hyper::Response<hyper::body::Incoming>, hyper::Error>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -127,6 +129,37 @@ impl Client {
         content_type: &str,
         key: &str,
     ) -> Result<(u16, Bytes), ClientError> {
+        let resp = self
+            .send_streaming(
+                method,
+                path,
+                Full::new(body).map_err(|never| match never {}).boxed(),
+                content_type,
+                key,
+            )
+            .await?;
+        let status = resp.status().as_u16();
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| ClientError::Protocol {
+                host: self.display.clone(),
+                reason: e.to_string(),
+            })?
+            .to_bytes();
+        Ok((status, bytes))
+    }
+
+    /// One request whose body and answer both stream.
+    async fn send_streaming(
+        &self,
+        method: http::Method,
+        path: &str,
+        body: OutBody,
+        content_type: &str,
+        key: &str,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, ClientError> {
         let unreachable = |e: std::io::Error| ClientError::Unreachable {
             host: self.display.clone(),
             reason: e.to_string(),
@@ -141,7 +174,7 @@ impl Client {
             .header(http::header::HOST, "swarmlet")
             .header(http::header::CONTENT_TYPE, content_type)
             .header("idempotency-key", key)
-            .body(Full::new(body))
+            .body(body)
             .map_err(|e| ClientError::Protocol {
                 host: self.display.clone(),
                 reason: e.to_string(),
@@ -169,9 +202,58 @@ impl Client {
                 .map_err(unreachable)?;
             send_on(s, req).await.map_err(proto)?
         };
+        Ok(resp)
+    }
+
+    /// A request whose answer is read as it arrives (`service logs -f`,
+    /// `image pull`'s progress); a non-2xx answer is `ClientError::Api`.
+    pub async fn stream(
+        &self,
+        method: http::Method,
+        path: &str,
+        body: OutBody,
+        content_type: &str,
+    ) -> Result<hyper::body::Incoming, ClientError> {
+        let key = crate::identity::random_id(32);
+        let resp = self
+            .send_streaming(method, path, body, content_type, &key)
+            .await?;
         let status = resp.status().as_u16();
-        let bytes = resp.into_body().collect().await.map_err(proto)?.to_bytes();
-        Ok((status, bytes))
+        if (200..300).contains(&status) {
+            return Ok(resp.into_body());
+        }
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .map(|c| c.to_bytes())
+            .unwrap_or_default();
+        let message = serde_json::from_slice::<ErrorBody>(&bytes)
+            .map(|e| e.message)
+            .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).into_owned());
+        Err(ClientError::Api { status, message })
+    }
+
+    /// The JSON answer to a request with a streamed body (`image import`).
+    pub async fn post_stream<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: OutBody,
+    ) -> Result<T, ClientError> {
+        let bytes = self
+            .stream(http::Method::POST, path, body, "application/octet-stream")
+            .await?
+            .collect()
+            .await
+            .map_err(|e| ClientError::Protocol {
+                host: self.display.clone(),
+                reason: e.to_string(),
+            })?
+            .to_bytes();
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::Protocol {
+            host: self.display.clone(),
+            reason: format!("unexpected answer: {e}"),
+        })
     }
 
     async fn call<T: DeserializeOwned>(

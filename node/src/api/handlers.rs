@@ -374,7 +374,7 @@ fn check_replicas(replicas: u64) -> Result<(), ApiError> {
 }
 
 /// `--allow-outbound`, `--instance-reuse` and `--max-concurrent-requests`.
-fn check_request_settings(req: &CreateServiceRequest) -> Result<(), ApiError> {
+pub(super) fn check_request_settings(req: &CreateServiceRequest) -> Result<(), ApiError> {
     crate::runtime::wasm::EgressPolicy::parse(&req.allow_outbound)
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
     if req.instance_reuse == Some(0) {
@@ -427,8 +427,6 @@ pub async fn create_service(st: &ApiState, body: Incoming) -> Result<Response, A
         }
     }
     check_replicas(req.replicas)?;
-    check_memory_limit(req.limit_memory)?;
-    check_request_settings(&req)?;
     if !valid_name(&req.name) {
         return Err(ApiError::bad_request(format!(
             "invalid service name {:?}: {}",
@@ -437,7 +435,7 @@ pub async fn create_service(st: &ApiState, body: Incoming) -> Result<Response, A
         )));
     }
     // The store refuses duplicates too (it is the authority); checking here
-    // first answers before the component is compiled.
+    // first answers before the component is compiled or the image resolved.
     if let Some(other) = cluster
         .store
         .read()
@@ -449,22 +447,13 @@ pub async fn create_service(st: &ApiState, body: Incoming) -> Result<Response, A
             req.name, other.id
         )));
     }
-    // Canonical from here on: the store, GC and the agent compare strings.
-    let wasm_digest = swarmlet_proto::Digest::parse(&req.wasm_digest)
-        .map_err(crate::blobs::BlobError::from)?
-        .to_string();
-    // The component must be one this node can serve: checked before anything is stored.
-    let blob = st.blobs.existing(&wasm_digest)?;
-    let size = std::fs::metadata(&blob).map(|m| m.len()).unwrap_or(0);
-    let (runtime, blobs, digest) = (st.runtime.clone(), st.blobs.clone(), wasm_digest.clone());
-    tokio::task::spawn_blocking(move || {
-        let bytes = blobs.get(&digest)?;
-        runtime
-            .validate(&digest, &bytes)
-            .map_err(|e| ApiError::bad_request(format!("{e}")))
-    })
-    .await
-    .map_err(|e| ApiError::new(500, e.to_string()))??;
+    let image = match &req.image {
+        Some(reference) => {
+            super::containers::check_container_request(&req)?;
+            super::containers::resolve_image(st, reference, req.no_resolve_image).await?
+        }
+        None => wasm_image(st, &req).await?,
+    };
 
     let (ports, id) = {
         let state = cluster.store.read();
@@ -479,21 +468,17 @@ pub async fn create_service(st: &ApiState, body: Incoming) -> Result<Response, A
         spec: ServiceSpec {
             name: req.name.clone(),
             replicas: req.replicas,
-            image: Image::Wasm {
-                digest: wasm_digest,
-                name: req.wasm_name.clone(),
-                size,
-            },
+            image,
             ports,
             limits: Limits {
                 memory_bytes: req.limit_memory,
                 concurrent_requests: req.max_concurrent_requests,
-                nano_cpus: None,
+                nano_cpus: req.limit_nano_cpus,
             },
             allow_outbound: req.allow_outbound.clone(),
             instance_reuse: req.instance_reuse.unwrap_or(0),
-            env: vec![],
-            stop_grace_period_ms: None,
+            env: req.env.clone(),
+            stop_grace_period_ms: req.stop_grace_period_ms,
         },
         version: 1,
         created_at_ms: now,
@@ -513,6 +498,48 @@ pub async fn create_service(st: &ApiState, body: Incoming) -> Result<Response, A
         .or_else(|| state.find_service(&service.spec.name))
         .unwrap_or(&service);
     Ok(json(201, &service_view(&state, created)))
+}
+
+/// A wasm service's checks and its image: the uploaded component, which
+/// must be one this node can serve (checked before anything is stored).
+async fn wasm_image(st: &ApiState, req: &CreateServiceRequest) -> Result<Image, ApiError> {
+    check_memory_limit(req.limit_memory)?;
+    check_request_settings(req)?;
+    let container_only = [
+        (!req.env.is_empty(), "--env"),
+        (req.limit_nano_cpus.is_some(), "--limit-cpu"),
+        (req.no_resolve_image, "--no-resolve-image"),
+    ];
+    if let Some((_, flag)) = container_only.iter().find(|(set, _)| *set) {
+        return Err(ApiError::bad_request(format!(
+            "{flag} applies to container services only, and this service runs a wasm component; leave {flag} out (a wasm guest gets no environment or CPU limit)"
+        )));
+    }
+    if req.wasm_digest.is_empty() {
+        return Err(ApiError::bad_request(
+            "the request names neither a wasm component (wasm_digest) nor an image reference (image)",
+        ));
+    }
+    // Canonical from here on: the store, GC and the agent compare strings.
+    let wasm_digest = swarmlet_proto::Digest::parse(&req.wasm_digest)
+        .map_err(crate::blobs::BlobError::from)?
+        .to_string();
+    let blob = st.blobs.existing(&wasm_digest)?;
+    let size = std::fs::metadata(&blob).map(|m| m.len()).unwrap_or(0);
+    let (runtime, blobs, digest) = (st.runtime.clone(), st.blobs.clone(), wasm_digest.clone());
+    tokio::task::spawn_blocking(move || {
+        let bytes = blobs.get(&digest)?;
+        runtime
+            .validate(&digest, &bytes)
+            .map_err(|e| ApiError::bad_request(format!("{e}")))
+    })
+    .await
+    .map_err(|e| ApiError::new(500, e.to_string()))??;
+    Ok(Image::Wasm {
+        digest: wasm_digest,
+        name: req.wasm_name.clone(),
+        size,
+    })
 }
 
 fn allocate_ports(

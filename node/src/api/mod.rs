@@ -4,10 +4,13 @@
 //! the CLI uses.
 
 pub mod client;
+mod containers;
 mod error;
 mod handlers;
+mod images;
 pub mod join;
 mod leave;
+pub mod logs;
 mod nodes;
 mod peers;
 mod server;

@@ -170,6 +170,13 @@ async fn route(state: Arc<ApiState>, req: hyper::Request<Incoming>) -> Response 
             (&Method::GET, ["v1", "services", key, "tasks"]) => {
                 handlers::service_tasks(&state, key, &query)
             }
+            (&Method::GET, ["v1", "images"]) => super::images::list(&state).await,
+            (&Method::POST, ["v1", "images", "remove"]) => {
+                super::images::remove(&state, body).await
+            }
+            (&Method::POST, ["v1", "images", "import"]) => {
+                super::images::import(&state, body).await
+            }
             (&Method::POST, ["v1", "swarm", "join"]) => super::join::join(&state, body).await,
             (&Method::GET, ["v1", "swarm", "join-token", role]) => {
                 super::join::join_token(&state, role, false).await
@@ -193,6 +200,45 @@ async fn route(state: Arc<ApiState>, req: hyper::Request<Incoming>) -> Response 
             tracing::debug!(%method, %path, status = e.status, "api error: {}", e.message);
             error_response(e)
         }
+    }
+}
+
+/// The client API routes whose answer streams (`service logs`, `image
+/// pull`'s progress); any other request is handed back.
+async fn route_stream(
+    state: &Arc<ApiState>,
+    req: hyper::Request<Incoming>,
+) -> Result<hyper::Response<crate::body::Body>, hyper::Request<Incoming>> {
+    let path = req.uri().path().to_string();
+    let query = req.uri().query().unwrap_or("").to_string();
+    let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let result = match (req.method(), segs.as_slice()) {
+        (&Method::GET, ["v1", "services", key, "logs"]) => {
+            super::logs::service_logs(state, key, &query)
+        }
+        (&Method::POST, ["v1", "images", "pull"]) => {
+            super::images::pull(state.clone(), req.into_body()).await
+        }
+        _ => return Err(req),
+    };
+    Ok(result.unwrap_or_else(|e| {
+        tracing::debug!(%path, status = e.status, "api error: {}", e.message);
+        boxed(error_response(e))
+    }))
+}
+
+fn boxed(r: Response) -> hyper::Response<crate::body::Body> {
+    r.map(|b| b.map_err(|never| match never {}).boxed_unsync())
+}
+
+/// The unix socket's router: the streaming routes, then `route`.
+async fn route_socket(
+    state: Arc<ApiState>,
+    req: hyper::Request<Incoming>,
+) -> hyper::Response<crate::body::Body> {
+    match route_stream(&state, req).await {
+        Ok(r) => r,
+        Err(req) => boxed(route(state, req).await),
     }
 }
 
@@ -286,9 +332,51 @@ pub async fn route_cluster_port(
         }
         return state.mesh.serve_forwarded(req).await;
     }
-    route_cluster(state, req)
-        .await
-        .map(|b| b.map_err(|never| match never {}).boxed_unsync())
+    // Streaming answers: a task's log for a manager, and the client API's
+    // streaming routes for a client bundle; checked as every route is.
+    let segs: Vec<String> = req
+        .uri()
+        .path()
+        .trim_matches('/')
+        .split('/')
+        .map(str::to_string)
+        .collect();
+    let streams = matches!(
+        (
+            req.method(),
+            segs.iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>()
+                .as_slice()
+        ),
+        (&Method::GET, ["v1", "cluster", "logs", _])
+            | (&Method::GET, ["v1", "services", _, "logs"])
+            | (&Method::POST, ["v1", "images", "pull"])
+    );
+    if streams {
+        let peer = req
+            .extensions()
+            .get::<crate::transport::Peer>()
+            .cloned()
+            .unwrap_or(crate::transport::Peer::Anonymous);
+        if let Err(f) = state
+            .cluster_port
+            .check(&peer, req.method(), req.uri().path())
+        {
+            tracing::debug!(method = %req.method(), path = %req.uri().path(), ?peer, "cluster port: forbidden");
+            return boxed(json(403, &ErrorBody { message: f.0 }));
+        }
+        if segs[1] == "cluster" {
+            let query = req.uri().query().unwrap_or("");
+            return super::logs::node_log(&state, &segs[3], query)
+                .unwrap_or_else(|e| boxed(error_response(e)));
+        }
+        return match route_stream(&state, req).await {
+            Ok(r) => r,
+            Err(req) => boxed(route_cluster(state, req).await),
+        };
+    }
+    boxed(route_cluster(state, req).await)
 }
 
 /// The listeners of the API.
@@ -313,7 +401,7 @@ pub async fn serve(
         listeners.unix,
         limits.clone(),
         budget.clone(),
-        move |req| route(state.clone(), req),
+        move |req| route_socket(state.clone(), req),
         closing.clone(),
     );
     let handshake_timeout = limits.header_read_timeout;

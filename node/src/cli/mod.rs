@@ -2,6 +2,7 @@
 //! command is a client of a daemon's API.
 
 mod format;
+mod image;
 mod info;
 mod join;
 mod node;
@@ -53,6 +54,9 @@ enum Command {
     /// Manage services
     #[command(subcommand)]
     Service(service::ServiceCommand),
+    /// Manage the images of this node
+    #[command(subcommand)]
+    Image(image::ImageCommand),
     /// Show how the node runs: identity, swarm, wasm isolation and allocator
     Info(info::InfoArgs),
     /// Compile a component for the daemon (it runs this itself)
@@ -252,6 +256,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Node(c) => node::run(client(cli.host)?, c).await,
         Command::Service(c) => service::run(client(cli.host)?, c).await,
+        Command::Image(c) => image::run(client(cli.host)?, c).await,
         Command::Info(a) => info::run(client(cli.host)?, a).await,
         Command::CompileComponent(a) => {
             std::process::exit(crate::runtime::wasm::child_main(&a.engine, &a.out))
@@ -303,6 +308,41 @@ mod node_down_after_tests {
         assert!(parse_node_down_after("soon").is_err());
         let cli = Cli::try_parse_from(["swarmlet", "daemon", "--node-down-after", "1s"]);
         assert!(cli.is_ok());
+    }
+
+    #[test]
+    fn every_command_is_well_formed() {
+        use clap::CommandFactory as _;
+        Cli::command().debug_assert();
+        for args in [
+            &["swarmlet", "service", "logs", "-f", "--tail", "5", "web"][..],
+            &["swarmlet", "service", "logs", "web"],
+            &["swarmlet", "image", "ls"],
+            &["swarmlet", "image", "rm", "a", "b"],
+            &["swarmlet", "image", "import", "x.tar"],
+            &["swarmlet", "image", "pull", "nginx:1.27"],
+            &[
+                "swarmlet",
+                "service",
+                "create",
+                "--name",
+                "web",
+                "--env",
+                "A=1",
+                "--limit-cpu",
+                "0.5",
+                "--stop-grace-period",
+                "3s",
+                "--no-resolve-image",
+                "nginx",
+            ],
+        ] {
+            let cli = Cli::try_parse_from(args);
+            assert!(cli.is_ok(), "{args:?}: {:?}", cli.err());
+        }
+        assert!(
+            Cli::try_parse_from(["swarmlet", "service", "logs", "--tail", "x", "web"]).is_err()
+        );
     }
 }
 

@@ -15,7 +15,8 @@ use crate::orchestrator::now_ms;
 
 #[derive(Subcommand)]
 pub enum ServiceCommand {
-    /// Create a new service from a wasi:http/proxy component (.wasm file)
+    /// Create a new service from an OCI image (nginx:1.27) or a
+    /// wasi:http/proxy component (a .wasm file)
     Create(CreateArgs),
     /// List services
     #[command(alias = "list")]
@@ -46,6 +47,30 @@ pub enum ServiceCommand {
         #[arg(required = true, value_parser = ServiceKey)]
         services: Vec<String>,
     },
+    /// Fetch the output of a container service's tasks
+    Logs {
+        /// Follow the output (until Ctrl-C)
+        #[arg(short, long)]
+        follow: bool,
+        /// Number of lines to show from the end of each task's log, or "all"
+        #[arg(short = 'n', long, default_value = "all", value_parser = parse_tail)]
+        tail: Tail,
+        #[arg(value_parser = ServiceKey)]
+        service: String,
+    },
+}
+
+/// `--tail N|all` (a newtype: clap reads an `Option` field as an optional flag).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tail(Option<usize>);
+
+fn parse_tail(s: &str) -> Result<Tail, String> {
+    if s == "all" {
+        return Ok(Tail(None));
+    }
+    s.parse::<usize>()
+        .map(|n| Tail(Some(n)))
+        .map_err(|_| format!("--tail {s:?}: give a number of lines or \"all\""))
 }
 
 #[derive(Args)]
@@ -59,28 +84,105 @@ pub struct CreateArgs {
     /// Publish a port: [PUBLISHED:]TARGET[/tcp] or published=P,target=T
     #[arg(short, long = "publish", value_parser = parse_publish)]
     publish: Vec<PortRequest>,
-    /// Memory limit of each replica's instance (e.g. 64M, 1g, 1048576)
+    /// Memory limit of each replica (its wasm instance, or its container's
+    /// cgroup) (e.g. 64M, 1g, 1048576)
     #[arg(long, value_parser = parse_bytes)]
     limit_memory: Option<u64>,
+    /// CPUs each container may use (e.g. 0.5, 2) [containers only]
+    #[arg(long, value_name = "CPUS", value_parser = parse_cpus)]
+    limit_cpu: Option<u64>,
+    /// Set an environment variable in the container: KEY=VALUE, or KEY to
+    /// pass this shell's value (repeatable) [containers only]
+    #[arg(short, long = "env", value_name = "KEY=VALUE")]
+    env: Vec<String>,
+    /// Time a replica gets to stop after SIGTERM before it is killed
+    /// (e.g. 10s, 500ms) [default: 10s]
+    #[arg(long, value_parser = humantime::parse_duration)]
+    stop_grace_period: Option<Duration>,
+    /// Do not resolve the image reference to a digest in the registry: each
+    /// node pulls the tag as it finds it then [containers only]
+    #[arg(long)]
+    no_resolve_image: bool,
     /// Let the guest make outgoing HTTP requests to this (repeatable):
     /// scheme://host[:port], `*` for any scheme, host or port, `*.example.com`
-    /// for subdomains. Without it every outgoing request is denied.
+    /// for subdomains. Without it every outgoing request is denied [wasm only]
     #[arg(long = "allow-outbound", value_name = "PATTERN", value_parser = parse_allow_outbound)]
     allow_outbound: Vec<String>,
     /// Serve up to N requests, one after another, with one instance (state
     /// in the guest's memory is then shared between them). Default: a fresh
-    /// instance per request
+    /// instance per request [wasm only]
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     instance_reuse: Option<u32>,
     /// Most requests this service serves at once on a node; more wait
-    /// briefly, then get 503 [default: 100]
+    /// briefly, then get 503 [default: 100] [wasm only]
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     max_concurrent_requests: Option<u32>,
     /// Exit immediately instead of waiting for the service to converge
     #[arg(short, long)]
     detach: bool,
-    /// The component to run: a .wasm file
-    image: PathBuf,
+    /// What to run: an OCI image reference (nginx:1.27,
+    /// 127.0.0.1:5000/web:v1, NAME@sha256:…) or a path to a .wasm component
+    image: String,
+}
+
+/// `--limit-cpu 0.5` → 500_000_000 billionths of a CPU (Docker's NanoCPUs).
+pub fn parse_cpus(s: &str) -> Result<u64, String> {
+    let n: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("invalid CPU count {s:?}: give a number of CPUs, e.g. 0.5 or 2"))?;
+    if !n.is_finite() || n <= 0.0 {
+        return Err(format!(
+            "--limit-cpu {s}: give more than 0 CPUs (e.g. 0.5), or leave it out for no limit"
+        ));
+    }
+    if n > 1024.0 {
+        return Err(format!("--limit-cpu {s}: at most 1024 CPUs"));
+    }
+    Ok(((n * 1e9).round() as u64).max(1))
+}
+
+/// Docker's `--env KEY`: the value of KEY in this shell, left out when it
+/// is not set there.
+fn expand_env(entries: &[String], lookup: impl Fn(&str) -> Option<String>) -> Vec<String> {
+    entries
+        .iter()
+        .filter_map(|e| {
+            if e.contains('=') {
+                Some(e.clone())
+            } else {
+                lookup(e).map(|v| format!("{e}={v}"))
+            }
+        })
+        .collect()
+}
+
+/// What `service create` was given to run.
+#[derive(Debug, PartialEq, Eq)]
+enum Target {
+    Wasm(PathBuf),
+    Image(String),
+}
+
+/// An existing `.wasm` file is a component; a path-like argument that is
+/// no file is an error about the file; anything else must parse as an
+/// image reference.
+fn target(arg: &str) -> anyhow::Result<Target> {
+    let path = std::path::Path::new(arg);
+    let wasm_ext = path.extension().is_some_and(|e| e == "wasm");
+    if path.is_file() && wasm_ext {
+        return Ok(Target::Wasm(path.to_path_buf()));
+    }
+    if wasm_ext {
+        bail!("cannot read {arg}: no such file (a .wasm component is given as a path to its file)");
+    }
+    if path.is_file() {
+        bail!("{arg} is a file but not a .wasm component; give a wasi:http/proxy component (FILE.wasm), or an image reference such as nginx:1.27");
+    }
+    match crate::image::ImageRef::parse(arg) {
+        Ok(_) => Ok(Target::Image(arg.to_string())),
+        Err(e) => bail!("{arg:?} is neither a .wasm file here nor an image reference: {e}"),
+    }
 }
 
 fn parse_allow_outbound(s: &str) -> Result<String, String> {
@@ -240,6 +342,11 @@ pub async fn run(c: Client, cmd: ServiceCommand) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        ServiceCommand::Logs {
+            follow,
+            tail,
+            service,
+        } => logs(&c, &service, follow, tail).await,
         ServiceCommand::Rm { services } => {
             let mut failed = false;
             for s in services {
@@ -263,39 +370,93 @@ pub async fn run(c: Client, cmd: ServiceCommand) -> anyhow::Result<()> {
 }
 
 async fn create(c: &Client, a: CreateArgs) -> anyhow::Result<()> {
-    if !a.image.is_file() {
-        let shown = a.image.display();
-        if a.image.extension().is_none_or(|e| e != "wasm") && !a.image.exists() {
-            bail!("{shown:?} is not a .wasm file here; swarmlet services run wasi:http/proxy components given as a path to a .wasm file");
-        }
-        bail!("cannot read {shown}: no such file");
-    }
-    let bytes =
-        std::fs::read(&a.image).with_context(|| format!("cannot read {}", a.image.display()))?;
-    let blob: BlobResponse = c
-        .post_bytes("/v1/blobs", bytes)
-        .await
-        .context("uploading the component")?;
-    let wasm_name = a
-        .image
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "component.wasm".into());
-    let req = CreateServiceRequest {
+    let target = target(&a.image)?;
+    let mut req = CreateServiceRequest {
         name: a.name,
         replicas: a.replicas,
-        wasm_digest: blob.digest,
-        wasm_name,
         ports: a.publish,
         limit_memory: a.limit_memory,
         allow_outbound: a.allow_outbound,
         instance_reuse: a.instance_reuse,
         max_concurrent_requests: a.max_concurrent_requests,
+        env: expand_env(&a.env, |k| std::env::var(k).ok()),
+        limit_nano_cpus: a.limit_cpu,
+        stop_grace_period_ms: a.stop_grace_period.map(|d| d.as_millis() as u64),
+        no_resolve_image: a.no_resolve_image,
+        ..Default::default()
     };
+    match target {
+        Target::Image(reference) => {
+            // Refused here too (the manager checks again), before any request.
+            let wasm_only = [
+                (!req.allow_outbound.is_empty(), "--allow-outbound"),
+                (req.instance_reuse.is_some(), "--instance-reuse"),
+                (
+                    req.max_concurrent_requests.is_some(),
+                    "--max-concurrent-requests",
+                ),
+            ];
+            if let Some((_, flag)) = wasm_only.iter().find(|(set, _)| *set) {
+                bail!("{flag} applies to wasm services only, and {reference} is a container image; leave {flag} out");
+            }
+            req.image = Some(reference);
+        }
+        Target::Wasm(path) => {
+            let container_only = [
+                (!a.env.is_empty(), "--env"),
+                (req.limit_nano_cpus.is_some(), "--limit-cpu"),
+                (req.no_resolve_image, "--no-resolve-image"),
+            ];
+            if let Some((_, flag)) = container_only.iter().find(|(set, _)| *set) {
+                bail!("{flag} applies to container services only, and {} is a wasm component; leave {flag} out", path.display());
+            }
+            let bytes =
+                std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+            let blob: BlobResponse = c
+                .post_bytes("/v1/blobs", bytes)
+                .await
+                .context("uploading the component")?;
+            req.wasm_digest = blob.digest;
+            req.wasm_name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "component.wasm".into());
+        }
+    }
     let v: ServiceView = c.post("/v1/services", &req).await?;
     println!("{}", v.service.id);
     if !a.detach {
         converge(c, &v.service.id).await?;
+    }
+    Ok(())
+}
+
+/// `service logs`: the manager's merged stream, written as it arrives.
+async fn logs(c: &Client, service: &str, follow: bool, tail: Tail) -> anyhow::Result<()> {
+    use http_body_util::BodyExt as _;
+    let tail = tail
+        .0
+        .map(|n| n.to_string())
+        .unwrap_or_else(|| "all".into());
+    let path = format!(
+        "/v1/services/{service}/logs?tail={tail}&follow={}",
+        u8::from(follow)
+    );
+    let empty = http_body_util::Full::new(bytes::Bytes::new())
+        .map_err(|never| match never {})
+        .boxed();
+    let mut body = c
+        .stream(http::Method::GET, &path, empty, "application/json")
+        .await?;
+    let mut out = std::io::stdout();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.context("the log stream broke off")?;
+        if let Ok(data) = frame.into_data() {
+            // A reader that went away (`| head`) ends the command quietly.
+            if out.write_all(&data).and_then(|_| out.flush()).is_err() {
+                return Ok(());
+            }
+        }
     }
     Ok(())
 }
@@ -527,6 +688,54 @@ mod tests {
         assert_eq!(parse_bytes("4096").unwrap(), 4096);
         assert!(parse_bytes("lots").is_err());
         assert!(parse_bytes("10x").is_err());
+    }
+
+    #[test]
+    fn cpus_as_docker_reads_them() {
+        assert_eq!(parse_cpus("0.5").unwrap(), 500_000_000);
+        assert_eq!(parse_cpus("2").unwrap(), 2_000_000_000);
+        assert!(parse_cpus("0").unwrap_err().contains("more than 0"));
+        assert!(parse_cpus("-1").is_err());
+        assert!(parse_cpus("2000").unwrap_err().contains("1024"));
+        assert!(parse_cpus("lots").is_err());
+    }
+
+    #[test]
+    fn env_key_alone_takes_the_shells_value() {
+        let got = expand_env(&["A=1".into(), "HOME".into(), "UNSET".into()], |k| {
+            (k == "HOME").then(|| "/root".to_string())
+        });
+        assert_eq!(got, vec!["A=1".to_string(), "HOME=/root".to_string()]);
+    }
+
+    #[test]
+    fn a_wasm_file_or_an_image_reference() {
+        let dir = std::env::temp_dir().join(format!("swarmlet-cli-target-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let wasm = dir.join("x.wasm");
+        std::fs::write(&wasm, b"\0asm").unwrap();
+        let other = dir.join("notes.txt");
+        std::fs::write(&other, b"hi").unwrap();
+        let w = wasm.to_str().unwrap();
+        assert_eq!(target(w).unwrap(), Target::Wasm(wasm.clone()));
+        assert_eq!(
+            target("nginx:1.27").unwrap(),
+            Target::Image("nginx:1.27".into())
+        );
+        assert_eq!(
+            target("127.0.0.1:5000/web:v1").unwrap(),
+            Target::Image("127.0.0.1:5000/web:v1".into())
+        );
+        let e = target("./missing.wasm").unwrap_err().to_string();
+        assert!(e.contains("no such file"), "{e}");
+        let e = target(other.to_str().unwrap()).unwrap_err().to_string();
+        assert!(e.contains("not a .wasm component"), "{e}");
+        let e = target("Not An Image!").unwrap_err().to_string();
+        assert!(
+            e.contains("neither a .wasm file here nor an image reference"),
+            "{e}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

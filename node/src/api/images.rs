@@ -47,10 +47,14 @@ pub async fn list(st: &ApiState) -> Result<Response, ApiError> {
 
 /// The images tasks of this node run, and the service of each: digest or
 /// `registry/repo:tag` (for a service created with `--no-resolve-image`)
-/// → service name. Known on a manager (from the store); a worker has no
-/// store and reports none.
+/// → service name: what this node's container runtime holds (every node),
+/// and on a manager also what the store assigns here (tasks not started yet).
 fn in_use_here(st: &ApiState) -> HashMap<String, String> {
-    let mut used = HashMap::new();
+    let mut used = st
+        .containers
+        .tasks()
+        .map(|t| t.images_in_use())
+        .unwrap_or_default();
     let Some(cluster) = st.cluster.get() else {
         return used;
     };

@@ -13,7 +13,7 @@
 //! (letters and digits) in its own log directory; nothing else is read.
 
 use std::io::SeekFrom;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,17 +28,7 @@ use super::server::ApiState;
 use super::ApiError;
 use crate::body::{Body, BoxError};
 
-/// Where a task's container log is on its node.
-///
-/// The same rule as `runtime::container::container_log_path` (helper
-/// "ctr" exports it with the container runtime's wiring); written here
-/// until that is merged, so the reader does not wait for it.
-pub fn container_log_path(data_dir: &Path, task_id: &str) -> PathBuf {
-    data_dir
-        .join("containers")
-        .join("logs")
-        .join(format!("{task_id}.log"))
-}
+pub use crate::runtime::container::container_log_path;
 
 /// How often a followed log is checked for new output.
 const FOLLOW_POLL: Duration = Duration::from_millis(200);
@@ -470,7 +460,7 @@ mod tests {
     #[test]
     fn the_log_path_is_the_runtimes() {
         assert_eq!(
-            container_log_path(Path::new("/var/lib/swarmlet"), "abc123"),
+            container_log_path(std::path::Path::new("/var/lib/swarmlet"), "abc123"),
             PathBuf::from("/var/lib/swarmlet/containers/logs/abc123.log")
         );
         assert!(valid_task_id("abc123"));

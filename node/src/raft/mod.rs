@@ -124,7 +124,9 @@ fn held_note(held: bool) -> &'static str {
 type Reply = oneshot::Sender<Result<ProposeOutcome, ProposeError>>;
 
 enum Request {
-    Propose { command: Command, reply: Reply },
+    // Boxed: a `Command` (a whole service spec) is far larger than the
+    // other requests, and every queued request would pay for it.
+    Propose { command: Box<Command>, reply: Reply },
     Member { change: MemberChange, reply: Reply },
     Step(Box<Message>),
     Peers(oneshot::Sender<Vec<PeerStatus>>),
@@ -152,7 +154,10 @@ impl RaftHandle {
     pub async fn propose(&self, command: Command) -> Result<ProposeOutcome, ProposeError> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Request::Propose { command, reply })
+            .send(Request::Propose {
+                command: Box::new(command),
+                reply,
+            })
             .await
             .map_err(|_| ProposeError::Stopped)?;
         rx.await.map_err(|_| ProposeError::Stopped)?
@@ -533,7 +538,7 @@ impl Driver {
                 let env = Envelope {
                     proposal_id: id,
                     at_ms: now_ms(),
-                    command,
+                    command: *command,
                 };
                 let data = match crate::store::entry::encode(&env) {
                     Ok(d) => d,

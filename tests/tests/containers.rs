@@ -1,0 +1,491 @@
+//! OCI containers as replicas (issue 11), end to end on one node: a real
+//! daemon, a real registry (`swarmlet_e2e::registry`), the real
+//! `containerd-shim-runc-v2`, runc and nginx. What a user checks: replicas
+//! answer through the published port beside a wasm service, a killed
+//! container is replaced, a killed daemon comes back to the same containers,
+//! `service rm` leaves nothing on the machine, and bad input says what went
+//! wrong and creates nothing.
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, SocketAddr};
+
+use serde_json::Value;
+use swarmlet_e2e::registry::{Registry, CRASH, NGINX, NOCMD};
+use swarmlet_e2e::swarm::eventually;
+use swarmlet_e2e::{http_get, Node};
+
+/// `service ps NAME --format json`.
+fn ps(node: &Node, service: &str) -> Result<Vec<Value>, String> {
+    let out = node.cli(&["service", "ps", service, "--format", "json"]);
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    let v: Value =
+        serde_json::from_slice(&out.stdout).map_err(|e| format!("service ps json: {e}"))?;
+    v.as_array().cloned().ok_or_else(|| "not a list".into())
+}
+
+fn text(v: &Value) -> String {
+    v.as_str().unwrap_or_default().to_string()
+}
+
+fn is_running(t: &Value) -> bool {
+    t["task"]["state"] == "running" && t["task"]["desired_state"] == "running"
+}
+
+/// The task objects of `service`, once exactly `n` of them run.
+fn running(node: &Node, service: &str, n: usize) -> Vec<Value> {
+    let mut tasks = Vec::new();
+    eventually(&format!("{n} running tasks of {service}"), || {
+        let all = ps(node, service)?;
+        tasks = all
+            .iter()
+            .filter(|t| is_running(t))
+            .map(|t| t["task"].clone())
+            .collect();
+        if tasks.len() == n {
+            Ok(())
+        } else {
+            Err(format!("{all:#?}"))
+        }
+    });
+    tasks
+}
+
+fn ids(tasks: &[Value]) -> BTreeSet<String> {
+    tasks.iter().map(|t| text(&t["id"])).collect()
+}
+
+/// Which containers answer `tries` requests to `ip:port`: nginx in the test
+/// image answers `hello from nginx on HOSTNAME`, and a container's hostname
+/// is its task ID.
+fn hostnames(ip: IpAddr, port: u16, tries: usize) -> Result<BTreeSet<String>, String> {
+    let mut seen = BTreeSet::new();
+    for _ in 0..tries {
+        let (status, body) = http_get(SocketAddr::new(ip, port), "/")?;
+        if status != 200 {
+            return Err(format!("status {status}: {body}"));
+        }
+        let host = body
+            .trim()
+            .strip_prefix("hello from nginx on ")
+            .ok_or_else(|| format!("not the test nginx: {body:?}"))?;
+        seen.insert(host.to_string());
+    }
+    Ok(seen)
+}
+
+/// Processes whose cgroup is the task's (`/…/<task id>`), with their names.
+fn processes_of(task_id: &str) -> Vec<(i32, String)> {
+    let mut found = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    for e in dir.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        let cg = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+        if cg.lines().any(|l| l.ends_with(&format!("/{task_id}"))) {
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            found.push((pid, comm.trim().to_string()));
+        }
+    }
+    found
+}
+
+/// PIDs of `containerd-shim-runc-v2 … -id TASK` processes.
+fn shims_of(task_id: &str) -> Vec<i32> {
+    let mut found = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    for e in dir.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
+        let is_shim = args
+            .first()
+            .is_some_and(|a| a.ends_with(b"containerd-shim-runc-v2"));
+        if is_shim
+            && args
+                .windows(2)
+                .any(|w| w[0] == b"-id" && w[1] == task_id.as_bytes())
+        {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+/// Everything of a task still on the machine, named (empty: nothing).
+fn leftovers(node: &Node, task_id: &str) -> Vec<String> {
+    let mut left = Vec::new();
+    for (pid, comm) in processes_of(task_id) {
+        left.push(format!("process {pid} ({comm}) in the task's cgroup"));
+    }
+    for pid in shims_of(task_id) {
+        left.push(format!("shim process {pid}"));
+    }
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    for m in mounts.lines().filter(|l| l.contains(task_id)) {
+        left.push(format!("mount {m}"));
+    }
+    let netns = std::process::Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    for n in netns.lines().filter(|l| l.contains(task_id)) {
+        left.push(format!("network namespace {n}"));
+    }
+    for root in [
+        "/sys/fs/cgroup",
+        "/sys/fs/cgroup/memory",
+        "/sys/fs/cgroup/cpu,cpuacct",
+        "/sys/fs/cgroup/pids",
+    ] {
+        let Ok(dirs) = std::fs::read_dir(root) else {
+            continue;
+        };
+        for d in dirs.flatten() {
+            let p = d.path().join(task_id);
+            if p.exists() {
+                left.push(format!("cgroup {}", p.display()));
+            }
+        }
+    }
+    let bundle = node.data_dir.join("containers/tasks").join(task_id);
+    if bundle.exists() {
+        left.push(format!("bundle {}", bundle.display()));
+    }
+    left
+}
+
+/// The daemon's container bridge (the harness gives each node its own).
+fn bridge_of(node: &Node) -> String {
+    node.daemon_args
+        .windows(2)
+        .find(|w| w[0] == "--bridge")
+        .map(|w| w[1].clone())
+        .unwrap_or_else(|| "swarmlet0".into())
+}
+
+/// Host-side veths still attached to the node's bridge.
+fn veths_on(bridge: &str) -> Vec<String> {
+    let out = std::process::Command::new("ip")
+        .args(["-o", "link", "show", "master", bridge])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    out.lines().map(str::to_string).collect()
+}
+
+fn swarm_node(name: &str) -> Node {
+    let node = Node::start(name);
+    let out = node.ok(&["init"]);
+    assert!(out.contains("Swarm initialized"), "{out}");
+    node
+}
+
+#[test]
+fn nginx_replicas_answer_through_the_mesh_beside_a_wasm_service() {
+    let Some(reg) = Registry::start() else { return };
+    let node = swarm_node("ct-mesh");
+    let image = reg.image(NGINX);
+    node.ok(&[
+        "service",
+        "create",
+        "--name",
+        "web",
+        "--replicas",
+        "3",
+        "-p",
+        "8081:80",
+        &image,
+    ]);
+    let tasks = running(&node, "web", 3);
+    let want = ids(&tasks);
+    for t in &tasks {
+        let ep = &t["endpoint"];
+        assert_eq!(
+            ep["port"], 80,
+            "a container task reports its endpoint: {t:#}"
+        );
+        assert!(!text(&ep["addr"]).is_empty(), "{t:#}");
+    }
+    // Round robin through the published port reaches every container.
+    eventually("all three containers answer on the published port", || {
+        let seen = hostnames(IpAddr::V4(node.ip), 8081, 12)?;
+        if seen == want {
+            Ok(())
+        } else {
+            Err(format!("saw {seen:?}, want {want:?}"))
+        }
+    });
+    // A wasm service beside it, on its own port; both keep answering.
+    node.create("hello", "hello", &["-p", "8080:80"]);
+    let (status, body) = node.get(8080, "/").expect("wasm service answers");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("hello from hello.1"), "{body}");
+    assert_eq!(
+        hostnames(IpAddr::V4(node.ip), 8081, 3)
+            .expect("nginx still answers")
+            .len(),
+        3
+    );
+
+    // What the user reads: the image and the digest it was pinned to.
+    let ls = node.ok(&["service", "ls"]);
+    assert!(
+        ls.lines().any(|l| l.contains("web") && l.contains(&image)),
+        "{ls}"
+    );
+    let inspect: Value =
+        serde_json::from_str(&node.ok(&["service", "inspect", "web"])).expect("inspect json");
+    let pinned = inspect.to_string();
+    assert!(pinned.contains(&image), "{inspect:#}");
+    assert!(
+        pinned.contains("sha256:"),
+        "the digest is pinned at create: {inspect:#}"
+    );
+}
+
+#[test]
+fn a_killed_container_is_replaced() {
+    let Some(reg) = Registry::start() else { return };
+    let node = swarm_node("ct-kill");
+    node.ok(&[
+        "service",
+        "create",
+        "--name",
+        "web",
+        "-p",
+        "8082:80",
+        &reg.image(NGINX),
+    ]);
+    let old = text(&running(&node, "web", 1)[0]["id"]);
+    let nginx: Vec<i32> = processes_of(&old)
+        .into_iter()
+        .filter(|(_, comm)| comm == "nginx")
+        .map(|(pid, _)| pid)
+        .collect();
+    assert!(
+        !nginx.is_empty(),
+        "nginx runs in the task's cgroup: {:?}",
+        processes_of(&old)
+    );
+    for pid in nginx {
+        // SAFETY: kill(2) on a pid we just read; at worst ESRCH.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+    let mut new = String::new();
+    eventually(
+        "the killed replica is replaced and its old task failed",
+        || {
+            let all = ps(&node, "web")?;
+            let old_t = all
+                .iter()
+                .find(|t| text(&t["task"]["id"]) == old)
+                .ok_or("old task gone from ps")?;
+            if old_t["task"]["state"] != "failed" {
+                return Err(format!("old task: {old_t:#}"));
+            }
+            let fresh = all
+                .iter()
+                .find(|t| is_running(t) && text(&t["task"]["id"]) != old)
+                .ok_or_else(|| format!("no new running task: {all:#?}"))?;
+            new = text(&fresh["task"]["id"]);
+            Ok(())
+        },
+    );
+    eventually("the replacement answers on the published port", || {
+        let seen = hostnames(IpAddr::V4(node.ip), 8082, 3)?;
+        if seen == BTreeSet::from([new.clone()]) {
+            Ok(())
+        } else {
+            Err(format!("{seen:?}"))
+        }
+    });
+    assert!(
+        leftovers(&node, &old).is_empty(),
+        "{:?}",
+        leftovers(&node, &old)
+    );
+}
+
+#[test]
+fn a_killed_daemon_comes_back_to_the_same_containers() {
+    let Some(reg) = Registry::start() else { return };
+    let mut node = swarm_node("ct-restart");
+    node.ok(&[
+        "service",
+        "create",
+        "--name",
+        "web",
+        "--replicas",
+        "2",
+        "-p",
+        "8083:80",
+        &reg.image(NGINX),
+    ]);
+    let tasks = running(&node, "web", 2);
+    let before = ids(&tasks);
+    let shims: Vec<(String, Vec<i32>)> =
+        before.iter().map(|id| (id.clone(), shims_of(id))).collect();
+    for (id, pids) in &shims {
+        assert_eq!(pids.len(), 1, "one shim per task {id}: {pids:?}");
+    }
+
+    node.kill9();
+    // The containers outlive the daemon: each still answers at its address.
+    for t in &tasks {
+        let ip: IpAddr = text(&t["endpoint"]["addr"]).parse().expect("endpoint addr");
+        let seen = hostnames(ip, 80, 1).expect("a container serves while its node is down");
+        assert_eq!(seen, BTreeSet::from([text(&t["id"])]));
+    }
+    node.spawn();
+    eventually("the mesh serves both containers again", || {
+        let seen = hostnames(IpAddr::V4(node.ip), 8083, 8)?;
+        if seen == before {
+            Ok(())
+        } else {
+            Err(format!("{seen:?}"))
+        }
+    });
+    // Neither lost nor duplicated: the same two tasks, the same shims, no
+    // third task and no second container.
+    let all = ps(&node, "web").expect("ps");
+    assert_eq!(all.len(), 2, "no task was added: {all:#?}");
+    assert_eq!(ids(&running(&node, "web", 2)), before);
+    for (id, pids) in &shims {
+        assert_eq!(&shims_of(id), pids, "task {id} kept its one shim");
+        let nginx = processes_of(id)
+            .iter()
+            .filter(|(_, c)| c == "nginx")
+            .count();
+        assert!(nginx >= 1, "task {id} still runs nginx");
+    }
+}
+
+#[test]
+fn service_rm_leaves_nothing_behind() {
+    let Some(reg) = Registry::start() else { return };
+    let node = swarm_node("ct-rm");
+    node.ok(&[
+        "service",
+        "create",
+        "--name",
+        "web",
+        "--replicas",
+        "2",
+        "-p",
+        "8084:80",
+        &reg.image(NGINX),
+    ]);
+    let gone = ids(&running(&node, "web", 2));
+    let bridge = bridge_of(&node);
+    assert_eq!(
+        veths_on(&bridge).len(),
+        2,
+        "one veth per container on {bridge}"
+    );
+    for id in &gone {
+        assert!(
+            !leftovers(&node, id).is_empty(),
+            "the probe sees a running task {id}"
+        );
+    }
+    node.ok(&["service", "rm", "web"]);
+    eventually("nothing of the removed service is left", || {
+        let mut left: Vec<String> = gone.iter().flat_map(|id| leftovers(&node, id)).collect();
+        left.extend(veths_on(&bridge).into_iter().map(|l| format!("veth {l}")));
+        if left.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{left:#?}"))
+        }
+    });
+    assert!(
+        http_get(SocketAddr::new(IpAddr::V4(node.ip), 8084), "/").is_err(),
+        "the port is closed"
+    );
+}
+
+#[test]
+fn bad_images_say_what_went_wrong_and_create_nothing() {
+    let Some(reg) = Registry::start() else { return };
+    let node = swarm_node("ct-bad");
+    // An unknown tag, and an unreachable registry: refused at create.
+    let unknown = reg.image("swarmlet/nginx:no-such-tag");
+    let err = node.fails(&["service", "create", "--name", "bad", &unknown]);
+    assert!(err.contains("no-such-tag"), "{err}");
+    let err = node.fails(&[
+        "service",
+        "create",
+        "--name",
+        "bad",
+        "127.0.0.1:1/swarmlet/nginx:1.27",
+    ]);
+    assert!(err.contains("127.0.0.1:1"), "names the registry: {err}");
+    let ls = node.ok(&["service", "ls"]);
+    assert!(!ls.contains("bad"), "nothing was created: {ls}");
+
+    // A command that does not exist, and one that crashes at start: the
+    // task fails saying why, and the slot is retried (with back-off).
+    node.ok(&[
+        "service",
+        "create",
+        "--detach",
+        "--name",
+        "nocmd",
+        &reg.image(NOCMD),
+    ]);
+    node.ok(&[
+        "service",
+        "create",
+        "--detach",
+        "--name",
+        "crash",
+        &reg.image(CRASH),
+    ]);
+    for (service, why) in [("nocmd", "does-not-exist"), ("crash", "exited with code 1")] {
+        eventually(
+            &format!("{service}: failed tasks saying why, and a retry"),
+            || {
+                let all = ps(&node, service)?;
+                let failed: Vec<&Value> = all
+                    .iter()
+                    .filter(|t| t["task"]["state"] == "failed")
+                    .collect();
+                if failed.len() >= 2
+                    && failed
+                        .iter()
+                        .all(|t| text(&t["task"]["error"]).contains(why))
+                {
+                    Ok(())
+                } else {
+                    Err(format!("{all:#?}"))
+                }
+            },
+        );
+    }
+    // The crashing container's own words reach `service ps` and `service logs`.
+    let all = ps(&node, "crash").expect("ps");
+    assert!(
+        all.iter()
+            .any(|t| text(&t["task"]["error"]).contains("crash: exiting with code 1 at start")),
+        "{all:#?}"
+    );
+    let logs = node.ok(&["service", "logs", "crash"]);
+    assert!(
+        logs.contains("crash: exiting with code 1 at start"),
+        "{logs}"
+    );
+    assert!(
+        logs.lines().all(|l| l.starts_with("crash.1.")),
+        "Docker's prefix: {logs}"
+    );
+}

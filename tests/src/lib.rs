@@ -12,6 +12,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+pub mod containers;
 pub mod http;
 pub mod netns;
 pub mod registry;
@@ -486,18 +487,13 @@ impl Node {
 impl Drop for Node {
     fn drop(&mut self) {
         self.kill9();
+        // Containers and shims outlive a killed daemon by design; a test's
+        // node is gone for good, so its containers go with it.
+        containers::reap(&self.data_dir);
         if let Some(b) = &self.bridge {
             // The daemon keeps its bridge when it exits (as dockerd keeps
             // docker0); a test's node is gone for good. Absent: nothing to do.
-            let mut ip = Command::new("ip");
-            if let Some(ns) = &self.netns {
-                ip.args(["netns", "exec", ns, "ip"]);
-            }
-            let _ = ip
-                .args(["link", "del", &b.name])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
+            containers::remove_bridge(self.netns.as_deref(), &b.name, &b.cidr);
         }
         if std::thread::panicking() {
             eprintln!(

@@ -10,6 +10,7 @@ use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
 
 use serde_json::Value;
+use swarmlet_e2e::containers::{leftovers, processes_of, shims_of};
 use swarmlet_e2e::registry::{Registry, CRASH, NGINX, NOCMD};
 use swarmlet_e2e::swarm::eventually;
 use swarmlet_e2e::{http_get, Node};
@@ -75,101 +76,11 @@ fn hostnames(ip: IpAddr, port: u16, tries: usize) -> Result<BTreeSet<String>, St
     Ok(seen)
 }
 
-/// Processes whose cgroup is the task's (`/…/<task id>`), with their names.
-fn processes_of(task_id: &str) -> Vec<(i32, String)> {
-    let mut found = Vec::new();
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return found;
-    };
-    for e in dir.flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
-            continue;
-        };
-        let cg = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
-        if cg.lines().any(|l| l.ends_with(&format!("/{task_id}"))) {
-            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-            found.push((pid, comm.trim().to_string()));
-        }
-    }
-    found
-}
-
-/// PIDs of `containerd-shim-runc-v2 … -id TASK` processes.
-fn shims_of(task_id: &str) -> Vec<i32> {
-    let mut found = Vec::new();
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return found;
-    };
-    for e in dir.flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
-            continue;
-        };
-        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
-        let is_shim = args
-            .first()
-            .is_some_and(|a| a.ends_with(b"containerd-shim-runc-v2"));
-        if is_shim
-            && args
-                .windows(2)
-                .any(|w| w[0] == b"-id" && w[1] == task_id.as_bytes())
-        {
-            found.push(pid);
-        }
-    }
-    found
-}
-
-/// Everything of a task still on the machine, named (empty: nothing).
-fn leftovers(node: &Node, task_id: &str) -> Vec<String> {
-    let mut left = Vec::new();
-    for (pid, comm) in processes_of(task_id) {
-        left.push(format!("process {pid} ({comm}) in the task's cgroup"));
-    }
-    for pid in shims_of(task_id) {
-        left.push(format!("shim process {pid}"));
-    }
-    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
-    for m in mounts.lines().filter(|l| l.contains(task_id)) {
-        left.push(format!("mount {m}"));
-    }
-    let netns = std::process::Command::new("ip")
-        .args(["netns", "list"])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_default();
-    for n in netns.lines().filter(|l| l.contains(task_id)) {
-        left.push(format!("network namespace {n}"));
-    }
-    for root in [
-        "/sys/fs/cgroup",
-        "/sys/fs/cgroup/memory",
-        "/sys/fs/cgroup/cpu,cpuacct",
-        "/sys/fs/cgroup/pids",
-    ] {
-        let Ok(dirs) = std::fs::read_dir(root) else {
-            continue;
-        };
-        for d in dirs.flatten() {
-            let p = d.path().join(task_id);
-            if p.exists() {
-                left.push(format!("cgroup {}", p.display()));
-            }
-        }
-    }
-    let bundle = node.data_dir.join("containers/tasks").join(task_id);
-    if bundle.exists() {
-        left.push(format!("bundle {}", bundle.display()));
-    }
-    left
-}
-
 /// The daemon's container bridge (the harness gives each node its own).
 fn bridge_of(node: &Node) -> String {
-    node.daemon_args
-        .windows(2)
-        .find(|w| w[0] == "--bridge")
-        .map(|w| w[1].clone())
+    node.bridge
+        .as_ref()
+        .map(|b| b.name.clone())
         .unwrap_or_else(|| "swarmlet0".into())
 }
 
@@ -310,9 +221,9 @@ fn a_killed_container_is_replaced() {
         }
     });
     assert!(
-        leftovers(&node, &old).is_empty(),
+        leftovers(&node.data_dir, &old).is_empty(),
         "{:?}",
-        leftovers(&node, &old)
+        leftovers(&node.data_dir, &old)
     );
 }
 
@@ -394,13 +305,16 @@ fn service_rm_leaves_nothing_behind() {
     );
     for id in &gone {
         assert!(
-            !leftovers(&node, id).is_empty(),
+            !leftovers(&node.data_dir, id).is_empty(),
             "the probe sees a running task {id}"
         );
     }
     node.ok(&["service", "rm", "web"]);
     eventually("nothing of the removed service is left", || {
-        let mut left: Vec<String> = gone.iter().flat_map(|id| leftovers(&node, id)).collect();
+        let mut left: Vec<String> = gone
+            .iter()
+            .flat_map(|id| leftovers(&node.data_dir, id))
+            .collect();
         left.extend(veths_on(&bridge).into_iter().map(|l| format!("veth {l}")));
         if left.is_empty() {
             Ok(())

@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
 
 use serde_json::Value;
-use swarmlet_e2e::containers::{leftovers, processes_of, shims_of};
+use swarmlet_e2e::containers::{cgroups_of, leftovers, processes_of, shims_of};
 use swarmlet_e2e::registry::{Registry, CRASH, NGINX, NOCMD};
 use swarmlet_e2e::swarm::eventually;
 use swarmlet_e2e::{http_get, Node};
@@ -94,6 +94,30 @@ fn veths_on(bridge: &str) -> Vec<String> {
     out.lines().map(str::to_string).collect()
 }
 
+/// (memory limit in bytes, (cpu quota, period) in µs) of the task's cgroup,
+/// read from cgroup v1 (`memory.limit_in_bytes`, `cpu.cfs_quota_us`) or v2
+/// (`memory.max`, `cpu.max`).
+fn cgroup_limits(task_id: &str) -> (Option<u64>, Option<(u64, u64)>) {
+    let (mut memory, mut cpu) = (None, None);
+    let read = |p: std::path::PathBuf| std::fs::read_to_string(p).ok();
+    for dir in cgroups_of(task_id) {
+        if let Some(v) = read(dir.join("memory.limit_in_bytes")).or(read(dir.join("memory.max"))) {
+            memory = v.trim().parse().ok();
+        }
+        if let (Some(q), Some(p)) = (
+            read(dir.join("cpu.cfs_quota_us")),
+            read(dir.join("cpu.cfs_period_us")),
+        ) {
+            cpu = q.trim().parse().ok().zip(p.trim().parse().ok());
+        }
+        if let Some(v) = read(dir.join("cpu.max")) {
+            let mut it = v.split_whitespace().map(|x| x.parse().ok());
+            cpu = it.next().flatten().zip(it.next().flatten());
+        }
+    }
+    (memory, cpu)
+}
+
 fn swarm_node(name: &str) -> Node {
     let node = Node::start(name);
     let out = node.ok(&["init"]);
@@ -175,9 +199,43 @@ fn a_killed_container_is_replaced() {
         "web",
         "-p",
         "8082:80",
+        "--limit-memory",
+        "64M",
+        "--limit-cpu",
+        "0.5",
+        "--env",
+        "GREETING=hi there",
         &reg.image(NGINX),
     ]);
     let old = text(&running(&node, "web", 1)[0]["id"]);
+    // The limits are the container's cgroup's, the env its process's.
+    let limits = cgroup_limits(&old);
+    assert_eq!(
+        limits.0,
+        Some(64 << 20),
+        "memory limit in the task's cgroup"
+    );
+    assert_eq!(
+        limits.1,
+        Some((50_000, 100_000)),
+        "cpu quota/period in the task's cgroup"
+    );
+    // (nginx rewrites its own /proc/PID/environ with its process title, so
+    // the env is read where runc took it from: the task's bundle.)
+    let config = node
+        .data_dir
+        .join("containers/tasks")
+        .join(&old)
+        .join("config.json");
+    let config: Value =
+        serde_json::from_slice(&std::fs::read(&config).expect("the task's config.json"))
+            .expect("config.json");
+    let env = &config["process"]["env"];
+    assert!(
+        env.as_array()
+            .is_some_and(|e| e.iter().any(|v| v == "GREETING=hi there")),
+        "--env reaches the container: {env}"
+    );
     let nginx: Vec<i32> = processes_of(&old)
         .into_iter()
         .filter(|(_, comm)| comm == "nginx")

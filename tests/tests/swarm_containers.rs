@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 
 use serde_json::Value;
-use swarmlet_e2e::registry::{Registry, NGINX};
+use swarmlet_e2e::registry::{Registry, CRASH, NGINX};
 use swarmlet_e2e::swarm::{eventually, Swarm};
 use swarmlet_e2e::{http_get, Node};
 
@@ -84,6 +84,36 @@ fn every_node_reaches_every_container() {
             },
         );
     }
+
+    // `service logs` on the manager gathers every node's task output (the
+    // workers' over the cluster port), each line prefixed with its task and
+    // node as Docker does.
+    m1.ok(&[
+        "service",
+        "create",
+        "--detach",
+        "--name",
+        "crash",
+        "--replicas",
+        "3",
+        &reg.image(CRASH),
+    ]);
+    eventually("the crashing service's output from all three nodes", || {
+        let out = m1.cli(&["service", "logs", "crash"]);
+        let logs = String::from_utf8_lossy(&out.stdout).into_owned();
+        let nodes: BTreeSet<&str> = logs
+            .lines()
+            .filter(|l| l.contains("crash: exiting with code 1 at start"))
+            .filter_map(|l| l.split('@').nth(1)?.split_whitespace().next())
+            .collect();
+        let want: BTreeSet<&str> = swarm.nodes().map(|n| n.name.as_str()).collect();
+        if nodes == want && logs.lines().all(|l| l.starts_with("crash.")) {
+            Ok(())
+        } else {
+            Err(format!("{logs}\n{}", String::from_utf8_lossy(&out.stderr)))
+        }
+    });
+    m1.ok(&["service", "rm", "crash"]);
 
     // A worker dies: its replica runs elsewhere and the others serve it.
     let gone_host = swarm.workers[1].name.clone();

@@ -124,7 +124,7 @@ impl Runtime for Unavailable {
 }
 
 /// What a node refuses container tasks with while it has no container runtime.
-pub const NO_CONTAINERS: &str = "container services are not supported on this node yet";
+pub const NO_CONTAINERS: &str = "this node runs no container runtime";
 
 /// The runtimes of this node, chosen by the service's image.
 #[derive(Clone)]

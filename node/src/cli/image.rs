@@ -111,7 +111,19 @@ fn rows(images: &[ImageSummary]) -> Vec<Vec<String>> {
                 .take(12)
                 .collect();
         let names: Vec<(String, String)> = if i.names.is_empty() {
-            vec![("<none>".into(), "<none>".into())]
+            // Pulled by digest only (a service's pinned image): Docker
+            // shows the repository with a `<none>` tag.
+            let mut by_digest: Vec<(String, String)> = i
+                .repo_digests
+                .iter()
+                .filter_map(|d| d.split_once('@'))
+                .map(|(repo, _)| (repo.to_string(), "<none>".to_string()))
+                .collect();
+            by_digest.dedup();
+            if by_digest.is_empty() {
+                by_digest.push(("<none>".into(), "<none>".into()));
+            }
+            by_digest
         } else {
             i.names
                 .iter()
@@ -305,5 +317,25 @@ mod tests {
         assert_eq!(r[0][4], "1.5kB");
         assert_eq!(r[1][0], "docker.io/imported/web");
         assert_eq!(r[1][2], format!("sha256:{}", "ef".repeat(32)));
+    }
+
+    #[test]
+    fn an_image_pulled_by_digest_shows_its_repository() {
+        let i = ImageSummary {
+            id: format!("sha256:{}", "ab".repeat(32)),
+            names: vec![],
+            repo_digests: vec![format!("127.0.0.1:5000/web@sha256:{}", "cd".repeat(32))],
+            manifest_digest: None,
+            platform: "linux/amd64".into(),
+            size: 1500,
+            created: None,
+        };
+        let r = rows(&[i]);
+        assert_eq!(r.len(), 1);
+        assert_eq!(
+            (r[0][0].as_str(), r[0][1].as_str()),
+            ("127.0.0.1:5000/web", "<none>")
+        );
+        assert_eq!(r[0][2], format!("sha256:{}", "cd".repeat(32)));
     }
 }

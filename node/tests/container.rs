@@ -10,8 +10,9 @@
 //! parent, bridge (`sh5brN`) and subnet (`10.55.N.0/24`), so they run in
 //! parallel, and removes its bridge at the end.
 
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+mod common;
+
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -126,54 +127,11 @@ fn nginx(id: &str) -> ContainerSpec {
     }
 }
 
-/// GET / from the host; polls (bounded) until nginx answers.
 fn get(ip: Ipv4Addr) -> String {
-    let addr = SocketAddr::from((ip, 80));
-    let mut last = String::new();
-    for _ in 0..600 {
-        match TcpStream::connect_timeout(&addr, Duration::from_secs(5)) {
-            Ok(mut s) => {
-                s.set_read_timeout(Some(Duration::from_secs(30)))
-                    .expect("timeout");
-                s.write_all(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n")
-                    .expect("send");
-                let mut body = String::new();
-                s.read_to_string(&mut body).expect("read response");
-                return body;
-            }
-            Err(e) => last = e.to_string(),
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("nginx at {addr} never accepted a connection: {last}");
+    common::get(SocketAddr::from((ip, 80)))
 }
 
-/// Shim processes for (namespace, id), found in /proc by their arguments.
-fn shim_processes(namespace: &str, id: &str) -> Vec<u32> {
-    let mut pids = Vec::new();
-    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-        let has = |flag: &str, value: &str| {
-            args.windows(2)
-                .any(|w| w[0] == flag.as_bytes() && w[1] == value.as_bytes())
-        };
-        if args
-            .first()
-            .is_some_and(|a| a.ends_with(b"containerd-shim-runc-v2"))
-            && has("-namespace", namespace)
-            && has("-id", id)
-        {
-            pids.push(pid);
-        }
-    }
-    pids
-}
+use common::shims as shim_processes;
 
 /// Asserts, each on its own, that nothing of the task is left.
 fn assert_nothing_left(rt: &ContainerRuntime, id: &str, veth: &str, netns: &str) {

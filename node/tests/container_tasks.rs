@@ -13,8 +13,8 @@
 //! Each test has its own state directory, containerd namespace, cgroup
 //! parent, bridge (`sw21tN`) and subnet (`10.221.N.0/24`).
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, OnceLock};
@@ -281,54 +281,14 @@ fn endpoint(e: Event) -> (String, TaskEndpoint) {
 
 /// GET / at the endpoint; polls (bounded) until something answers.
 fn get(ep: &TaskEndpoint) -> String {
-    let addr: SocketAddr = format!("{}:{}", ep.addr, ep.port)
-        .parse()
-        .expect("endpoint");
-    let mut last = String::new();
-    for _ in 0..600 {
-        match TcpStream::connect_timeout(&addr, Duration::from_secs(5)) {
-            Ok(mut s) => {
-                s.set_read_timeout(Some(Duration::from_secs(30)))
-                    .expect("timeout");
-                s.write_all(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n")
-                    .expect("send");
-                let mut body = String::new();
-                s.read_to_string(&mut body).expect("read response");
-                return body;
-            }
-            Err(e) => last = e.to_string(),
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("nothing accepted a connection at {addr}: {last}");
+    common::get(
+        format!("{}:{}", ep.addr, ep.port)
+            .parse()
+            .expect("endpoint"),
+    )
 }
 
-/// Shim processes of (namespace, id), found in /proc by their arguments.
-fn shims(namespace: &str, id: &str) -> Vec<u32> {
-    let mut pids = Vec::new();
-    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-        let has = |flag: &str, value: &str| {
-            args.windows(2)
-                .any(|w| w[0] == flag.as_bytes() && w[1] == value.as_bytes())
-        };
-        if args
-            .first()
-            .is_some_and(|a| a.ends_with(b"containerd-shim-runc-v2"))
-            && has("-namespace", namespace)
-            && has("-id", id)
-        {
-            pids.push(pid);
-        }
-    }
-    pids
-}
+use common::shims;
 
 /// Polls (bounded) until `f` holds; fails naming `what`.
 async fn until(what: &str, mut f: impl FnMut() -> bool) {

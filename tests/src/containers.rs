@@ -118,7 +118,7 @@ fn quiet(cmd: &mut Command) {
 }
 
 /// Takes away every container a (killed) daemon on `data_dir` left:
-/// SIGKILL to its processes and shim, the rootfs mount, the network
+/// SIGKILL to its processes and shim, runc's record, the rootfs mount, the network
 /// namespace (its veth goes with it) and the cgroups.
 pub fn reap(data_dir: &Path) {
     let Ok(tasks) = std::fs::read_dir(data_dir.join("containers/tasks")) else {

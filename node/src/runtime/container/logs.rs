@@ -8,6 +8,37 @@ use std::path::Path;
 /// How much of the end of a log `tail` reads at most.
 const TAIL_BYTES: u64 = 16 * 1024;
 
+/// How long a log's size must stay the same to count as complete.
+const SETTLE: std::time::Duration = std::time::Duration::from_millis(30);
+/// How long an empty log is given to receive the output (a container may
+/// have printed nothing at all).
+const SETTLE_EMPTY_MAX: std::time::Duration = std::time::Duration::from_millis(300);
+/// How long a growing log is waited for at most.
+const SETTLE_MAX: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The last `lines` lines of an exited container's log, once its output
+/// has landed. The shim copies the container's stdout and stderr into the
+/// file itself and may still be copying when its exit event reaches us
+/// (seen here: a crash's last words missing from the task's error under
+/// load), so the file is read once its size held still for `SETTLE`, or
+/// after `SETTLE_EMPTY_MAX` if it stays empty, `SETTLE_MAX` at most.
+pub async fn settled_tail(path: &Path, lines: usize) -> String {
+    let size = || std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    let start = tokio::time::Instant::now();
+    let mut last = size();
+    loop {
+        tokio::time::sleep(SETTLE).await;
+        let now = size();
+        let waited = start.elapsed();
+        let still = now == last;
+        if (still && (now > 0 || waited >= SETTLE_EMPTY_MAX)) || waited >= SETTLE_MAX {
+            break;
+        }
+        last = now;
+    }
+    tail(path, lines)
+}
+
 /// The last `lines` lines of the file at `path` (empty if there is none).
 pub fn tail(path: &Path, lines: usize) -> String {
     let Ok(mut f) = std::fs::File::open(path) else {

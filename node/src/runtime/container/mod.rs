@@ -502,17 +502,17 @@ impl ContainerRuntime {
         let pid = task.client.start().await?;
         let state = task.client.state().await?;
         if state.status.enum_value() == Ok(api::Status::STOPPED) {
-            return Err(self.exited(id, &task, ExitStatus(state.exit_status)));
+            return Err(self.exited(id, &task, ExitStatus(state.exit_status)).await);
         }
         tracing::info!(%id, pid, "container started");
         Ok(pid)
     }
 
-    fn exited(&self, id: &str, task: &Task, status: ExitStatus) -> ContainerError {
+    async fn exited(&self, id: &str, task: &Task, status: ExitStatus) -> ContainerError {
         ContainerError::Exited {
             id: id.to_string(),
             status,
-            log_tail: logs::tail(&task.record.log, LOG_TAIL_LINES),
+            log_tail: logs::settled_tail(&task.record.log, LOG_TAIL_LINES).await,
         }
     }
 
@@ -526,7 +526,7 @@ impl ContainerRuntime {
             .ok_or_else(|| ContainerError::NotFound { id: id.to_string() })?;
         Ok(Exit {
             status,
-            log_tail: logs::tail(&task.record.log, LOG_TAIL_LINES),
+            log_tail: logs::settled_tail(&task.record.log, LOG_TAIL_LINES).await,
         })
     }
 

@@ -1,0 +1,55 @@
+//! What the container integration tests (`container.rs`,
+//! `container_tasks.rs`) both look at: a container's answer and its shim.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+/// `GET /` at `addr` over HTTP/1.0, the whole answer; polls (bounded, ~30 s)
+/// until something accepts the connection.
+pub fn get(addr: SocketAddr) -> String {
+    let mut last = String::new();
+    for _ in 0..600 {
+        match TcpStream::connect_timeout(&addr, Duration::from_secs(5)) {
+            Ok(mut s) => {
+                s.set_read_timeout(Some(Duration::from_secs(30)))
+                    .expect("timeout");
+                s.write_all(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n")
+                    .expect("send");
+                let mut body = String::new();
+                s.read_to_string(&mut body).expect("read response");
+                return body;
+            }
+            Err(e) => last = e.to_string(),
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("nothing accepted a connection at {addr}: {last}");
+}
+
+/// Shim processes of (namespace, id), found in /proc by their arguments.
+pub fn shims(namespace: &str, id: &str) -> Vec<u32> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        let has = |flag: &str, value: &str| {
+            args.windows(2)
+                .any(|w| w[0] == flag.as_bytes() && w[1] == value.as_bytes())
+        };
+        if args
+            .first()
+            .is_some_and(|a| a.ends_with(b"containerd-shim-runc-v2"))
+            && has("-namespace", namespace)
+            && has("-id", id)
+        {
+            pids.push(pid);
+        }
+    }
+    pids
+}

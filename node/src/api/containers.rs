@@ -15,6 +15,10 @@ use crate::image::{ImageError, ImageRef};
 /// 6 MiB: below that the runtime itself does not fit).
 pub const MIN_CONTAINER_MEMORY: u64 = 6 << 20;
 
+/// The fewest CPUs `--limit-cpu` may name: 0.01 (a 1 ms quota per 100 ms
+/// period, the kernel's minimum), in NanoCPUs.
+pub const MIN_NANO_CPUS: u64 = 10_000_000;
+
 /// The most CPUs `--limit-cpu` may name.
 pub const MAX_CPUS: u64 = 1024;
 
@@ -58,6 +62,12 @@ pub fn check_container_request(req: &CreateServiceRequest) -> Result<(), ApiErro
         Some(n) if n > MAX_CPUS * 1_000_000_000 => {
             return Err(ApiError::bad_request(format!(
                 "--limit-cpu {} is more than {MAX_CPUS} CPUs; give a number of CPUs such as 0.5 or 2",
+                n as f64 / 1e9
+            )))
+        }
+        Some(n) if n < MIN_NANO_CPUS => {
+            return Err(ApiError::bad_request(format!(
+                "--limit-cpu {} is less than 0.01 CPUs, the smallest CPU quota the kernel gives; give 0.01 or more",
                 n as f64 / 1e9
             )))
         }
@@ -211,6 +221,11 @@ mod tests {
             .unwrap_err()
             .message
             .contains("1024 CPUs"));
+        r.limit_nano_cpus = Some(1_000_000);
+        assert!(check_container_request(&r)
+            .unwrap_err()
+            .message
+            .contains("0.01"));
         r.limit_nano_cpus = Some(500_000_000);
         assert!(check_container_request(&r).is_ok());
     }

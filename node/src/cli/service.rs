@@ -139,6 +139,11 @@ pub fn parse_cpus(s: &str) -> Result<u64, String> {
     if n > 1024.0 {
         return Err(format!("--limit-cpu {s}: at most 1024 CPUs"));
     }
+    if n < 0.01 {
+        return Err(format!(
+            "--limit-cpu {s}: at least 0.01 CPUs (the kernel's smallest CPU quota)"
+        ));
+    }
     Ok(((n * 1e9).round() as u64).max(1))
 }
 

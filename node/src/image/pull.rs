@@ -101,6 +101,19 @@ fn client(protocol: ClientProtocol, accept_invalid_certificates: bool) -> Result
     })
 }
 
+/// Whether `bytes` is an image manifest or index (schema version 2, with
+/// `layers` or `manifests`), as every registry answers the manifest route.
+fn looks_like_manifest(bytes: &[u8]) -> std::result::Result<(), String> {
+    let v: serde_json::Value = serde_json::from_slice(bytes).map_err(|_| "not JSON".to_string())?;
+    if v.get("schemaVersion").and_then(|x| x.as_u64()) != Some(2) {
+        return Err("no schemaVersion 2".into());
+    }
+    if v.get("layers").is_none() && v.get("manifests").is_none() {
+        return Err("neither layers nor manifests".into());
+    }
+    Ok(())
+}
+
 /// `sha256:` of `bytes`.
 pub(crate) fn sha256(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
@@ -241,6 +254,17 @@ impl Puller {
                 what: "the manifest".into(),
                 expected: digest,
                 actual,
+            });
+        }
+        // A server that is not a registry (a web server answering HTML)
+        // must not get its page pinned as an image's digest.
+        if let Err(why) = looks_like_manifest(&bytes) {
+            return Err(ImageError::Registry {
+                registry: reg.to_string(),
+                reference: r.to_string(),
+                detail: format!(
+                    "its answer is not an image manifest ({why}); is {reg} an OCI/Docker registry?"
+                ),
             });
         }
         Ok((bytes, actual))
@@ -731,5 +755,24 @@ impl Read for ChannelReader {
         let n = out.len().min(self.buf.len());
         out[..n].copy_from_slice(&self.buf.split_to(n));
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod manifest_tests {
+    use super::looks_like_manifest;
+
+    #[test]
+    fn only_manifests_and_indexes_pass() {
+        let manifest = br#"{"schemaVersion":2,"config":{},"layers":[]}"#;
+        let index = br#"{"schemaVersion":2,"manifests":[]}"#;
+        assert_eq!(looks_like_manifest(manifest), Ok(()));
+        assert_eq!(looks_like_manifest(index), Ok(()));
+        assert_eq!(
+            looks_like_manifest(b"<html>not json</html>"),
+            Err("not JSON".into())
+        );
+        assert!(looks_like_manifest(br#"{"schemaVersion":1,"fsLayers":[]}"#).is_err());
+        assert!(looks_like_manifest(br#"{"schemaVersion":2}"#).is_err());
     }
 }

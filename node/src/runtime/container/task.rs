@@ -259,12 +259,17 @@ pub fn one_line_tail(tail: &str) -> String {
     }
 }
 
-/// How an exit reads in `service ps`: "exited with code 1: <last lines>".
+/// How an exit reads in `service ps`: "exited with code 1: <last lines>";
+/// `when` follows the code (" at start").
 fn exit_message(status: super::ExitStatus, tail: &str) -> String {
+    exit_message_when(status, "", tail)
+}
+
+fn exit_message_when(status: super::ExitStatus, when: &str, tail: &str) -> String {
     let tail = one_line_tail(tail);
     let what = match status.signal() {
-        Some(sig) => format!("exited with code {} (signal {sig})", status.0),
-        None => format!("exited with code {}", status.0),
+        Some(sig) => format!("exited with code {} (signal {sig}){when}", status.0),
+        None => format!("exited with code {}{when}", status.0),
     };
     if tail.is_empty() {
         what
@@ -279,8 +284,8 @@ fn failed(e: ContainerError) -> RuntimeError {
         ContainerError::Exited {
             status, log_tail, ..
         } => RuntimeError::Failed(format!(
-            "container {} at start",
-            exit_message(status, &log_tail)
+            "container {}",
+            exit_message_when(status, " at start", &log_tail)
         )),
         ContainerError::ToolMissing { .. } => RuntimeError::Unsupported(e.to_string()),
         e => RuntimeError::Failed(e.to_string()),

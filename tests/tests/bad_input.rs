@@ -59,11 +59,20 @@ fn bad_input_is_refused_and_loses_nothing() {
     let c = write_tmp(&node, "empty-component.wasm", &component);
     let err = node.fails(&["service", "create", "--name", "x3", "-p", "9003:80", &c]);
     assert!(err.contains("not a wasi:http/proxy component"), "{err}");
-    // A file that does not exist / an image reference.
+    // A file that does not exist; an image reference (a container
+    // service) given a wasm-only flag.
     let err = node.fails(&["service", "create", "--name", "x4", "./missing.wasm"]);
     assert!(err.contains("no such file"), "{err}");
-    let err = node.fails(&["service", "create", "--name", "x5", "nginx:1.27"]);
-    assert!(err.contains("not a .wasm file"), "{err}");
+    let err = node.fails(&[
+        "service",
+        "create",
+        "--name",
+        "x5",
+        "--instance-reuse",
+        "2",
+        "nginx:1.27",
+    ]);
+    assert!(err.contains("wasm services only"), "{err}");
 
     // Duplicate name, port taken by a service, port taken by another process.
     let err = node.fails(&[

@@ -93,7 +93,7 @@ pub struct CreateArgs {
     limit_cpu: Option<u64>,
     /// Set an environment variable in the container: KEY=VALUE, or KEY to
     /// pass this shell's value (repeatable) [containers only]
-    #[arg(short, long = "env", value_name = "KEY=VALUE")]
+    #[arg(short, long = "env", value_name = "KEY=VALUE", value_parser = parse_env_flag)]
     env: Vec<String>,
     /// Time a replica gets to stop after SIGTERM before it is killed
     /// (e.g. 10s, 500ms) [default: 10s]
@@ -145,6 +145,17 @@ pub fn parse_cpus(s: &str) -> Result<u64, String> {
         ));
     }
     Ok(((n * 1e9).round() as u64).max(1))
+}
+
+/// `--env` as Docker takes it: KEY=VALUE or KEY, never an empty name.
+fn parse_env_flag(s: &str) -> Result<String, String> {
+    let key = s.split_once('=').map_or(s, |(k, _)| k);
+    if key.trim().is_empty() {
+        return Err(format!(
+            "invalid environment variable {s:?}: write KEY=VALUE, or KEY to pass this shell's value"
+        ));
+    }
+    Ok(s.to_string())
 }
 
 /// Docker's `--env KEY`: the value of KEY in this shell, left out when it
@@ -214,15 +225,16 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
         "k" => 10,
         "m" => 20,
         "g" => 30,
+        "t" => 40,
         _ => {
             return Err(format!(
-                "invalid size {s:?}: use a number with b, k, m or g, e.g. 64m"
+                "invalid size {s:?}: use a number with b, k, m, g or t, e.g. 64m"
             ))
         }
     };
     let n: f64 = num
         .parse()
-        .map_err(|_| format!("invalid size {s:?}: use a number with b, k, m or g, e.g. 64m"))?;
+        .map_err(|_| format!("invalid size {s:?}: use a number with b, k, m, g or t, e.g. 64m"))?;
     Ok((n * (1u64 << shift) as f64) as u64)
 }
 
@@ -698,6 +710,11 @@ mod tests {
     #[test]
     fn cpus_as_docker_reads_them() {
         assert_eq!(parse_cpus("0.5").unwrap(), 500_000_000);
+        assert!(parse_cpus("0.001").unwrap_err().contains("0.01"));
+        assert_eq!(parse_bytes("1t").unwrap(), 1 << 40);
+        assert!(parse_env_flag("").is_err());
+        assert!(parse_env_flag("=x").is_err());
+        assert_eq!(parse_env_flag("A=").unwrap(), "A=");
         assert_eq!(parse_cpus("2").unwrap(), 2_000_000_000);
         assert!(parse_cpus("0").unwrap_err().contains("more than 0"));
         assert!(parse_cpus("-1").is_err());

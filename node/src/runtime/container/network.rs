@@ -277,8 +277,12 @@ pub async fn detach(att: &Attachment) {
         }
     }
     if link_exists(&att.veth) {
+        // Deleting the namespace takes the veth pair with it, a moment
+        // later: a veth gone by now is not a failure.
         if let Err(e) = run("ip", &["link", "del", &att.veth]).await {
-            tracing::warn!("removing veth {}: {e}", att.veth);
+            if link_exists(&att.veth) {
+                tracing::warn!("removing veth {}: {e}", att.veth);
+            }
         }
     }
 }

@@ -54,24 +54,7 @@ fn prerequisites() -> bool {
 /// Removes what test processes that no longer run left in the temp dir
 /// (`sh5-…-<pid>…`).
 fn sweep_stale() {
-    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let rest = name
-            .strip_prefix("sh5-nginx-rootfs-")
-            .or_else(|| name.strip_prefix("sh5-ct-"));
-        let Some(pid) = rest
-            .and_then(|r| r.split('-').next())
-            .and_then(|p| p.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if !Path::new(&format!("/proc/{pid}")).exists() {
-            let _ = std::fs::remove_dir_all(entry.path());
-        }
-    }
+    common::sweep_stale(&["sh5-nginx-rootfs-", "sh5-ct-"]);
 }
 
 /// The nginx rootfs, built once per test process.

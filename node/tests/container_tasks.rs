@@ -106,24 +106,7 @@ skopeo copy -q $to "oci:$oci:nocmd" "docker://$addr/nocmd:1"
 /// Removes what test processes that are gone left in the temp dir
 /// (`sw21-registry-<pid>`, `sw21-ct-<pid>-N`).
 fn sweep_stale() {
-    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let rest = name
-            .strip_prefix("sw21-registry-")
-            .or_else(|| name.strip_prefix("sw21-ct-"));
-        let Some(pid) = rest
-            .and_then(|r| r.split('-').next())
-            .and_then(|p| p.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if !Path::new(&format!("/proc/{pid}")).exists() {
-            let _ = std::fs::remove_dir_all(entry.path());
-        }
-    }
+    common::sweep_stale(&["sw21-registry-", "sw21-ct-"]);
 }
 
 /// The registry of this test process, with the images above.

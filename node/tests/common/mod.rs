@@ -1,5 +1,6 @@
 //! What the container integration tests (`container.rs`,
-//! `container_tasks.rs`) both look at: a container's answer and its shim.
+//! `container_tasks.rs`) both look at: a container's answer and its shim;
+//! and the clean-up of what earlier test processes left.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -52,4 +53,25 @@ pub fn shims(namespace: &str, id: &str) -> Vec<u32> {
         }
     }
     pids
+}
+
+/// Removes what test processes that are gone left in the temp dir: entries
+/// named `<prefix><pid>…` for one of `prefixes`, whose pid no longer runs.
+pub fn sweep_stale(prefixes: &[&str]) {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let rest = prefixes.iter().find_map(|p| name.strip_prefix(p));
+        let Some(pid) = rest
+            .and_then(|r| r.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }

@@ -152,6 +152,7 @@ pub fn image_error(e: ImageError) -> ApiError {
         | ImageError::NotFound { .. } => 404,
         ImageError::InUse { .. } => 409,
         ImageError::Unreachable { .. }
+        | ImageError::NoAnswer { .. }
         | ImageError::Registry { .. }
         | ImageError::DigestMismatch { .. } => 502,
         ImageError::Disk { source, .. }

@@ -19,7 +19,7 @@ pub enum ImageError {
     },
 
     /// The repository exists but has no manifest under that tag or digest.
-    #[error("{reference}: no such tag or digest in the registry; check the tag{known}")]
+    #[error("{reference}: {}{known}", unknown_manifest(.reference))]
     UnknownTag {
         reference: String,
         /// "; the repository has: v1, v2" when the registry said, else "".
@@ -44,6 +44,10 @@ pub enum ImageError {
         /// starting with "; ".
         hint: String,
     },
+
+    /// The registry took the connection but sent nothing back in time.
+    #[error("registry {registry} accepted the connection but did not answer ({detail}); check that a working registry serves that address (its logs), then retry")]
+    NoAnswer { registry: String, detail: String },
 
     /// The registry answered something this node does not accept.
     #[error("registry {registry} answered an error for {reference}: {detail}; try again, or check the registry's logs")]
@@ -127,3 +131,13 @@ impl ImageError {
 }
 
 pub type Result<T, E = ImageError> = std::result::Result<T, E>;
+
+/// What a missing manifest means for this reference: a tag that is not
+/// there, or a digest the repository does not hold.
+fn unknown_manifest(reference: &str) -> &'static str {
+    if reference.contains('@') {
+        "the repository has no manifest with that digest; check the digest (`skopeo inspect docker://IMAGE` prints an image's), or name the image by its tag"
+    } else {
+        "no such tag in the registry; check the tag"
+    }
+}

@@ -569,7 +569,12 @@ impl Puller {
         };
         match e {
             OciDistributionError::RequestError(re) => {
-                if re.is_connect() || re.is_timeout() {
+                if re.is_timeout() && !re.is_connect() {
+                    ImageError::NoAnswer {
+                        registry,
+                        detail: chain(&re),
+                    }
+                } else if re.is_connect() || re.is_timeout() {
                     let hint = if r.is_loopback_registry() || self.is_insecure(&registry) {
                         String::new()
                     } else {

@@ -26,6 +26,9 @@ impl ImageRef {
             return Err(bad("it has leading or trailing spaces".into()));
         }
         let r = Reference::from_str(input).map_err(|e| bad(e.to_string()))?;
+        if let Some(digest) = r.digest() {
+            check_digest(digest).map_err(bad)?;
+        }
         Ok(ImageRef(r))
     }
 
@@ -82,6 +85,28 @@ impl ImageRef {
     pub(crate) fn oci(&self) -> &Reference {
         &self.0
     }
+}
+
+/// The reference grammar accepts any hex digits; registries (and the OCI
+/// image spec) take only lowercase ones of the algorithm's length, and an
+/// uppercase digest reached the registry as a 500. Refused here instead.
+fn check_digest(digest: &str) -> Result<(), String> {
+    let (algorithm, hex) = digest.split_once(':').unwrap_or(("", digest));
+    let len = match algorithm {
+        "sha256" => 64,
+        "sha512" => 128,
+        other => {
+            return Err(format!(
+                "unsupported digest algorithm {other:?}: use sha256"
+            ))
+        }
+    };
+    if hex.len() != len || !hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        return Err(format!(
+            "a {algorithm} digest is {len} lowercase hex digits after \"{algorithm}:\""
+        ));
+    }
+    Ok(())
 }
 
 /// `127.0.0.1:5000` → `127.0.0.1`; `[::1]:5000` → `::1`.
@@ -174,6 +199,8 @@ mod tests {
             "Nginx:1",
             "nginx:",
             "nginx@sha256:abc",
+            "nginx@sha256:1111111111111111111111111111111111111111111111111111111111111ABC",
+            "nginx@sha256:11111111111111111111111111111111111111111111111111111111111111111",
             " nginx",
             "a//b",
             "nginx:bad tag",

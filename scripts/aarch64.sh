@@ -20,9 +20,9 @@ BIN=$A64_TARGET_DIR/$TARGET/release/swarmlet
 DATA_DIR=${DATA_DIR:-/tmp/swarmlet-aarch64}
 ADDR=${ADDR:-127.0.0.91}
 PORT=${PORT:-18191}
-# The address space of a Pi 4 on 64-bit Pi OS. Never run the daemon under
-# qemu without -R: qemu's bookkeeping of large reservations then costs GiBs.
-QEMU=(qemu-aarch64 -R "${A64_ADDRESS_SPACE:-512G}" -L /usr/aarch64-linux-gnu)
+# A64_ADDRESS_SPACE: the address space of a Pi 4 on 64-bit Pi OS. Never run
+# the daemon under qemu without -R: qemu's bookkeeping of large reservations
+# then costs GiBs.
 
 build=1
 for arg in "$@"; do
@@ -51,14 +51,50 @@ if command -v file >/dev/null && ! file "$BIN" | grep -q aarch64; then
     echo "warning: $BIN does not look like an aarch64 binary" >&2
 fi
 
-rm -rf "$DATA_DIR"
-mkdir -p "$DATA_DIR"
-"${QEMU[@]}" "$BIN" daemon --data-dir "$DATA_DIR" --listen-addr "$ADDR:2377" \
-    --publish-addr "$ADDR" --advertise-addr "$ADDR" >"$DATA_DIR/daemon.log" 2>&1 &
-DAEMON=$!
+# One node per address space: a Pi's 512 GiB holds a pool of instances;
+# a 4 GiB one (a 32-bit-ish budget, as a tight `ulimit -v`) falls back to
+# on-demand allocation. Each must start, report its isolation and allocator,
+# and serve `hello` through the mesh.
+run_node() {
+    local space=$1 expect=$2
+    local QEMU=(qemu-aarch64 -R "$space" -L /usr/aarch64-linux-gnu)
+    rm -rf "$DATA_DIR"
+    mkdir -p "$DATA_DIR"
+    "${QEMU[@]}" "$BIN" daemon --data-dir "$DATA_DIR" --listen-addr "$ADDR:2377" \
+        --publish-addr "$ADDR" --advertise-addr "$ADDR" >"$DATA_DIR/daemon.log" 2>&1 &
+    DAEMON=$!
+    # Everything below drives the aarch64 CLI under qemu too.
+    sl() { "${QEMU[@]}" "$BIN" -H "unix://$DATA_DIR/swarmlet.sock" "$@"; }
+    for _ in $(seq 600); do
+        [ -S "$DATA_DIR/swarmlet.sock" ] && break
+        kill -0 "$DAEMON" 2>/dev/null || fail "the daemon exited before its API answered (qemu -R $space)"
+        sleep 0.1
+    done
+    [ -S "$DATA_DIR/swarmlet.sock" ] || fail "the daemon's API socket never appeared (qemu -R $space)"
+
+    sl info | tee "$DATA_DIR/info.txt"
+    grep -q "Isolation: guard-pages" "$DATA_DIR/info.txt" || fail "info does not report guard-pages isolation"
+    grep -q "Instance allocator: $expect" "$DATA_DIR/info.txt" ||
+        fail "under qemu -R $space the instance allocator is not $expect"
+    sl init >/dev/null
+    sl service create --name hello --replicas 2 -p "$PORT:80" guests/out/hello.wasm
+    local ok=0 body
+    for i in $(seq 20); do
+        body=$(curl -sf "http://$ADDR:$PORT/pi$i") || fail "request $i to hello failed (qemu -R $space)"
+        case "$body" in "hello from hello."*) ok=$((ok + 1)) ;; *) fail "unexpected answer: $body" ;; esac
+    done
+    sl service ls
+    echo "aarch64 under qemu -R $space: $ok/20 requests answered by hello ($expect allocator)"
+    grep "wasm engine" "$DATA_DIR/daemon.log" || true
+    cleanup
+}
+
 cleanup() {
-    kill "$DAEMON" 2>/dev/null || true
-    wait "$DAEMON" 2>/dev/null || true
+    if [ -n "${DAEMON:-}" ]; then
+        kill "$DAEMON" 2>/dev/null || true
+        wait "$DAEMON" 2>/dev/null || true
+        DAEMON=
+    fi
 }
 trap cleanup EXIT
 fail() {
@@ -68,24 +104,5 @@ fail() {
     exit 1
 }
 
-# Everything below drives the aarch64 CLI under qemu too.
-sl() { "${QEMU[@]}" "$BIN" -H "unix://$DATA_DIR/swarmlet.sock" "$@"; }
-for _ in $(seq 600); do
-    [ -S "$DATA_DIR/swarmlet.sock" ] && break
-    kill -0 "$DAEMON" 2>/dev/null || fail "the daemon exited before its API answered"
-    sleep 0.1
-done
-[ -S "$DATA_DIR/swarmlet.sock" ] || fail "the daemon's API socket never appeared"
-
-sl info | tee "$DATA_DIR/info.txt"
-grep -q "Isolation: guard-pages" "$DATA_DIR/info.txt" || fail "info does not report guard-pages isolation"
-sl init >/dev/null
-sl service create --name hello --replicas 2 -p "$PORT:80" guests/out/hello.wasm
-ok=0
-for i in $(seq 20); do
-    body=$(curl -sf "http://$ADDR:$PORT/pi$i") || fail "request $i to hello failed"
-    case "$body" in "hello from hello."*) ok=$((ok + 1)) ;; *) fail "unexpected answer: $body" ;; esac
-done
-sl service ls
-echo "aarch64 under qemu -R ${A64_ADDRESS_SPACE:-512G}: $ok/20 requests answered by hello"
-grep "wasm engine" "$DATA_DIR/daemon.log" || true
+run_node "${A64_ADDRESS_SPACE:-512G}" pooling
+run_node 4G on-demand

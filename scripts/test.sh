@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs every check and test: formatting, clippy, unit tests, end-to-end tests
-# against real daemons and real wasmtime, and the quick benchmark (which fails
-# only if the benchmark itself breaks, never on a number).
+# against real daemons and real wasmtime, the Raspberry Pi build run under
+# qemu-aarch64 (scripts/aarch64.sh: ~2 minutes with its target dir warm, ~28
+# cold), and the quick benchmark (which fails only if the benchmark itself
+# breaks, never on a number).
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 cd "$REPO"
@@ -11,6 +13,7 @@ cargo fmt --all -- --check
 cargo clippy --release --workspace --all-targets -- -D warnings
 log=$(mktemp)
 cargo test --release --workspace 2>&1 | tee "$log"
+"$REPO/scripts/aarch64.sh"
 "$REPO/scripts/bench.sh" --quick
 # One closing line for the whole run, summed over cargo's test binaries.
 awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f }' "$log"

@@ -341,13 +341,63 @@ fn service_logs_reads_each_tasks_log_file_prefixed_and_follows_it() {
             break;
         }
     }
-    let _ = child.kill();
-    let _ = child.wait();
     assert!(
         seen.first()
             .is_some_and(|l| l.starts_with(&prefix) && l.ends_with("| appended")),
         "service logs -f never showed the appended line: {seen:?}"
     );
+
+    // The same -f stream takes in a task placed after it began (here a
+    // scale-up; a replacement is the same) and shows its output whole...
+    node.ok(&["service", "scale", "--detach", "web=2"]);
+    let mut later = String::new();
+    node.wait_until("a task of web.2 is placed", || {
+        let ps = node.ok(&["service", "ps", "web"]);
+        let Some(short) = ps
+            .lines()
+            .find(|l| l.split_whitespace().nth(1) == Some("web.2"))
+            .and_then(|l| l.split_whitespace().next())
+        else {
+            return false;
+        };
+        match task_ids(&node, "web")
+            .into_iter()
+            .find(|t| t.starts_with(short))
+        {
+            Some(t) => {
+                later = t;
+                true
+            }
+            None => false,
+        }
+    });
+    std::fs::write(logs_dir.join(format!("{later}.log")), "from a later task\n")
+        .expect("write the later task's log");
+    let later_prefix = format!(".{}@", &later[..12]);
+    let shown = |seen: &[String]| {
+        seen.iter()
+            .any(|l| l.contains(&later_prefix) && l.ends_with("| from a later task"))
+    };
+    for _ in 0..600 {
+        if shown(&seen) {
+            break;
+        }
+        if let Ok(line) = rx.recv_timeout(std::time::Duration::from_millis(100)) {
+            seen.push(line);
+        }
+    }
+    assert!(
+        shown(&seen),
+        "service logs -f never showed task {later}'s line; it showed {seen:?}; tasks now: {}",
+        node.ok(&["service", "ps", "web"])
+    );
+    // ...and ends by itself when the service is removed.
+    node.ok(&["service", "rm", "web"]);
+    node.wait_until("service logs -f ends after service rm", || {
+        matches!(child.try_wait(), Ok(Some(_)))
+    });
+    let status = child.wait().expect("service logs -f exit status");
+    assert!(status.success(), "service logs -f ended with {status}");
 
     // A wasm service: said plainly.
     node.create("hello", "hello", &["--detach"]);

@@ -6,8 +6,9 @@
 //! its own tasks' files directly and other nodes' over the cluster port
 //! (`GET /v1/cluster/logs/{task_id}`, a manager-only route), and merges
 //! them line by line, each line prefixed `web.1.<task id>@<node>    | ` as
-//! Docker does. With `follow` every source keeps streaming until the
-//! client goes away.
+//! Docker does. With `follow` every source keeps streaming, tasks placed
+//! later join, and the stream ends when the client goes away or the
+//! service is removed.
 //!
 //! Architecture invariant: a node serves only files named by a task ID
 //! (letters and digits) in its own log directory; nothing else is read.
@@ -123,13 +124,16 @@ async fn tail_offset(f: &mut tokio::fs::File, len: u64, n: usize) -> std::io::Re
 /// Sends the file's content (its last `q.tail` lines) to `tx` in chunks,
 /// then, with `q.follow`, what is appended, until `tx`'s receiver is gone.
 /// A file that does not exist yet is waited for when following (the task
-/// may not have started), else it is an empty log. A file that shrinks
+/// may not have started) and then shown whole, else it is an empty log. A file that shrinks
 /// (rotated or recreated) is read again from its start.
-pub async fn stream_file(path: PathBuf, q: LogQuery, tx: mpsc::Sender<Bytes>) {
+pub async fn stream_file(path: PathBuf, mut q: LogQuery, tx: mpsc::Sender<Bytes>) {
     let mut f = loop {
         match tokio::fs::File::open(&path).await {
             Ok(f) => break f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && q.follow => {
+                // Whatever the file will hold was written after the
+                // request: none of it is cut by `tail`.
+                q.tail = None;
                 tokio::select! {
                     _ = tokio::time::sleep(FOLLOW_POLL) => continue,
                     _ = tx.closed() => return,
@@ -289,7 +293,10 @@ async fn relay(
     out: mpsc::Sender<Bytes>,
 ) {
     let (tx, mut rx) = mpsc::channel::<Bytes>(8);
-    let reader = match source {
+    // Aborted when this relay ends or is itself aborted (`follow` stops
+    // every relay when the service is removed): a remote reader also holds
+    // `out`, which must not outlive the stream.
+    let _reader = AbortOnDrop(match source {
         Source::Local(path) => tokio::spawn(stream_file(path, q, tx)),
         Source::Remote { addr, node_id } => {
             let out = out.clone();
@@ -302,7 +309,7 @@ async fn relay(
                 }
             })
         }
-    };
+    });
     loop {
         tokio::select! {
             chunk = rx.recv() => match chunk {
@@ -323,7 +330,15 @@ async fn relay(
             _ = out.closed() => break,
         }
     }
-    reader.abort();
+}
+
+/// Aborts a spawned task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Streams a task's log from the node at `addr` into `tx`.
@@ -378,53 +393,26 @@ async fn fetch_remote(
 }
 
 /// `GET /v1/services/{key}/logs?tail=N&follow=1`: the merged, prefixed
-/// logs of every task of the service that was placed on a node.
+/// logs of every task of the service that was placed on a node. With
+/// `follow`, tasks that start later (a scale-up, a replacement) join the
+/// stream, and it ends when the service is removed.
 pub fn service_logs(
     st: &Arc<ApiState>,
     key: &str,
     query: &str,
 ) -> Result<hyper::Response<Body>, ApiError> {
-    let cluster = st.cluster()?;
     let q = LogQuery::parse(query)?;
-    let mut sources = Vec::new();
-    {
-        let state = cluster.store.read();
-        let s = state.find_service(key).ok_or_else(|| {
-            ApiError::not_found(format!(
-                "service {key} not found; \"swarmlet service ls\" lists the services"
-            ))
-        })?;
-        if let Image::Wasm { .. } = s.spec.image {
-            return Err(ApiError::bad_request(format!(
-                "service {} runs a wasm component, and swarmlet keeps no logs for wasm services yet (a guest's stderr goes to the daemon's own log); service logs shows container services' output",
-                s.spec.name
-            )));
-        }
-        let mut tasks: Vec<&Task> = state.tasks_of(&s.id).collect();
-        tasks.sort_by_key(|t| (t.slot, t.created_at_ms));
-        for t in tasks {
-            let Some(node_id) = &t.node_id else { continue };
-            let Some(node) = state.nodes.get(node_id) else {
-                continue;
-            };
-            let source = if *node_id == st.identity.node_id {
-                Source::Local(container_log_path(&st.data_dir, &t.id))
-            } else {
-                Source::Remote {
-                    addr: node.addr.clone(),
-                    node_id: node_id.clone(),
-                }
-            };
-            sources.push((t.id.clone(), source, Lines::new(prefix(t, &node.hostname))));
-        }
-    }
+    let sources = sources_of(st, key)?.ok_or_else(|| {
+        ApiError::not_found(format!(
+            "service {key} not found; \"swarmlet service ls\" lists the services"
+        ))
+    })?;
     let (out, rx) = mpsc::channel::<Bytes>(16);
     let st = st.clone();
+    let key = key.to_string();
     tokio::spawn(async move {
         if q.follow {
-            for (id, source, lines) in sources {
-                tokio::spawn(relay(st.clone(), id, source, q, lines, out.clone()));
-            }
+            follow(st, key, sources, q, out).await;
         } else {
             // One task after another, so each task's lines stay together.
             for (id, source, lines) in sources {
@@ -436,6 +424,82 @@ pub fn service_logs(
         }
     });
     Ok(stream_response(rx))
+}
+
+/// How often a followed service's task list is read again for new tasks.
+const FOLLOW_TASKS_POLL: Duration = Duration::from_millis(500);
+
+/// Streams every task's log as it grows, adds tasks as they are placed,
+/// and stops every relay when the service is gone or the client leaves.
+async fn follow(
+    st: Arc<ApiState>,
+    key: String,
+    first: Vec<(String, Source, Lines)>,
+    q: LogQuery,
+    out: mpsc::Sender<Bytes>,
+) {
+    let mut relays = tokio::task::JoinSet::new();
+    let mut seen = std::collections::HashSet::new();
+    let mut batch = Some(first);
+    // `--tail` applies to the tasks there were when the stream began; a
+    // task placed later is shown whole (all of its output is new).
+    let mut task_q = q;
+    loop {
+        for (id, source, lines) in batch.take().unwrap_or_default() {
+            if seen.insert(id.clone()) {
+                relays.spawn(relay(st.clone(), id, source, task_q, lines, out.clone()));
+            }
+        }
+        task_q = LogQuery { tail: None, ..q };
+        tokio::select! {
+            _ = out.closed() => break,
+            _ = tokio::time::sleep(FOLLOW_TASKS_POLL) => {}
+        }
+        match sources_of(&st, &key) {
+            Ok(Some(list)) => batch = Some(list),
+            // Removed (or this node no longer a manager): the stream ends.
+            Ok(None) | Err(_) => break,
+        }
+    }
+    relays.abort_all();
+}
+
+/// The log sources of a service's placed tasks, in slot order; None if
+/// there is no such service.
+fn sources_of(
+    st: &Arc<ApiState>,
+    key: &str,
+) -> Result<Option<Vec<(String, Source, Lines)>>, ApiError> {
+    let cluster = st.cluster()?;
+    let state = cluster.store.read();
+    let Some(s) = state.find_service(key) else {
+        return Ok(None);
+    };
+    if let Image::Wasm { .. } = s.spec.image {
+        return Err(ApiError::bad_request(format!(
+            "service {} runs a wasm component, and swarmlet keeps no logs for wasm services yet (a guest's stderr goes to the daemon's own log); service logs shows container services' output",
+            s.spec.name
+        )));
+    }
+    let mut tasks: Vec<&Task> = state.tasks_of(&s.id).collect();
+    tasks.sort_by_key(|t| (t.slot, t.created_at_ms));
+    let mut sources = Vec::new();
+    for t in tasks {
+        let Some(node_id) = &t.node_id else { continue };
+        let Some(node) = state.nodes.get(node_id) else {
+            continue;
+        };
+        let source = if *node_id == st.identity.node_id {
+            Source::Local(container_log_path(&st.data_dir, &t.id))
+        } else {
+            Source::Remote {
+                addr: node.addr.clone(),
+                node_id: node_id.clone(),
+            }
+        };
+        sources.push((t.id.clone(), source, Lines::new(prefix(t, &node.hostname))));
+    }
+    Ok(Some(sources))
 }
 
 #[cfg(test)]

@@ -89,7 +89,7 @@ pub enum ImageError {
     BadArchive { path: PathBuf, detail: String },
 
     /// No image in the local store under that name.
-    #[error("no image {reference} on this node; `swarmlet image ls` lists the images, `pull` or `import` brings one")]
+    #[error("no image {reference} on this node; `swarmlet image ls` lists the images (one a service pulled is named by its digest, NAME@sha256:…, or by its IMAGE ID), `pull` or `import` brings one")]
     NotFound { reference: String },
 
     /// Removal refused: a task uses the image.

@@ -141,6 +141,10 @@ pub struct ServiceSpec {
     /// after another. 0 or 1: a fresh instance per request (the default).
     #[serde(default)]
     pub instance_reuse: u32,
+    /// `--instance-concurrency N` (WASIp3 components): one instance serves
+    /// up to N requests at the same time. 0 or 1: one at a time (the default).
+    #[serde(default)]
+    pub instance_concurrency: u32,
     /// `--env KEY=VALUE` (containers): added after the image's own `Env`,
     /// a later key replacing an earlier one.
     #[serde(default)]

@@ -132,6 +132,10 @@ impl EngineSettings {
     pub fn config(&self) -> Config {
         let mut config = Config::new();
         config
+            // WASIp3 components: async functions, streams and futures.
+            // Part of the compatibility hash, so artifacts an engine without
+            // it cached are refused when loaded, and recompiled.
+            .wasm_component_model_async(true)
             .epoch_interruption(true)
             .signals_based_traps(self.signals_based_traps)
             .memory_guard_size(self.memory_guard)

@@ -182,8 +182,10 @@ fn classify(e: &wasmtime::Error, over_budget: bool, timeout: Duration) -> GuestF
         return GuestFailure::OverBudget;
     }
     if e.is::<TrapOrPanicError>() {
+        // The trap ends the instance (and its store) before its requests
+        // hear why; `Worker::drop` logs it.
         return GuestFailure::Failed(
-            "the instance serving this request ended (another of its requests trapped?)".into(),
+            "its instance trapped (the node's log says why; with --instance-concurrency, any request that instance was serving may have caused it)".into(),
         );
     }
     GuestFailure::Failed(describe(e))
@@ -257,6 +259,7 @@ impl HandlerState for Replica {
             .await
             .map_err(|_| wasmtime::format_err!("instantiation took longer than {:?}", self.timeout))??;
         let (concurrency, total) = self.limits();
+        let retiring = Arc::new(AtomicBool::new(false));
         Ok(Instance {
             store,
             proxy: Proxy::P3(service),
@@ -264,6 +267,7 @@ impl HandlerState for Replica {
             expiration: Expiry {
                 timeout: self.timeout,
                 budget: self.budget.clone(),
+                retiring: retiring.clone(),
                 sleep: Box::pin(tokio::time::sleep(Duration::ZERO)),
             },
             state: Worker {
@@ -272,6 +276,7 @@ impl HandlerState for Replica {
                 total,
                 timeout: self.timeout,
                 over_budget,
+                retiring,
                 _live: self.live.clone(),
             },
         })
@@ -279,10 +284,20 @@ impl HandlerState for Replica {
 }
 
 /// When an instance is dropped: a request it holds past the timeout, or
-/// idleness (sooner when the node's memory budget runs short).
+/// idleness (sooner when the node's memory budget runs short), or, once one
+/// of its requests expired, as soon as no request waits for a response head.
+///
+/// Why not later: wasmtime-wasi-http 48's `ProxyHandler` wakes one waiting
+/// worker per queued request (`Notify::notify_one`), and a worker that has
+/// stopped accepting still holds its waiter, swallowing the wake-up until it
+/// is dropped; left to linger for the timeout, such an instance held new
+/// requests in the queue for that long although other instances were free
+/// (seen in the e2e test of a timeout).
 struct Expiry {
     timeout: Duration,
     budget: Arc<MemoryBudget>,
+    /// Set when a request of this instance expired.
+    retiring: Arc<AtomicBool>,
     sleep: Pin<Box<tokio::time::Sleep>>,
 }
 
@@ -294,6 +309,9 @@ impl WorkerExpiration for Expiry {
         start: Instant,
     ) -> Poll<()> {
         let me = self.get_mut();
+        if status != WorkerStatus::Requests && me.retiring.load(Ordering::Relaxed) {
+            return Poll::Ready(());
+        }
         let limit = match status {
             WorkerStatus::Idle => {
                 // An idle instance keeps its memory: not when others may need it.
@@ -322,6 +340,8 @@ struct Worker {
     total: usize,
     timeout: Duration,
     over_budget: Arc<AtomicBool>,
+    /// Shared with its `Expiry`.
+    retiring: Arc<AtomicBool>,
     _live: Arc<()>,
 }
 
@@ -352,17 +372,27 @@ impl WorkerState for Worker {
         egress.hops = egress.hops.max(data.hops);
         let _ = data.over_budget.set(self.over_budget.clone());
         let (timeout, permit, gone) = (self.timeout, data.permit, data.gone);
+        let retiring = self.retiring.clone();
+        // Dropped unfinished when the guest answers in time.
         Box::pin(async move {
             let _permit = permit;
             // Ends at the timeout, or when the client is gone (the sender
             // is dropped): either way the request has expired.
             let _ = tokio::time::timeout(timeout, gone).await;
+            retiring.store(true, Ordering::Relaxed);
         })
     }
 
     fn drop(&self, store: Store<Host>, result: wasmtime::Result<()>) {
-        if let Err(e) = result {
-            tracing::debug!(service = %self.service, "wasm instance ended: {e:?}");
+        match result {
+            Err(e) if e.is::<wasmtime::Trap>() => {
+                tracing::debug!("guest error: {e:?}");
+                let trap = e.downcast_ref::<wasmtime::Trap>().map(|t| t.to_string());
+                tracing::warn!(service = %self.service, "wasm instance trapped: {}", trap.unwrap_or_default())
+            }
+            // Expired (timed out), or its host side failed.
+            Err(e) => tracing::debug!(service = %self.service, "wasm instance ended: {e:#}"),
+            Ok(()) => {}
         }
         drop(store);
     }

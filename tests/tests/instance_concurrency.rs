@@ -236,3 +236,54 @@ fn a_trap_or_timeout_in_a_concurrent_instance_fails_only_that_request() {
     let log = node.log();
     assert!(log.contains("wasm instance trapped"), "{log}");
 }
+
+#[test]
+fn a_client_that_goes_away_frees_its_slot_in_a_concurrent_instance() {
+    use std::io::Write;
+    let node = Node::start_with("p3-cancel", &["--wasm-timeout", "300s"]);
+    node.ok(&["init"]);
+    node.create(
+        "one",
+        "hello-p3",
+        &[
+            "-p",
+            "8114:80",
+            "--instance-concurrency",
+            "4",
+            "--max-concurrent-requests",
+            "1",
+        ],
+    );
+    let addr = SocketAddr::new(IpAddr::V4(node.ip), 8114);
+    let mut held = std::net::TcpStream::connect(addr).expect("connect");
+    write!(held, "GET /?sleep=300000 HTTP/1.1\r\nHost: {addr}\r\n\r\n").expect("send");
+    node.wait_until("the one slot to be taken by the sleeping request", || {
+        matches!(node.get(8114, "/"), Ok((503, _)))
+    });
+    drop(held);
+    // Without expiry the sleeping request would hold the slot for 300 s.
+    node.wait_until("the slot to be freed when its client left", || {
+        matches!(node.get(8114, "/"), Ok((200, _)))
+    });
+}
+
+#[test]
+fn a_concurrent_instance_stays_under_the_node_memory_budget() {
+    let node = Node::start_with(
+        "p3-mem",
+        &["--instance-memory-budget", "64m", "--wasm-timeout", "60s"],
+    );
+    node.ok(&["init"]);
+    node.create(
+        "mem",
+        "hello-p3",
+        &["-p", "8115:80", "--instance-concurrency", "4"],
+    );
+    // 100 MiB is under the instance limit (128 MiB) but over the node's budget.
+    let (status, body) = node.get(8115, "/?alloc=100").expect("GET ?alloc=100");
+    assert_eq!(status, 503, "growing past the budget must fail: {body}");
+    assert!(body.contains("memory budget"), "{body}");
+    // The failed instance gave its memory back.
+    let (status, body) = node.get(8115, "/?alloc=10").expect("GET ?alloc=10");
+    assert_eq!(status, 200, "{body}");
+}

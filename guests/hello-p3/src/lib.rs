@@ -8,8 +8,8 @@
 //!
 //! `?sleep=MS` first awaits a host timer (`wasi:clocks` `wait-for`), which
 //! suspends only this request's task, so requests overlap in one instance;
-//! `?trap=1` traps (a panic is an abort in wasm), after the sleep if both
-//! are given.
+//! `?trap=1` traps (a panic is an abort in wasm) and `?alloc=MB` fills that
+//! many MiB of memory, both after the sleep if given with it.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -49,6 +49,10 @@ impl wasip3::exports::http::handler::Guest for HelloP3 {
         }
         if param(query, "trap").is_some() {
             panic!("hello-p3 asked to trap");
+        }
+        if let Some(mb) = param(query, "alloc").and_then(|v| v.parse::<usize>().ok()) {
+            let block = vec![1u8; mb << 20];
+            std::hint::black_box(&block);
         }
         let k = IN_FLIGHT.load(Ordering::Relaxed);
         IN_FLIGHT.fetch_sub(1, Ordering::Relaxed);

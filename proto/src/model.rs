@@ -394,4 +394,14 @@ mod tests {
         .unwrap();
         assert_eq!(task.endpoint, None);
     }
+
+    #[test]
+    fn a_spec_stored_before_instance_concurrency_still_reads() {
+        let spec: ServiceSpec = serde_json::from_str(
+            r#"{"name":"web","replicas":1,"instance_reuse":5,
+               "image":{"kind":"wasm","digest":"sha256:00","name":"w.wasm","size":3}}"#,
+        )
+        .unwrap();
+        assert_eq!((spec.instance_reuse, spec.instance_concurrency), (5, 0));
+    }
 }

@@ -435,6 +435,12 @@ mod tests {
         }
         assert_eq!(code_hash(&config), code_hash(&on));
         assert_ne!(code_hash(&config), code_hash(&off));
+
+        // WASIp3 needs the component-model-async feature; an artifact an
+        // engine without it cached does not match (so it is recompiled).
+        let mut without_async = on_demand(s).config();
+        without_async.wasm_component_model_async(false);
+        assert_ne!(code_hash(&config), code_hash(&without_async));
     }
 
     #[test]

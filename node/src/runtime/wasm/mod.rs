@@ -370,6 +370,20 @@ mod tests {
         rt.load(&digest, &blob).unwrap();
         assert_eq!(rt.compiles.load(Ordering::Relaxed), 1);
         assert_eq!(lock(&rt.loaded).len(), 1);
+        assert_eq!(rt.validate(&digest, &wasm).unwrap(), HttpWorld::P2);
+
+        // A WASIp3 component is told apart when it is validated and loaded.
+        let p3 = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../guests/out/hello-p3.wasm"
+        ))
+        .expect("guests/out/hello-p3.wasm (guests/build.sh)");
+        let p3_digest = format!("sha256:{}", hex::encode(Sha256::digest(&p3)));
+        assert_eq!(rt.validate(&p3_digest, &p3).unwrap(), HttpWorld::P3);
+        let p3_blob = dir.join("p3-blob");
+        std::fs::write(&p3_blob, &p3).unwrap();
+        assert!(rt.load(&p3_digest, &p3_blob).unwrap().is_p3());
+        assert!(!rt.loaded(&digest).unwrap().is_p3());
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -58,7 +58,10 @@ fn a_wasip3_service_gets_a_fresh_instance_per_request_by_default() {
         assert_eq!(status, 200, "{body}");
         assert!(body.starts_with("hello-p3 from fresh."), "{body}");
         let a = parse(&body);
-        assert_eq!(a.instance_requests, 1, "a fresh instance per request: {body}");
+        assert_eq!(
+            a.instance_requests, 1,
+            "a fresh instance per request: {body}"
+        );
         assert_eq!(a.in_flight, 1, "{body}");
     }
     // Requests at the same time get an instance each.
@@ -146,8 +149,7 @@ fn instance_concurrency_is_refused_where_it_cannot_apply() {
         &hello,
     ]);
     assert!(
-        err.contains("--instance-concurrency needs a WASIp3 component")
-            && err.contains("WASIp2"),
+        err.contains("--instance-concurrency needs a WASIp3 component") && err.contains("WASIp2"),
         "{err}"
     );
     // A container is not a wasm instance at all.
@@ -218,7 +220,9 @@ fn a_trap_or_timeout_in_a_concurrent_instance_fails_only_that_request() {
     // the same instance answers.
     let addr = SocketAddr::new(IpAddr::V4(node.ip), 8113);
     let slow = std::thread::spawn(move || http_get(addr, "/?sleep=60000"));
-    let (status, body) = node.get(8113, "/?sleep=100").expect("GET beside the slow one");
+    let (status, body) = node
+        .get(8113, "/?sleep=100")
+        .expect("GET beside the slow one");
     assert_eq!(status, 200, "{body}");
     let (status, body) = slow.join().expect("thread").expect("GET ?sleep=60000");
     assert_eq!(status, 504, "a guest past --wasm-timeout: {body}");

@@ -44,8 +44,8 @@ use tokio::sync::{oneshot, OwnedSemaphorePermit};
 use wasmtime::component::GuestTaskId;
 use wasmtime::{Store, StoreContextMut};
 use wasmtime_wasi_http::handler::{
-    ExpirationError, HandlerState, Instance, InstantiationError, Proxy, ProxyHandler,
-    ShouldAccept, TrapOrPanicError, WorkerExpiration, WorkerState, WorkerStatus,
+    ExpirationError, HandlerState, Instance, InstantiationError, Proxy, ProxyHandler, ShouldAccept,
+    TrapOrPanicError, WorkerExpiration, WorkerState, WorkerStatus,
 };
 use wasmtime_wasi_http::p3::bindings::ServicePre;
 use wasmtime_wasi_http::{WasiBody, WasiHttpView};
@@ -126,10 +126,7 @@ impl P3App {
             gone,
             over_budget: over_budget.clone(),
         };
-        let req = req.map(|body| {
-            body.map_err(wasmtime_wasi_http::Error::from)
-                .boxed_unsync()
-        });
+        let req = req.map(|body| body.map_err(wasmtime_wasi_http::Error::from).boxed_unsync());
         let deadline = tokio::time::Instant::now() + self.timeout;
         // The guest's own deadline starts when an instance accepts the
         // request; this one also bounds the wait for an instance.
@@ -257,7 +254,9 @@ impl HandlerState for Replica {
         let over_budget = store.data_mut().limiter.denial_flag();
         let service = tokio::time::timeout(self.timeout, self.pre.instantiate_async(&mut store))
             .await
-            .map_err(|_| wasmtime::format_err!("instantiation took longer than {:?}", self.timeout))??;
+            .map_err(|_| {
+                wasmtime::format_err!("instantiation took longer than {:?}", self.timeout)
+            })??;
         let (concurrency, total) = self.limits();
         let retiring = Arc::new(AtomicBool::new(false));
         Ok(Instance {
@@ -417,11 +416,15 @@ impl hyper::body::Body for Bounded {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let me = self.get_mut();
         match Pin::new(&mut me.body).poll_frame(cx) {
-            Poll::Ready(frame) => Poll::Ready(frame.map(|f| f.map_err(|e| Box::new(e) as BoxError))),
+            Poll::Ready(frame) => {
+                Poll::Ready(frame.map(|f| f.map_err(|e| Box::new(e) as BoxError)))
+            }
             Poll::Pending => match me.deadline.as_mut().poll(cx) {
-                Poll::Ready(()) => Poll::Ready(Some(Err(
-                    format!("wasm guest timed out after {:?} sending its body", me.timeout).into(),
-                ))),
+                Poll::Ready(()) => Poll::Ready(Some(Err(format!(
+                    "wasm guest timed out after {:?} sending its body",
+                    me.timeout
+                )
+                .into()))),
                 Poll::Pending => Poll::Pending,
             },
         }

@@ -277,6 +277,13 @@ impl Lines {
     }
 }
 
+/// One task's log to relay: the task, where its log is, its line prefix.
+struct TaskLog {
+    id: String,
+    source: Source,
+    lines: Lines,
+}
+
 /// Where one task's log comes from.
 enum Source {
     Local(PathBuf),
@@ -415,7 +422,7 @@ pub fn service_logs(
             follow(st, key, sources, q, out).await;
         } else {
             // One task after another, so each task's lines stay together.
-            for (id, source, lines) in sources {
+            for TaskLog { id, source, lines } in sources {
                 relay(st.clone(), id, source, q, lines, out.clone()).await;
                 if out.is_closed() {
                     return;
@@ -434,7 +441,7 @@ const FOLLOW_TASKS_POLL: Duration = Duration::from_millis(500);
 async fn follow(
     st: Arc<ApiState>,
     key: String,
-    first: Vec<(String, Source, Lines)>,
+    first: Vec<TaskLog>,
     q: LogQuery,
     out: mpsc::Sender<Bytes>,
 ) {
@@ -445,7 +452,7 @@ async fn follow(
     // task placed later is shown whole (all of its output is new).
     let mut task_q = q;
     loop {
-        for (id, source, lines) in batch.take().unwrap_or_default() {
+        for TaskLog { id, source, lines } in batch.take().unwrap_or_default() {
             if seen.insert(id.clone()) {
                 relays.spawn(relay(st.clone(), id, source, task_q, lines, out.clone()));
             }
@@ -466,10 +473,7 @@ async fn follow(
 
 /// The log sources of a service's placed tasks, in slot order; None if
 /// there is no such service.
-fn sources_of(
-    st: &Arc<ApiState>,
-    key: &str,
-) -> Result<Option<Vec<(String, Source, Lines)>>, ApiError> {
+fn sources_of(st: &Arc<ApiState>, key: &str) -> Result<Option<Vec<TaskLog>>, ApiError> {
     let cluster = st.cluster()?;
     let state = cluster.store.read();
     let Some(s) = state.find_service(key) else {
@@ -497,7 +501,11 @@ fn sources_of(
                 node_id: node_id.clone(),
             }
         };
-        sources.push((t.id.clone(), source, Lines::new(prefix(t, &node.hostname))));
+        sources.push(TaskLog {
+            id: t.id.clone(),
+            source,
+            lines: Lines::new(prefix(t, &node.hostname)),
+        });
     }
     Ok(Some(sources))
 }

@@ -124,8 +124,8 @@ async fn tail_offset(f: &mut tokio::fs::File, len: u64, n: usize) -> std::io::Re
 /// Sends the file's content (its last `q.tail` lines) to `tx` in chunks,
 /// then, with `q.follow`, what is appended, until `tx`'s receiver is gone.
 /// A file that does not exist yet is waited for when following (the task
-/// may not have started) and then shown whole, else it is an empty log. A file that shrinks
-/// (rotated or recreated) is read again from its start.
+/// may not have started) and then shown whole, else it is an empty log.
+/// A file that shrinks (rotated or recreated) is read again from its start.
 pub async fn stream_file(path: PathBuf, mut q: LogQuery, tx: mpsc::Sender<Bytes>) {
     let mut f = loop {
         match tokio::fs::File::open(&path).await {

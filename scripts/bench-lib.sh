@@ -2,6 +2,10 @@
 # ROUNDS and CONNS.
 now_ms() { date +%s%3N; }
 rss_mb() { awk '/VmRSS/ {printf "%.1f", $2/1024}' "/proc/$1/status"; }
+# rss_parts PID: "anon A + file F" (MB). Anon is memory the daemon owns; file
+# is mapped from the page cache (mostly the binary's own code), clean and
+# shared, which the kernel can drop and read again.
+rss_parts() { awk '/^RssAnon/ {a=$2} /^RssFile/ {f=$2} END {printf "anon %.1f + file %.1f", a/1024, f/1024}' "/proc/$1/status"; }
 hwm_mb() { awk '/VmHWM/ {printf "%.1f", $2/1024}' "/proc/$1/status"; }
 to_ms() { # wrk latency like 812.00us / 2.84ms / 1.20s -> ms
     awk -v v="$1" 'BEGIN { n=v+0; if (v ~ /us$/) n/=1000; else if (v ~ /ms$/) n=n; else if (v ~ /s$/) n*=1000; printf "%.2f", n }'

@@ -65,12 +65,12 @@ start_node node $IP
 DAEMON=$NODE_PID
 S init >/dev/null
 sleep 0.5
-IDLE_RSS=$(rss_mb $DAEMON)
+IDLE_RSS=$(rss_mb $DAEMON); IDLE_PARTS=$(rss_parts $DAEMON)
 t0=$(now_ms); S service create --name hello --replicas 1 -p $PORT:80 guests/out/hello.wasm >/dev/null; t1=$(now_ms)
 FIRST_START=$((t1 - t0))   # includes upload, compile (cached after), raft, start
 S service create --name compute --replicas 1 -p 18085:80 guests/out/compute.wasm >/dev/null
 sleep 0.5
-CREATED_RSS=$(rss_mb $DAEMON)
+CREATED_RSS=$(rss_mb $DAEMON); CREATED_PARTS=$(rss_parts $DAEMON)
 S service scale hello=4 >/dev/null
 wait_http "http://$IP:$PORT/"
 wait_http "http://$IP:18085/"
@@ -186,7 +186,7 @@ for round in $(seq "$ROUNDS"); do
         echo "round $round: $label" >&2
     done
 done
-LOADED_RSS=$(rss_mb $DAEMON)
+LOADED_RSS=$(rss_mb $DAEMON); LOADED_PARTS=$(rss_parts $DAEMON)
 LOADED_HWM=$(hwm_mb $DAEMON)
 declare -A MED
 for row in "${ROWS[@]}"; do
@@ -267,7 +267,23 @@ STRIPPED_MB=$(awk -v b="$(stat -c %s "$WORK/swarmlet.stripped")" 'BEGIN {printf 
 DIST_MB=""
 if [ $QUICK = 0 ] && [ "${NO_DIST:-0}" != 1 ]; then
     cargo build -q --profile dist -p swarmlet
-    DIST_MB=$(awk -v b="$(stat -c %s "$CARGO_TARGET_DIR/dist/swarmlet")" 'BEGIN {printf "%.1f", b/1048576}')
+    DIST=$CARGO_TARGET_DIR/dist/swarmlet
+    DIST_MB=$(awk -v b="$(stat -c %s "$DIST")" 'BEGIN {printf "%.1f", b/1048576}')
+    # The shipped binary's footprint: the same steps as above, on its own
+    # node (a short load instead of the rounds).
+    SWARMLET_RELEASE=$SWARMLET; SWARMLET=$DIST
+    start_node dist 127.0.0.52
+    D() { "$DIST" -H "unix://$WORK/dist/swarmlet.sock" "$@"; }
+    D init >/dev/null; sleep 0.5
+    DIST_IDLE="$(rss_mb $NODE_PID) MB ($(rss_parts $NODE_PID))"
+    D service create --name hello --replicas 4 -p $PORT:80 guests/out/hello.wasm >/dev/null
+    D service create --name compute -p 18085:80 guests/out/compute.wasm >/dev/null
+    sleep 0.5
+    DIST_CREATED="$(rss_mb $NODE_PID) MB ($(rss_parts $NODE_PID))"
+    wait_http "http://127.0.0.52:$PORT/"; wait_http "http://127.0.0.52:18085/"
+    wrk_once "http://127.0.0.52:$PORT/" >/dev/null; wrk_once "http://127.0.0.52:18085/" >/dev/null
+    DIST_LOADED="$(rss_mb $NODE_PID) MB ($(rss_parts $NODE_PID))"
+    kill $NODE_PID; SWARMLET=$SWARMLET_RELEASE
 fi
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a > 0 && b > 0) printf "%.2f×", a/b; else print "n/a" }'; }
@@ -358,9 +374,9 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a > 0 && b > 0) printf "%.2f×", 
     echo
     echo "| what | figure |"
     echo "| --- | ---: |"
-    echo "| idle daemon RSS after init | $IDLE_RSS MB |"
-    echo "| RSS after creating two wasm services (hello, compute) | $CREATED_RSS MB |"
-    echo "| RSS after the HTTP load (target < 30 MB) / peak (VmHWM) | $LOADED_RSS MB / $LOADED_HWM MB |"
+    echo "| idle daemon RSS after init | $IDLE_RSS MB ($IDLE_PARTS) |"
+    echo "| RSS after creating two wasm services (hello, compute) | $CREATED_RSS MB ($CREATED_PARTS) |"
+    echo "| RSS after the HTTP load (target < 30 MB) / peak (VmHWM) | $LOADED_RSS MB ($LOADED_PARTS) / $LOADED_HWM MB |"
     echo "| RSS with 100 / 1 wasm replicas (replicas share one compiled component) | $RSS_100 MB / $RSS_1 MB |"
     if [ -n "$PEER" ]; then
         echo "| Docker: dockerd / containerd RSS after the runs | $DOCKER_DOCKERD_MB MB / $DOCKER_CONTAINERD_MB MB |"
@@ -370,7 +386,12 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a > 0 && b > 0) printf "%.2f×", 
     echo "| release binary, stripped | $STRIPPED_MB MB |"
     if [ -n "$DIST_MB" ]; then
         echo "| \`dist\` profile binary: thin LTO, 1 codegen unit, stripped (target ≤ 20 MB) | $DIST_MB MB |"
+        echo "| \`dist\` binary's node: RSS after init | $DIST_IDLE |"
+        echo "| \`dist\` binary's node: RSS after two wasm services | $DIST_CREATED |"
+        echo "| \`dist\` binary's node: RSS after a short load on each | $DIST_LOADED |"
     fi
+    echo
+    echo "Rows without \`dist\` run the \`release\` binary (the one tests use). RSS is anon (memory the daemon owns: heap, stacks, instances) plus file (mapped from the page cache, almost all the binary's own code: clean, shared, dropped and read again by the kernel under memory pressure). The file part grows with the binary: the kernel maps up to 64 KiB around each code page the node touches."
 } > "$WORK/result.md"
 cat "$WORK/result.md"
 python3 "$REPO/scripts/chart.py" "$WORK/result.md" "$WORK/result.svg"

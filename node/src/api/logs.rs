@@ -13,6 +13,7 @@
 //! Architecture invariant: a node serves only files named by a task ID
 //! (letters and digits) in its own log directory; nothing else is read.
 
+use std::collections::HashSet;
 use std::io::SeekFrom;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -24,6 +25,7 @@ use hyper::body::Frame;
 use swarmlet_proto::{Image, Task};
 use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
 use tokio::sync::mpsc;
+use tokio_util::task::AbortOnDropHandle;
 
 use super::server::ApiState;
 use super::ApiError;
@@ -303,7 +305,7 @@ async fn relay(
     // Aborted when this relay ends or is itself aborted (`follow` stops
     // every relay when the service is removed): a remote reader also holds
     // `out`, which must not outlive the stream.
-    let _reader = AbortOnDrop(match source {
+    let _reader = AbortOnDropHandle::new(match source {
         Source::Local(path) => tokio::spawn(stream_file(path, q, tx)),
         Source::Remote { addr, node_id } => {
             let out = out.clone();
@@ -336,15 +338,6 @@ async fn relay(
             },
             _ = out.closed() => break,
         }
-    }
-}
-
-/// Aborts a spawned task when dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 
@@ -409,7 +402,7 @@ pub fn service_logs(
     query: &str,
 ) -> Result<hyper::Response<Body>, ApiError> {
     let q = LogQuery::parse(query)?;
-    let sources = sources_of(st, key)?.ok_or_else(|| {
+    let sources = sources_of(st, key, &HashSet::new())?.ok_or_else(|| {
         ApiError::not_found(format!(
             "service {key} not found; \"swarmlet service ls\" lists the services"
         ))
@@ -446,7 +439,7 @@ async fn follow(
     out: mpsc::Sender<Bytes>,
 ) {
     let mut relays = tokio::task::JoinSet::new();
-    let mut seen = std::collections::HashSet::new();
+    let mut seen = HashSet::new();
     let mut batch = Some(first);
     // `--tail` applies to the tasks there were when the stream began; a
     // task placed later is shown whole (all of its output is new).
@@ -462,7 +455,7 @@ async fn follow(
             _ = out.closed() => break,
             _ = tokio::time::sleep(FOLLOW_TASKS_POLL) => {}
         }
-        match sources_of(&st, &key) {
+        match sources_of(&st, &key, &seen) {
             Ok(Some(list)) => batch = Some(list),
             // Removed (or this node no longer a manager): the stream ends.
             Ok(None) | Err(_) => break,
@@ -471,9 +464,13 @@ async fn follow(
     relays.abort_all();
 }
 
-/// The log sources of a service's placed tasks, in slot order; None if
-/// there is no such service.
-fn sources_of(st: &Arc<ApiState>, key: &str) -> Result<Option<Vec<TaskLog>>, ApiError> {
+/// The log sources of a service's placed tasks, in slot order, but for the
+/// tasks in `skip` (already relayed); None if there is no such service.
+fn sources_of(
+    st: &Arc<ApiState>,
+    key: &str,
+    skip: &HashSet<String>,
+) -> Result<Option<Vec<TaskLog>>, ApiError> {
     let cluster = st.cluster()?;
     let state = cluster.store.read();
     let Some(s) = state.find_service(key) else {
@@ -485,7 +482,10 @@ fn sources_of(st: &Arc<ApiState>, key: &str) -> Result<Option<Vec<TaskLog>>, Api
             s.spec.name
         )));
     }
-    let mut tasks: Vec<&Task> = state.tasks_of(&s.id).collect();
+    let mut tasks: Vec<&Task> = state
+        .tasks_of(&s.id)
+        .filter(|t| !skip.contains(&t.id))
+        .collect();
     tasks.sort_by_key(|t| (t.slot, t.created_at_ms));
     let mut sources = Vec::new();
     for t in tasks {

@@ -16,7 +16,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use swarmlet_proto::ServiceSpec;
 use tokio::sync::OwnedSemaphorePermit;
-use tokio::task::JoinHandle;
+use tokio_util::task::AbortOnDropHandle;
 use wasmtime::component::ResourceTable;
 use wasmtime::{Store, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
@@ -108,21 +108,6 @@ pub struct WasmApp {
     pub(super) budget: Arc<MemoryBudget>,
     /// Idle instances by replica name (`--instance-reuse` only).
     idle: Mutex<HashMap<String, Vec<Idle>>>,
-}
-
-/// Aborts the guest's task when the request is dropped (its client went
-/// away) before the guest answered.
-struct AbortOnDrop<T>(Option<JoinHandle<T>>);
-
-impl<T> Drop for AbortOnDrop<T> {
-    fn drop(&mut self) {
-        if let Some(task) = self.0.take() {
-            if !task.is_finished() {
-                tracing::debug!("client went away: cancelling its guest call");
-            }
-            task.abort();
-        }
-    }
 }
 
 impl WasmApp {
@@ -270,21 +255,20 @@ impl WasmApp {
                 Err(_) => Err(GuestFailure::TimedOut(timeout)),
             }
         });
-        let mut guard = AbortOnDrop(Some(task));
+        // The guest's call is cancelled when the request is dropped (its
+        // client went away) before the guest answered.
+        let guard = AbortOnDropHandle::new(task);
         match receiver.await {
             Ok(Ok(resp)) => {
                 // The head is out: let the guest finish its body.
-                guard.0.take();
+                drop(guard.detach());
                 resp.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed_unsync())
             }
             Ok(Err(code)) => {
                 text_response(502, format!("guest answered with an error: {code:?}\n"))
             }
             Err(_) => {
-                let Some(task) = guard.0.take() else {
-                    return text_response(500, "guest task lost\n");
-                };
-                let failure = match task.await {
+                let failure = match guard.await {
                     Ok(Ok(())) => {
                         GuestFailure::Failed("guest returned without setting a response".into())
                     }

@@ -20,7 +20,8 @@ export CARGO_TARGET_DIR="$here/target"
 cd "$here"
 cargo build --release --target wasm32-wasip2 -Zbuild-std=std,panic_abort >&2
 mkdir -p out
-for g in hello faulty compute counter fetch; do
-    cp "target/wasm32-wasip2/release/$g.wasm" "out/$g.wasm"
+for g in hello faulty compute counter fetch hello-p3; do
+    # cargo names a crate's artifact with `_` for `-` (hello-p3 -> hello_p3.wasm).
+    cp "target/wasm32-wasip2/release/${g//-/_}.wasm" "out/$g.wasm"
 done
 ls -l out/*.wasm >&2

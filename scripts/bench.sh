@@ -81,6 +81,15 @@ if S service create --name reuse --instance-reuse 128 -p 18086:80 guests/out/hel
 else
     echo "note: no --instance-reuse row: $(cat "$WORK/reuse.err")" >&2
 fi
+# WASIp3 concurrent reuse: one instance serves up to 16 requests at once
+# (wasmtime serve's default for WASIp3), 128 in all.
+CONC_ROW=0
+if [ -f guests/out/hello-p3.wasm ] && S service create --name conc --instance-concurrency 16 --instance-reuse 128 -p 18087:80 guests/out/hello-p3.wasm >/dev/null 2>"$WORK/conc.err"; then
+    CONC_ROW=1
+    wait_http "http://$IP:18087/"
+else
+    echo "note: no --instance-concurrency row: $(cat "$WORK/conc.err" 2>/dev/null || echo 'no guests/out/hello-p3.wasm')" >&2
+fi
 
 # --- every HTTP server, all started before any measurement ------------------
 ROWS=()   # "key|label|url"
@@ -99,6 +108,7 @@ if [ $QUICK = 0 ]; then
         echo "note: no fast-mode row (${FAST_OPTS[*]} not accepted)" >&2
     fi
 fi
+[ $CONC_ROW = 1 ] && ROWS+=("swconc|swarmlet mesh, default isolation, WASIp3 hello-p3 \`--instance-concurrency 16 --instance-reuse 128\` (not a fresh instance per request)|http://$IP:18087/")
 [ $REUSE_ROW = 1 ] && ROWS+=("swreuse|swarmlet mesh, default isolation, \`--instance-reuse 128\` (not a fresh instance per request)|http://$IP:18086/")
 
 WT_VERSION=48.0.8
@@ -124,6 +134,7 @@ if [ $QUICK = 0 ]; then
     wt wtbest 18091 "\`wasmtime serve -Scli\`, best flags (pooling, PAGEMAP_SCAN, keep-resident; default isolation)" guests/out/hello.wasm -O "$POOL"
     wt wtfast 18092 "\`wasmtime serve -Scli\`, best flags + \`$NOGUARD\` (as swarmlet's fast mode)" guests/out/hello.wasm -O "$POOL,$NOGUARD"
     wt wtreuse 18093 "\`wasmtime serve -Scli\`, best flags + \`--max-instance-reuse-count 128\`" guests/out/hello.wasm -O "$POOL" --max-instance-reuse-count 128
+    [ $CONC_ROW = 1 ] && wt wtconc 18094 "\`wasmtime serve -Scli -Sp3\`, best flags + \`--max-instance-concurrent-reuse-count 16 --max-instance-reuse-count 128\` (WASIp3 hello-p3)" guests/out/hello-p3.wasm -O "$POOL" -Sp3 --max-instance-concurrent-reuse-count 16 --max-instance-reuse-count 128
 
     cat >"$WORK/nginx.conf" <<CONF
 worker_processes 1;
@@ -311,6 +322,7 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a > 0 && b > 0) printf "%.2f×", 
         echo "- swarmlet (default isolation, fresh instances) vs \`wasmtime serve --max-instance-reuse-count 128\`: $(ratio "${MED[sw]}" "${MED[wtreuse]}") (target ≥ 0.75×)"
         [ $FAST_ROW = 1 ] && echo "- swarmlet fast mode vs \`wasmtime serve\` with the same switch: $(ratio "${MED[swfast]}" "${MED[wtfast]}")"
         [ $REUSE_ROW = 1 ] && echo "- swarmlet \`--instance-reuse 128\` vs \`wasmtime serve --max-instance-reuse-count 128\`: $(ratio "${MED[swreuse]}" "${MED[wtreuse]}")"
+        [ $CONC_ROW = 1 ] && echo "- swarmlet \`--instance-concurrency 16\` vs \`wasmtime serve -Sp3 --max-instance-concurrent-reuse-count 16\` (WASIp3): $(ratio "${MED[swconc]}" "${MED[wtconc]}")"
         echo "- compute guest, swarmlet vs \`wasmtime serve\` (default isolation): $(ratio "${MED[cmp]}" "${MED[wtcmp]}"); cost of default isolation for swarmlet: fast/default $( [ $FAST_ROW = 1 ] && ratio "${MED[cmpfast]}" "${MED[cmp]}" || echo n/a)"
         echo
         echo "nginx and HAProxy rows are references (no wasm): they bound what any HTTP server or proxy does on this machine."

@@ -31,6 +31,7 @@ fn service(i: usize, replicas: u64) -> Service {
             limits: Default::default(),
             allow_outbound: Vec::new(),
             instance_reuse: 0,
+            instance_concurrency: 0,
             env: vec![],
             stop_grace_period_ms: None,
         },

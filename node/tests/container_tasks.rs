@@ -203,6 +203,7 @@ fn service(image: Image, ports: &[u16]) -> Service {
             },
             allow_outbound: vec![],
             instance_reuse: 0,
+            instance_concurrency: 0,
             env: vec!["NGINX_MODE=service".into(), "EXTRA=1".into()],
             stop_grace_period_ms: Some(2_000),
         },

@@ -164,6 +164,9 @@ pub struct CreateServiceRequest {
     /// `--instance-reuse N`.
     #[serde(default)]
     pub instance_reuse: Option<u32>,
+    /// `--instance-concurrency N` (WASIp3 components only).
+    #[serde(default)]
+    pub instance_concurrency: Option<u32>,
     /// `--max-concurrent-requests N`.
     #[serde(default)]
     pub max_concurrent_requests: Option<u32>,

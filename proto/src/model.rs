@@ -141,6 +141,10 @@ pub struct ServiceSpec {
     /// after another. 0 or 1: a fresh instance per request (the default).
     #[serde(default)]
     pub instance_reuse: u32,
+    /// `--instance-concurrency N` (WASIp3 components): one instance serves
+    /// up to N requests at the same time. 0 or 1: one at a time (the default).
+    #[serde(default)]
+    pub instance_concurrency: u32,
     /// `--env KEY=VALUE` (containers): added after the image's own `Env`,
     /// a later key replacing an earlier one.
     #[serde(default)]
@@ -389,5 +393,15 @@ mod tests {
         )
         .unwrap();
         assert_eq!(task.endpoint, None);
+    }
+
+    #[test]
+    fn a_spec_stored_before_instance_concurrency_still_reads() {
+        let spec: ServiceSpec = serde_json::from_str(
+            r#"{"name":"web","replicas":1,"instance_reuse":5,
+               "image":{"kind":"wasm","digest":"sha256:00","name":"w.wasm","size":3}}"#,
+        )
+        .unwrap();
+        assert_eq!((spec.instance_reuse, spec.instance_concurrency), (5, 0));
     }
 }

@@ -54,11 +54,15 @@ fn bad_input_is_refused_and_loses_nothing() {
     let m = write_tmp(&node, "module.wasm", &module);
     let err = node.fails(&["service", "create", "--name", "x2", "-p", "9002:80", &m]);
     assert!(err.contains("not a WebAssembly component"), "{err}");
-    // A component that is not a wasi:http/proxy.
+    // A component that is neither a wasi:http/proxy nor a wasi:http/service.
     let component = wat::parse_str("(component)").unwrap();
     let c = write_tmp(&node, "empty-component.wasm", &component);
     let err = node.fails(&["service", "create", "--name", "x3", "-p", "9003:80", &c]);
-    assert!(err.contains("not a wasi:http/proxy component"), "{err}");
+    assert!(
+        err.contains("neither a wasi:http/proxy@0.2 component")
+            && err.contains("wasi:http/service@0.3"),
+        "{err}"
+    );
     // A file that does not exist; an image reference (a container
     // service) given a wasm-only flag.
     let err = node.fails(&["service", "create", "--name", "x4", "./missing.wasm"]);

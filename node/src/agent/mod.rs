@@ -457,6 +457,7 @@ impl Agent {
                     memory_limit: l.memory_limit,
                     egress: Default::default(),
                     instance_reuse: 0,
+                    instance_concurrency: 0,
                 },
             };
             entry.list.push(Backend::LocalWasm {

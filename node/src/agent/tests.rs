@@ -30,6 +30,7 @@ fn service(id: &str, name: &str, image: Image, port: u16) -> Service {
             limits: Default::default(),
             allow_outbound: vec![],
             instance_reuse: 0,
+            instance_concurrency: 0,
             env: vec![],
             stop_grace_period_ms: None,
         },

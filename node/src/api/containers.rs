@@ -31,6 +31,7 @@ pub fn check_container_request(req: &CreateServiceRequest) -> Result<(), ApiErro
     let wasm_only = [
         (!req.allow_outbound.is_empty(), "--allow-outbound"),
         (req.instance_reuse.is_some(), "--instance-reuse"),
+        (req.instance_concurrency.is_some(), "--instance-concurrency"),
         (
             req.max_concurrent_requests.is_some(),
             "--max-concurrent-requests",
@@ -194,6 +195,12 @@ mod tests {
             .unwrap_err()
             .message
             .contains("--allow-outbound"));
+        let mut r = oci("nginx:1.27");
+        r.instance_concurrency = Some(4);
+        assert!(check_container_request(&r)
+            .unwrap_err()
+            .message
+            .contains("--instance-concurrency"));
         let mut r = oci("nginx:1.27");
         r.max_concurrent_requests = Some(3);
         assert!(check_container_request(&r)

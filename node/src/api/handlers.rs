@@ -16,6 +16,7 @@ use super::server::{body_json, json, ApiState, Response};
 use super::ApiError;
 use crate::identity::random_id;
 use crate::orchestrator::now_ms;
+use crate::runtime::wasm::HttpWorld;
 use crate::store::State;
 
 pub async fn info(st: &ApiState) -> Result<Response, ApiError> {
@@ -373,7 +374,9 @@ fn check_replicas(replicas: u64) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// `--allow-outbound`, `--instance-reuse` and `--max-concurrent-requests`.
+/// `--allow-outbound`, `--instance-reuse`, `--instance-concurrency` and
+/// `--max-concurrent-requests` (whether the component is WASIp3 is checked
+/// once it is compiled).
 pub(super) fn check_request_settings(req: &CreateServiceRequest) -> Result<(), ApiError> {
     crate::runtime::wasm::EgressPolicy::parse(&req.allow_outbound)
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
@@ -381,6 +384,20 @@ pub(super) fn check_request_settings(req: &CreateServiceRequest) -> Result<(), A
         return Err(ApiError::bad_request(
             "--instance-reuse 0 is not a count of requests; give 2 or more to reuse an instance, or leave it out for a fresh instance per request",
         ));
+    }
+    let max = crate::runtime::wasm::MAX_INSTANCE_CONCURRENCY;
+    match req.instance_concurrency {
+        Some(0) => {
+            return Err(ApiError::bad_request(
+                "--instance-concurrency 0 would let an instance serve no request; give 2 or more to serve requests concurrently in one instance, or leave it out for one at a time",
+            ))
+        }
+        Some(n) if n > max => {
+            return Err(ApiError::bad_request(format!(
+                "--instance-concurrency {n} is more than one instance may serve at once (at most {max}); give a smaller number and let more instances share the load"
+            )))
+        }
+        _ => {}
     }
     if req.max_concurrent_requests == Some(0) {
         return Err(ApiError::bad_request(
@@ -477,6 +494,7 @@ pub async fn create_service(st: &ApiState, body: Incoming) -> Result<Response, A
             },
             allow_outbound: req.allow_outbound.clone(),
             instance_reuse: req.instance_reuse.unwrap_or(0),
+            instance_concurrency: req.instance_concurrency.unwrap_or(0),
             env: req.env.clone(),
             stop_grace_period_ms: req.stop_grace_period_ms,
         },
@@ -527,7 +545,7 @@ async fn wasm_image(st: &ApiState, req: &CreateServiceRequest) -> Result<Image, 
     let blob = st.blobs.existing(&wasm_digest)?;
     let size = std::fs::metadata(&blob).map(|m| m.len()).unwrap_or(0);
     let (runtime, blobs, digest) = (st.runtime.clone(), st.blobs.clone(), wasm_digest.clone());
-    tokio::task::spawn_blocking(move || {
+    let world = tokio::task::spawn_blocking(move || {
         let bytes = blobs.get(&digest)?;
         runtime
             .validate(&digest, &bytes)
@@ -535,6 +553,12 @@ async fn wasm_image(st: &ApiState, req: &CreateServiceRequest) -> Result<Image, 
     })
     .await
     .map_err(|e| ApiError::new(500, e.to_string()))??;
+    if let (Some(n), HttpWorld::P2) = (req.instance_concurrency, world) {
+        return Err(ApiError::bad_request(format!(
+            "--instance-concurrency needs a WASIp3 component (wasi:http/service@0.3); this one is {}, whose handler serves one request at a time; leave --instance-concurrency {n} out (--instance-reuse N reuses its instances one request after another)",
+            world.name()
+        )));
+    }
     Ok(Image::Wasm {
         digest: wasm_digest,
         name: req.wasm_name.clone(),

@@ -58,6 +58,7 @@ pub(crate) fn service(id: &str, name: &str, replicas: u64, ports: Vec<PortConfig
             limits: Default::default(),
             allow_outbound: vec![],
             instance_reuse: 0,
+            instance_concurrency: 0,
             env: vec![],
             stop_grace_period_ms: None,
         },

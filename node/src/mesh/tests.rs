@@ -51,6 +51,7 @@ fn local(task_id: &str, name: &str) -> Backend {
             memory_limit: None,
             egress: Default::default(),
             instance_reuse: 0,
+            instance_concurrency: 0,
         }),
         task_id: task_id.to_string(),
     }

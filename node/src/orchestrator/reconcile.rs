@@ -170,6 +170,7 @@ mod tests {
                     limits: Default::default(),
                     allow_outbound: Vec::new(),
                     instance_reuse: 0,
+                    instance_concurrency: 0,
                     env: vec![],
                     stop_grace_period_ms: None,
                 },

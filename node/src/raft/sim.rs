@@ -129,6 +129,7 @@ fn service(name: &str, at: u64) -> Service {
             limits: Default::default(),
             allow_outbound: Vec::new(),
             instance_reuse: 0,
+            instance_concurrency: 0,
             env: vec![],
             stop_grace_period_ms: None,
         },

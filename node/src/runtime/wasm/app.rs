@@ -1,7 +1,10 @@
-//! One loaded component (`WasmApp`) and how it serves a request: a fresh
-//! instance per request (or, with `--instance-reuse N`, one instance for up
-//! to N requests one after another), with the per-instance host state
-//! (`Host`): the service's egress policy and its memory limits.
+//! One loaded component (`WasmApp`) and how it serves a request. A
+//! `wasi:http/incoming-handler@0.2` (WASIp2) component is served here: a
+//! fresh instance per request (or, with `--instance-reuse N`, one instance
+//! for up to N requests one after another), with the per-instance host state
+//! (`Host`): the service's egress policy and its memory limits. A
+//! `wasi:http/service@0.3` (WASIp3) component is served by `p3.rs`, with the
+//! same host state and guarantees.
 //!
 //! Architecture invariant: a request's guest runs only while someone waits
 //! for it: if the client goes away before the response head, the guest's
@@ -26,6 +29,7 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use super::egress::{incoming_hops, Egress, EgressPolicy, MAX_HOPS};
 use super::limits::{InstanceLimiter, MemoryBudget};
+use super::p3::P3App;
 use super::MAX_MEMORY;
 use crate::body::{text_response, Body, BoxError};
 
@@ -47,6 +51,9 @@ pub struct ServiceSettings {
     pub egress: Arc<EgressPolicy>,
     /// `--instance-reuse`: requests one instance serves (0 and 1: one).
     pub instance_reuse: u32,
+    /// `--instance-concurrency`: requests one (WASIp3) instance serves at
+    /// the same time (0 and 1: one).
+    pub instance_concurrency: u32,
 }
 
 impl ServiceSettings {
@@ -62,6 +69,7 @@ impl ServiceSettings {
             memory_limit: spec.limits.memory_bytes.map(|b| b as usize),
             egress: Arc::new(egress),
             instance_reuse: spec.instance_reuse,
+            instance_concurrency: spec.instance_concurrency,
         }
     }
 }
@@ -71,8 +79,8 @@ pub(super) struct Host {
     wasi: WasiCtx,
     http: WasiHttpCtx,
     table: ResourceTable,
-    limiter: InstanceLimiter,
-    egress: Egress,
+    pub(super) limiter: InstanceLimiter,
+    pub(super) egress: Egress,
 }
 
 impl WasiView for Host {
@@ -102,49 +110,104 @@ struct Idle {
 }
 
 /// A loaded, pre-instantiated component, shared by all local replicas of a service.
-pub struct WasmApp {
-    pub(super) pre: ProxyPre<Host>,
-    pub(super) timeout: Duration,
-    pub(super) budget: Arc<MemoryBudget>,
+pub struct WasmApp(Kind);
+
+enum Kind {
+    /// `wasi:http/incoming-handler@0.2`.
+    P2(Arc<P2App>),
+    /// `wasi:http/service@0.3`.
+    P3(P3App),
+}
+
+/// A WASIp2 component: an instance per request, or reused one after another.
+pub(super) struct P2App {
+    pre: ProxyPre<Host>,
+    timeout: Duration,
+    budget: Arc<MemoryBudget>,
     /// Idle instances by replica name (`--instance-reuse` only).
     idle: Mutex<HashMap<String, Vec<Idle>>>,
 }
 
 impl WasmApp {
-    pub(super) fn new(pre: ProxyPre<Host>, timeout: Duration, budget: Arc<MemoryBudget>) -> Self {
-        WasmApp {
+    pub(super) fn p2(pre: ProxyPre<Host>, timeout: Duration, budget: Arc<MemoryBudget>) -> Self {
+        WasmApp(Kind::P2(Arc::new(P2App {
             pre,
             timeout,
             budget,
             idle: Mutex::new(HashMap::new()),
-        }
+        })))
     }
 
-    fn new_store(&self, replica: &str, settings: &ServiceSettings) -> Store<Host> {
-        let wasi = WasiCtx::builder()
-            .env("SWARMLET_TASK_NAME", replica)
-            .inherit_stderr()
-            .build();
-        let mut store = Store::new(
-            self.pre.engine(),
-            Host {
-                wasi,
-                http: WasiHttpCtx::new(),
-                table: ResourceTable::new(),
-                limiter: InstanceLimiter::new(
-                    settings.memory_limit.unwrap_or(MAX_MEMORY),
-                    self.budget.clone(),
-                ),
-                egress: Egress {
-                    service: settings.service.clone(),
-                    policy: settings.egress.clone(),
-                    hops: 0,
-                },
+    pub(super) fn p3(app: P3App) -> Self {
+        WasmApp(Kind::P3(app))
+    }
+
+    /// Whether this is a WASIp3 (`wasi:http/service@0.3`) component.
+    pub fn is_p3(&self) -> bool {
+        matches!(self.0, Kind::P3(_))
+    }
+
+    /// Serves one request. `replica` names the replica (the guest sees it as
+    /// `SWARMLET_TASK_NAME`); `permit` is the service's concurrency slot,
+    /// held until the guest is done.
+    pub async fn handle(
+        &self,
+        replica: &str,
+        settings: &ServiceSettings,
+        permit: OwnedSemaphorePermit,
+        req: hyper::Request<Incoming>,
+    ) -> hyper::Response<Body> {
+        let hops = incoming_hops(req.headers());
+        if hops >= MAX_HOPS {
+            tracing::warn!(service = %settings.service, hops, "request loop: refusing a request that passed through {hops} guests");
+            return text_response(
+                508,
+                format!("request loop: this request already passed through {hops} wasm guests\n"),
+            );
+        }
+        match &self.0 {
+            Kind::P2(app) => app.handle(replica, settings, permit, req, hops).await,
+            Kind::P3(app) => app.handle(replica, settings, permit, req, hops).await,
+        }
+    }
+}
+
+/// A store for one instance of `replica` of the service `settings` describe.
+pub(super) fn new_store(
+    engine: &wasmtime::Engine,
+    budget: &Arc<MemoryBudget>,
+    replica: &str,
+    settings: &ServiceSettings,
+) -> Store<Host> {
+    let wasi = WasiCtx::builder()
+        .env("SWARMLET_TASK_NAME", replica)
+        .inherit_stderr()
+        .build();
+    let mut store = Store::new(
+        engine,
+        Host {
+            wasi,
+            http: WasiHttpCtx::new(),
+            table: ResourceTable::new(),
+            limiter: InstanceLimiter::new(
+                settings.memory_limit.unwrap_or(MAX_MEMORY),
+                budget.clone(),
+            ),
+            egress: Egress {
+                service: settings.service.clone(),
+                policy: settings.egress.clone(),
+                hops: 0,
             },
-        );
-        store.limiter_async(|host| &mut host.limiter);
-        store.epoch_deadline_callback(|_| Ok(UpdateDeadline::Yield(1)));
-        store
+        },
+    );
+    store.limiter_async(|host| &mut host.limiter);
+    store.epoch_deadline_callback(|_| Ok(UpdateDeadline::Yield(1)));
+    store
+}
+
+impl P2App {
+    fn new_store(&self, replica: &str, settings: &ServiceSettings) -> Store<Host> {
+        new_store(self.pre.engine(), &self.budget, replica, settings)
     }
 
     fn take_idle(&self, replica: &str) -> Option<Idle> {
@@ -164,24 +227,15 @@ impl WasmApp {
         }
     }
 
-    /// Serves one request. `replica` names the replica (the guest sees it as
-    /// `SWARMLET_TASK_NAME`); `permit` is the service's concurrency slot,
-    /// held until the guest is done.
-    pub async fn handle(
+    /// Serves one request that passed through `hops` guests before.
+    async fn handle(
         self: &Arc<Self>,
         replica: &str,
         settings: &ServiceSettings,
         permit: OwnedSemaphorePermit,
         req: hyper::Request<Incoming>,
+        hops: u32,
     ) -> hyper::Response<Body> {
-        let hops = incoming_hops(req.headers());
-        if hops >= MAX_HOPS {
-            tracing::warn!(service = %settings.service, hops, "request loop: refusing a request that passed through {hops} guests");
-            return text_response(
-                508,
-                format!("request loop: this request already passed through {hops} wasm guests\n"),
-            );
-        }
         let reuse = settings.instance_reuse > 1;
         let reused = if reuse { self.take_idle(replica) } else { None };
         let (mut store, proxy, served) = match reused {
@@ -290,7 +344,7 @@ impl WasmApp {
 
 /// One line saying why a guest call failed: the trap if there was one (the
 /// full wasm backtrace goes to the debug log only).
-fn describe(e: &wasmtime::Error) -> String {
+pub(super) fn describe(e: &wasmtime::Error) -> String {
     tracing::debug!("guest error: {e:?}");
     match e.downcast_ref::<wasmtime::Trap>() {
         Some(trap) => format!("wasm trap: {trap}"),
@@ -299,7 +353,7 @@ fn describe(e: &wasmtime::Error) -> String {
 }
 
 #[derive(Debug, thiserror::Error)]
-enum GuestFailure {
+pub(super) enum GuestFailure {
     #[error("wasm guest timed out after {0:?}")]
     TimedOut(Duration),
     #[error("wasm guest failed: {0}")]

@@ -132,6 +132,10 @@ impl EngineSettings {
     pub fn config(&self) -> Config {
         let mut config = Config::new();
         config
+            // WASIp3 components: async functions, streams and futures.
+            // Part of the compatibility hash, so artifacts an engine without
+            // it cached are refused when loaded, and recompiled.
+            .wasm_component_model_async(true)
             .epoch_interruption(true)
             .signals_based_traps(self.signals_based_traps)
             .memory_guard_size(self.memory_guard)
@@ -431,6 +435,12 @@ mod tests {
         }
         assert_eq!(code_hash(&config), code_hash(&on));
         assert_ne!(code_hash(&config), code_hash(&off));
+
+        // WASIp3 needs the component-model-async feature; an artifact an
+        // engine without it cached does not match (so it is recompiled).
+        let mut without_async = on_demand(s).config();
+        without_async.wasm_component_model_async(false);
+        assert_ne!(code_hash(&config), code_hash(&without_async));
     }
 
     #[test]

@@ -16,7 +16,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -117,6 +117,9 @@ pub(super) struct InstanceLimiter {
     /// Taken for the growth in progress (given back if it fails).
     pending: usize,
     denied_by_budget: bool,
+    /// Also set on such a denial, for whoever answers the requests of an
+    /// instance it cannot reach (concurrent WASIp3 requests).
+    denial_flag: Option<Arc<AtomicBool>>,
 }
 
 impl InstanceLimiter {
@@ -127,7 +130,16 @@ impl InstanceLimiter {
             taken: 0,
             pending: 0,
             denied_by_budget: false,
+            denial_flag: None,
         }
+    }
+
+    /// A flag set when a growth of this instance is denied by the budget,
+    /// readable without the store.
+    pub(super) fn denial_flag(&mut self) -> Arc<AtomicBool> {
+        self.denial_flag
+            .get_or_insert_with(|| Arc::new(AtomicBool::new(false)))
+            .clone()
     }
 }
 
@@ -155,6 +167,9 @@ impl InstanceLimiter {
                     "instance memory budget exhausted: a guest's memory.grow to {desired} bytes failed"
                 );
                 self.denied_by_budget = true;
+                if let Some(flag) = &self.denial_flag {
+                    flag.store(true, Ordering::Relaxed);
+                }
                 return false;
             }
         }

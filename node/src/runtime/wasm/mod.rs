@@ -1,11 +1,15 @@
-//! wasmtime: compiles `wasi:http/proxy` components once per digest (cached on
+//! wasmtime: compiles `wasi:http` components once per digest (cached on
 //! disk), pre-instantiates them, and serves each HTTP request in a fresh
-//! instance, as `wasmtime serve -Scli` does.
+//! instance, as `wasmtime serve -Scli` does. A component is either WASIp2
+//! (`wasi:http/proxy`, exporting `wasi:http/incoming-handler@0.2`) or WASIp3
+//! (`wasi:http/service@0.3`, exporting an async `wasi:http/handler`), told
+//! apart when it is loaded; both link all of WASI (p2 and p3) and HTTP.
 //!
 //! `engine.rs` builds the one engine from `EngineSettings` (isolation and an
 //! instance allocator sized for the machine's address space); `compile.rs`
 //! compiles in a child process and keeps the on-disk cache; `app.rs` serves
-//! a request; `task.rs` makes it a task `Runtime` for the agent.
+//! a WASIp2 request, `p3.rs` a WASIp3 one (several at once per instance with
+//! `--instance-concurrency`); `task.rs` makes it a task `Runtime` for the agent.
 //!
 //! Architecture invariant: a guest can fail only its own request. Traps,
 //! timeouts and pool exhaustion become 5xx responses; nothing a guest does
@@ -16,6 +20,7 @@ mod compile;
 mod egress;
 mod engine;
 mod limits;
+mod p3;
 mod task;
 
 pub use app::{ServiceSettings, WasmApp, QUEUE_WAIT};
@@ -23,6 +28,7 @@ pub use compile::{child_main, CHILD_COMMAND};
 pub use egress::EgressPolicy;
 pub use engine::{gib, Allocator, EngineSettings, Isolation};
 pub use limits::MemoryBudget;
+pub use p3::{DEFAULT_CONCURRENT_REUSE, MAX_INSTANCE_CONCURRENCY};
 pub use task::{Components, WasmTasks};
 
 use std::collections::HashMap;
@@ -36,19 +42,20 @@ use compile::{CacheMiss, ChildOutcome};
 use wasmtime::component::{Component, Linker};
 use wasmtime::Engine;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::p3::bindings::ServicePre;
 
 /// Linear memory a single instance may grow to.
 pub const MAX_MEMORY: usize = 128 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WasmError {
-    #[error("not a WebAssembly file (it does not start with the \\0asm header); swarmlet runs wasi:http/proxy components")]
+    #[error("not a WebAssembly file (it does not start with the \\0asm header); swarmlet runs wasi:http components (wasi:http/proxy@0.2 or wasi:http/service@0.3)")]
     NotWasm,
     #[error("not a WebAssembly component ({0}); build it as a component, e.g. cargo build --target wasm32-wasip2")]
     NotComponent(String),
     #[error("the component cannot run here: {0}")]
     Link(String),
-    #[error("the component is not a wasi:http/proxy component (it does not export wasi:http/incoming-handler): {0}")]
+    #[error("the component is neither a wasi:http/proxy@0.2 component (it does not export wasi:http/incoming-handler@0.2) nor a wasi:http/service@0.3 one (nor wasi:http/handler@0.3): {0}")]
     NotProxy(String),
     #[error("wasm engine: {0}")]
     Engine(String),
@@ -57,6 +64,39 @@ pub enum WasmError {
         path: String,
         source: std::io::Error,
     },
+}
+
+/// Which `wasi:http` world a component serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HttpWorld {
+    /// WASIp2: `wasi:http/proxy`, exporting `wasi:http/incoming-handler@0.2`.
+    P2,
+    /// WASIp3: `wasi:http/service@0.3`, exporting `wasi:http/handler@0.3`.
+    P3,
+}
+
+impl HttpWorld {
+    pub fn name(self) -> &'static str {
+        match self {
+            HttpWorld::P2 => "WASIp2 (wasi:http/proxy@0.2)",
+            HttpWorld::P3 => "WASIp3 (wasi:http/service@0.3)",
+        }
+    }
+}
+
+/// A linked component, ready to instantiate.
+enum Pre {
+    P2(ProxyPre<Host>),
+    P3(ServicePre<Host>),
+}
+
+impl Pre {
+    fn world(&self) -> HttpWorld {
+        match self {
+            Pre::P2(_) => HttpWorld::P2,
+            Pre::P3(_) => HttpWorld::P3,
+        }
+    }
 }
 
 /// One engine per node; components compiled for it are cached by digest.
@@ -95,9 +135,14 @@ impl WasmRuntime {
         let (engine, settings) = engine::build(isolation)?;
         let mut linker = Linker::new(&engine);
         // Components built from Rust import wasi:cli too (std's environment),
-        // so link all of WASI p2 and then HTTP, as `wasmtime serve -Scli`.
+        // so link all of WASI p2 and then HTTP, as `wasmtime serve -Scli`;
+        // and the same for WASIp3 (0.3 interfaces have their own names, so
+        // a component may import both, as Rust's std for wasip2 makes a
+        // WASIp3 component do).
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(engine_err)?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(engine_err)?;
+        wasmtime_wasi::p3::add_to_linker(&mut linker).map_err(engine_err)?;
+        wasmtime_wasi_http::p3::add_to_linker(&mut linker).map_err(engine_err)?;
         compile::open_cache_dir(&cache_dir).map_err(|source| WasmError::Io {
             path: cache_dir.display().to_string(),
             source,
@@ -125,18 +170,23 @@ impl WasmRuntime {
         &self.budget
     }
 
-    /// Checks that `bytes` is a `wasi:http/proxy` component this node can
-    /// serve, compiling it (and caching the artifact under `digest`). The
-    /// component is not kept in memory: a refused `service create` leaves
-    /// nothing loaded, and an accepted one is loaded by its replicas.
-    pub fn validate(&self, digest: &str, bytes: &[u8]) -> Result<(), WasmError> {
-        if lock(&self.loaded).contains_key(digest) {
-            return Ok(());
+    /// Checks that `bytes` is a `wasi:http` component this node can serve,
+    /// compiling it (and caching the artifact under `digest`), and says
+    /// which world it serves. The component is not kept in memory: a
+    /// refused `service create` leaves nothing loaded, and an accepted one
+    /// is loaded by its replicas.
+    pub fn validate(&self, digest: &str, bytes: &[u8]) -> Result<HttpWorld, WasmError> {
+        if let Some(app) = lock(&self.loaded).get(digest) {
+            return Ok(if app.is_p3() {
+                HttpWorld::P3
+            } else {
+                HttpWorld::P2
+            });
         }
         let prepare = self.digest_lock(digest);
         let _held = lock(&prepare);
         let component = self.compile_cached(digest, || Ok(bytes.to_vec()))?;
-        self.pre(component).map(drop)
+        self.pre(component).map(|p| p.world())
     }
 
     /// The loaded component for `digest`, compiling `blob` on first use.
@@ -155,11 +205,10 @@ impl WasmRuntime {
                 source,
             })
         })?;
-        let app = Arc::new(WasmApp::new(
-            self.pre(component)?,
-            self.timeout,
-            self.budget.clone(),
-        ));
+        let app = Arc::new(match self.pre(component)? {
+            Pre::P2(pre) => WasmApp::p2(pre, self.timeout, self.budget.clone()),
+            Pre::P3(pre) => WasmApp::p3(p3::P3App::new(pre, self.timeout, self.budget.clone())),
+        });
         lock(&self.loaded).insert(digest.to_string(), app.clone());
         Ok(app)
     }
@@ -193,13 +242,19 @@ impl WasmRuntime {
         preparing.entry(digest.to_string()).or_default().clone()
     }
 
-    /// Links the component and checks that it is a `wasi:http/proxy`.
-    fn pre(&self, component: Component) -> Result<ProxyPre<Host>, WasmError> {
+    /// Links the component and tells a `wasi:http/service@0.3` (WASIp3)
+    /// from a `wasi:http/proxy` (WASIp2) one.
+    fn pre(&self, component: Component) -> Result<Pre, WasmError> {
         let instance_pre = self
             .linker
             .instantiate_pre(&component)
             .map_err(|e| WasmError::Link(format!("{e:#}")))?;
-        ProxyPre::new(instance_pre).map_err(|e| WasmError::NotProxy(format!("{e:#}")))
+        if let Ok(pre) = ServicePre::new(instance_pre.clone()) {
+            return Ok(Pre::P3(pre));
+        }
+        ProxyPre::new(instance_pre)
+            .map(Pre::P2)
+            .map_err(|e| WasmError::NotProxy(format!("{e:#}")))
     }
 
     /// The compiled component: from the cache if its artifact is intact and
@@ -315,6 +370,20 @@ mod tests {
         rt.load(&digest, &blob).unwrap();
         assert_eq!(rt.compiles.load(Ordering::Relaxed), 1);
         assert_eq!(lock(&rt.loaded).len(), 1);
+        assert_eq!(rt.validate(&digest, &wasm).unwrap(), HttpWorld::P2);
+
+        // A WASIp3 component is told apart when it is validated and loaded.
+        let p3 = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../guests/out/hello-p3.wasm"
+        ))
+        .expect("guests/out/hello-p3.wasm (guests/build.sh)");
+        let p3_digest = format!("sha256:{}", hex::encode(Sha256::digest(&p3)));
+        assert_eq!(rt.validate(&p3_digest, &p3).unwrap(), HttpWorld::P3);
+        let p3_blob = dir.join("p3-blob");
+        std::fs::write(&p3_blob, &p3).unwrap();
+        assert!(rt.load(&p3_digest, &p3_blob).unwrap().is_p3());
+        assert!(!rt.loaded(&digest).unwrap().is_p3());
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

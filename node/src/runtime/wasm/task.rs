@@ -242,6 +242,7 @@ mod tests {
                 limits: Default::default(),
                 allow_outbound: vec![],
                 instance_reuse: 0,
+                instance_concurrency: 0,
                 env: vec![],
                 stop_grace_period_ms: None,
             },

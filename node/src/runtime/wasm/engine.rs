@@ -1,6 +1,6 @@
-//! The node's one wasmtime `Engine`: how it isolates guests, how its
-//! instance allocator is sized for the machine's address space, and the
-//! epoch thread that interrupts guests.
+//! The node's wasmtime engines: how they isolate guests, how the
+//! instance allocator is sized for the machine's address space, the
+//! WASIp3 engine beside the node's, and the epoch threads that interrupt guests.
 //!
 //! `EngineSettings` is the single source of truth for how the engine was
 //! built: `build` turns it into a wasmtime `Config`, the compile child
@@ -93,6 +93,12 @@ pub struct EngineSettings {
     pub allocator: Allocator,
     /// What the machine allows a process, when known (see `AddressSpace`).
     pub address_space: Option<u64>,
+    /// The component model's concurrency (async functions, streams,
+    /// futures: WASIp3). Only the WASIp3 engine has it: with it every host
+    /// call of every component does task bookkeeping, which costs a WASIp2
+    /// request about a seventh of its throughput.
+    #[serde(default)]
+    pub concurrency: bool,
 }
 
 impl EngineSettings {
@@ -112,6 +118,20 @@ impl EngineSettings {
             },
             allocator,
             address_space: space,
+            concurrency: false,
+        }
+    }
+
+    /// The settings of the WASIp3 engine beside this one: the same
+    /// isolation and code generation plus the component model's
+    /// concurrency, and the on-demand allocator (its instances serve many
+    /// requests each, so they are seldom made; the address space stays
+    /// with this engine's pool).
+    pub fn concurrent(&self) -> EngineSettings {
+        EngineSettings {
+            allocator: Allocator::OnDemand,
+            concurrency: true,
+            ..self.clone()
         }
     }
 
@@ -132,10 +152,11 @@ impl EngineSettings {
     pub fn config(&self) -> Config {
         let mut config = Config::new();
         config
-            // WASIp3 components: async functions, streams and futures.
-            // Part of the compatibility hash, so artifacts an engine without
-            // it cached are refused when loaded, and recompiled.
-            .wasm_component_model_async(true)
+            // WASIp3 components: async functions, streams and futures, on
+            // the WASIp3 engine only. Part of the compatibility hash, so an
+            // artifact one engine made is refused by the other.
+            .wasm_component_model_async(self.concurrency)
+            .concurrency_support(self.concurrency)
             .epoch_interruption(true)
             .signals_based_traps(self.signals_based_traps)
             .memory_guard_size(self.memory_guard)
@@ -357,6 +378,17 @@ pub(super) fn build(isolation: Isolation) -> Result<(Engine, EngineSettings), Wa
     Ok((engine, settings))
 }
 
+/// The WASIp3 engine beside the node's engine (`EngineSettings::concurrent`),
+/// with its own epoch thread.
+pub(super) fn build_concurrent(
+    main: &EngineSettings,
+) -> Result<(Engine, EngineSettings), WasmError> {
+    let settings = main.concurrent();
+    let engine = Engine::new(&settings.config()).map_err(engine_err)?;
+    start_epoch_thread(&engine)?;
+    Ok((engine, settings))
+}
+
 /// An engine that only compiles (the compile child): same code-generation
 /// settings, no instance pool.
 pub(super) fn compiler(settings: &EngineSettings) -> Result<Engine, WasmError> {
@@ -436,11 +468,20 @@ mod tests {
         assert_eq!(code_hash(&config), code_hash(&on));
         assert_ne!(code_hash(&config), code_hash(&off));
 
-        // WASIp3 needs the component-model-async feature; an artifact an
-        // engine without it cached does not match (so it is recompiled).
-        let mut without_async = on_demand(s).config();
-        without_async.wasm_component_model_async(false);
-        assert_ne!(code_hash(&config), code_hash(&without_async));
+        // The default engine runs without the component model's
+        // concurrency (its per-call task bookkeeping); the WASIp3 engine
+        // beside it has it, with the same isolation, and their artifacts
+        // do not match (each refuses the other's).
+        assert!(!s.concurrency && !engine.get_concurrency_support());
+        let p3 = s.concurrent();
+        assert!(p3.concurrency && p3.allocator == Allocator::OnDemand);
+        assert_eq!(
+            (p3.isolation, p3.memory_guard, p3.memory_reservation),
+            (s.isolation, s.memory_guard, s.memory_reservation)
+        );
+        let p3_engine = Engine::new(&p3.config()).unwrap();
+        assert!(p3_engine.get_concurrency_support());
+        assert_ne!(code_hash(&config), code_hash(&p3.config()));
     }
 
     #[test]

@@ -3,10 +3,14 @@
 //! instance, as `wasmtime serve -Scli` does. A component is either WASIp2
 //! (`wasi:http/proxy`, exporting `wasi:http/incoming-handler@0.2`) or WASIp3
 //! (`wasi:http/service@0.3`, exporting an async `wasi:http/handler`), told
-//! apart when it is loaded; both link all of WASI (p2 and p3) and HTTP.
+//! apart by its exports before it is compiled.
 //!
-//! `engine.rs` builds the one engine from `EngineSettings` (isolation and an
-//! instance allocator sized for the machine's address space); `compile.rs`
+//! Two engines, one per world: `engine.rs` builds the node's engine from
+//! `EngineSettings` (isolation and an instance allocator sized for the
+//! machine's address space), without the component model's concurrency;
+//! WASIp3 components run on a second engine with the same isolation plus
+//! that concurrency, whose task bookkeeping on every host call would
+//! otherwise slow every WASIp2 request too. `compile.rs`
 //! compiles in a child process and keeps the on-disk cache; `app.rs` serves
 //! a WASIp2 request, `p3.rs` a WASIp3 one (several at once per instance with
 //! `--instance-concurrency`); `task.rs` makes it a task `Runtime` for the agent.
@@ -99,11 +103,21 @@ impl Pre {
     }
 }
 
-/// One engine per node; components compiled for it are cached by digest.
-pub struct WasmRuntime {
+/// An engine and the linker for the components it runs.
+struct Side {
     engine: Engine,
     settings: EngineSettings,
     linker: Linker<Host>,
+}
+
+/// The node's wasm runtime: an engine per `wasi:http` world; components
+/// compiled for them are cached by digest.
+pub struct WasmRuntime {
+    /// WASIp2 components (the node's engine, reported by `swarmlet info`).
+    p2: Side,
+    /// WASIp3 components: built when the first one is compiled or loaded
+    /// (a node that serves none keeps neither the engine nor its linker).
+    p3: std::sync::OnceLock<Side>,
     cache_dir: PathBuf,
     /// Components local replicas use. Only `load` adds to it.
     loaded: Mutex<HashMap<String, Arc<WasmApp>>>,
@@ -133,24 +147,27 @@ impl WasmRuntime {
         isolation: Isolation,
     ) -> Result<Arc<Self>, WasmError> {
         let (engine, settings) = engine::build(isolation)?;
-        let mut linker = Linker::new(&engine);
         // Components built from Rust import wasi:cli too (std's environment),
-        // so link all of WASI p2 and then HTTP, as `wasmtime serve -Scli`;
-        // and the same for WASIp3 (0.3 interfaces have their own names, so
-        // a component may import both, as Rust's std for wasip2 makes a
-        // WASIp3 component do).
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(engine_err)?;
-        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(engine_err)?;
-        wasmtime_wasi::p3::add_to_linker(&mut linker).map_err(engine_err)?;
-        wasmtime_wasi_http::p3::add_to_linker(&mut linker).map_err(engine_err)?;
+        // so link all of WASI p2 and then HTTP, as `wasmtime serve -Scli`.
+        let p2_linker = |engine: &Engine| -> Result<Linker<Host>, WasmError> {
+            let mut linker = Linker::new(engine);
+            wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(engine_err)?;
+            wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
+                .map_err(engine_err)?;
+            Ok(linker)
+        };
+        let p2 = Side {
+            linker: p2_linker(&engine)?,
+            engine,
+            settings,
+        };
         compile::open_cache_dir(&cache_dir).map_err(|source| WasmError::Io {
             path: cache_dir.display().to_string(),
             source,
         })?;
         Ok(Arc::new(WasmRuntime {
-            engine,
-            settings,
-            linker,
+            p2,
+            p3: std::sync::OnceLock::new(),
             cache_dir,
             loaded: Mutex::new(HashMap::new()),
             preparing: Mutex::new(HashMap::new()),
@@ -160,9 +177,48 @@ impl WasmRuntime {
         }))
     }
 
-    /// How the engine was built (for `swarmlet info`).
+    /// How the node's (WASIp2) engine was built (for `swarmlet info`).
     pub fn settings(&self) -> &EngineSettings {
-        &self.settings
+        &self.p2.settings
+    }
+
+    /// The engine and linker of `world`'s components.
+    fn side(&self, world: HttpWorld) -> Result<&Side, WasmError> {
+        match world {
+            HttpWorld::P2 => Ok(&self.p2),
+            HttpWorld::P3 => {
+                if let Some(side) = self.p3.get() {
+                    return Ok(side);
+                }
+                // Two first WASIp3 components at once may both build one;
+                // the first one set is kept (the other's epoch thread ends
+                // with its engine).
+                let side = self.p3_side()?;
+                Ok(self.p3.get_or_init(|| side))
+            }
+        }
+    }
+
+    /// The WASIp3 engine: the node's isolation plus the component model's
+    /// concurrency, linking what WASIp2 components get plus WASIp3 (0.3
+    /// interfaces have their own names, so a component may import both, as
+    /// Rust's std for wasip2 makes a WASIp3 component do).
+    fn p3_side(&self) -> Result<Side, WasmError> {
+        let (engine, settings) = engine::build_concurrent(&self.p2.settings)?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(engine_err)?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(engine_err)?;
+        wasmtime_wasi::p3::add_to_linker(&mut linker).map_err(engine_err)?;
+        wasmtime_wasi_http::p3::add_to_linker(&mut linker).map_err(engine_err)?;
+        tracing::info!(
+            "wasm engine for WASIp3 components: {}",
+            settings.describe_allocator()
+        );
+        Ok(Side {
+            engine,
+            settings,
+            linker,
+        })
     }
 
     /// The node-wide budget for all instances' linear memory.
@@ -185,8 +241,9 @@ impl WasmRuntime {
         }
         let prepare = self.digest_lock(digest);
         let _held = lock(&prepare);
-        let component = self.compile_cached(digest, || Ok(bytes.to_vec()))?;
-        self.pre(component).map(|p| p.world())
+        let world = world_of(bytes)?;
+        let component = self.compile_cached(digest, world, bytes)?;
+        self.pre(world, component).map(|p| p.world())
     }
 
     /// The loaded component for `digest`, compiling `blob` on first use.
@@ -199,13 +256,14 @@ impl WasmRuntime {
         if let Some(app) = lock(&self.loaded).get(digest).cloned() {
             return Ok(app);
         }
-        let component = self.compile_cached(digest, || {
-            std::fs::read(blob).map_err(|source| WasmError::Io {
-                path: blob.display().to_string(),
-                source,
-            })
+        let bytes = std::fs::read(blob).map_err(|source| WasmError::Io {
+            path: blob.display().to_string(),
+            source,
         })?;
-        let app = Arc::new(match self.pre(component)? {
+        let world = world_of(&bytes)?;
+        let component = self.compile_cached(digest, world, &bytes)?;
+        drop(bytes);
+        let app = Arc::new(match self.pre(world, component)? {
             Pre::P2(pre) => WasmApp::p2(pre, self.timeout, self.budget.clone()),
             Pre::P3(pre) => WasmApp::p3(p3::P3App::new(pre, self.timeout, self.budget.clone())),
         });
@@ -242,19 +300,20 @@ impl WasmRuntime {
         preparing.entry(digest.to_string()).or_default().clone()
     }
 
-    /// Links the component and tells a `wasi:http/service@0.3` (WASIp3)
-    /// from a `wasi:http/proxy` (WASIp2) one.
-    fn pre(&self, component: Component) -> Result<Pre, WasmError> {
+    /// Links the component of `world` on that world's engine.
+    fn pre(&self, world: HttpWorld, component: Component) -> Result<Pre, WasmError> {
         let instance_pre = self
+            .side(world)?
             .linker
             .instantiate_pre(&component)
             .map_err(|e| WasmError::Link(format!("{e:#}")))?;
-        if let Ok(pre) = ServicePre::new(instance_pre.clone()) {
-            return Ok(Pre::P3(pre));
+        let not_proxy = |e: wasmtime::Error| WasmError::NotProxy(format!("{e:#}"));
+        match world {
+            HttpWorld::P3 => ServicePre::new(instance_pre)
+                .map(Pre::P3)
+                .map_err(not_proxy),
+            HttpWorld::P2 => ProxyPre::new(instance_pre).map(Pre::P2).map_err(not_proxy),
         }
-        ProxyPre::new(instance_pre)
-            .map(Pre::P2)
-            .map_err(|e| WasmError::NotProxy(format!("{e:#}")))
     }
 
     /// The compiled component: from the cache if its artifact is intact and
@@ -263,30 +322,27 @@ impl WasmRuntime {
     fn compile_cached(
         &self,
         digest: &str,
-        bytes: impl FnOnce() -> Result<Vec<u8>, WasmError>,
+        world: HttpWorld,
+        wasm: &[u8],
     ) -> Result<Component, WasmError> {
+        let side = self.side(world)?;
         let cached = self.artifact_path(digest);
-        match self.deserialize(&cached) {
+        match deserialize(&side.engine, &cached) {
             Ok(c) => return Ok(c),
             Err(CacheMiss::Absent) => {}
             Err(e) => {
                 tracing::warn!(%digest, "compiled artifact {}: {e}; recompiling", cached.display())
             }
         }
-        let wasm = bytes()?;
-        if !wasm.starts_with(b"\0asm") {
-            return Err(WasmError::NotWasm);
-        }
-        tracing::info!(%digest, bytes = wasm.len(), "compiling component");
+        tracing::info!(%digest, bytes = wasm.len(), world = world.name(), "compiling component");
         self.compiles.fetch_add(1, Ordering::Relaxed);
-        let component = match compile::compile_in_child(&self.settings, &wasm, &cached) {
-            ChildOutcome::Done => self
-                .deserialize(&cached)
+        let component = match compile::compile_in_child(&side.settings, wasm, &cached) {
+            ChildOutcome::Done => deserialize(&side.engine, &cached)
                 .map_err(|e| engine_err(format!("the artifact just compiled is {e}")))?,
             ChildOutcome::Refused(e) => return Err(e),
             ChildOutcome::Unavailable(why) => {
                 tracing::warn!(%digest, "{why}; compiling in the daemon");
-                let component = Component::from_binary(&self.engine, &wasm)
+                let component = Component::from_binary(&side.engine, wasm)
                     .map_err(|e| WasmError::NotComponent(format!("{e:#}")))?;
                 if let Err(e) = compile::cache(&component, &cached) {
                     tracing::warn!(%digest, "could not cache the compiled component: {e}");
@@ -294,20 +350,49 @@ impl WasmRuntime {
                 component
             }
         };
-        drop(wasm);
         trim_heap();
         Ok(component)
     }
+}
 
-    fn deserialize(&self, path: &Path) -> Result<Component, CacheMiss> {
-        let artifact = compile::read_artifact(path)?;
-        // SAFETY: the bytes were written by `Component::serialize` (this
-        // node's compile child or itself) into its own data dir, and their
-        // checksum matches; wasmtime refuses an artifact made by another
-        // version or configuration.
-        unsafe { Component::deserialize(&self.engine, &artifact) }
-            .map_err(|e| CacheMiss::Damaged(format!("not loadable: {e}")))
+fn deserialize(engine: &Engine, path: &Path) -> Result<Component, CacheMiss> {
+    let artifact = compile::read_artifact(path)?;
+    // SAFETY: the bytes were written by `Component::serialize` (this node's
+    // compile child or itself) into its own data dir, and their checksum
+    // matches; wasmtime refuses an artifact made by another version or
+    // configuration (the other world's engine included).
+    unsafe { Component::deserialize(engine, &artifact) }
+        .map_err(|e| CacheMiss::Damaged(format!("not loadable: {e}")))
+}
+
+/// Which world a component serves, from its own (top-level) exports: a
+/// `wasi:http/handler@0.3` export makes it WASIp3; anything else is tried
+/// as WASIp2, whose linking says what is missing.
+fn world_of(wasm: &[u8]) -> Result<HttpWorld, WasmError> {
+    use wasmparser::{Parser, Payload};
+    if !wasm.starts_with(b"\0asm") {
+        return Err(WasmError::NotWasm);
     }
+    // Nested modules and components have their own exports: only depth 0
+    // counts.
+    let mut depth = 0usize;
+    for payload in Parser::new(0).parse_all(wasm) {
+        // A malformed file is the compiler's to describe.
+        let Ok(payload) = payload else { break };
+        match payload {
+            Payload::ModuleSection { .. } | Payload::ComponentSection { .. } => depth += 1,
+            Payload::End(_) => depth = depth.saturating_sub(1),
+            Payload::ComponentExportSection(exports) if depth == 0 => {
+                for export in exports.into_iter().flatten() {
+                    if export.name.name.starts_with("wasi:http/handler@0.3") {
+                        return Ok(HttpWorld::P3);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(HttpWorld::P2)
 }
 
 /// Gives freed heap back to the system (glibc keeps it otherwise): loading

@@ -134,7 +134,7 @@ if [ $QUICK = 0 ]; then
     wt wtbest 18091 "\`wasmtime serve -Scli\`, best flags (pooling, PAGEMAP_SCAN, keep-resident; default isolation)" guests/out/hello.wasm -O "$POOL"
     wt wtfast 18092 "\`wasmtime serve -Scli\`, best flags + \`$NOGUARD\` (as swarmlet's fast mode)" guests/out/hello.wasm -O "$POOL,$NOGUARD"
     wt wtreuse 18093 "\`wasmtime serve -Scli\`, best flags + \`--max-instance-reuse-count 128\`" guests/out/hello.wasm -O "$POOL" --max-instance-reuse-count 128
-    [ $CONC_ROW = 1 ] && wt wtconc 18094 "\`wasmtime serve -Scli -Sp3\`, best flags + \`--max-instance-concurrent-reuse-count 16 --max-instance-reuse-count 128\` (WASIp3 hello-p3)" guests/out/hello-p3.wasm -O "$POOL" -Sp3 --max-instance-concurrent-reuse-count 16 --max-instance-reuse-count 128
+    [ $CONC_ROW = 1 ] && wt wtconc 18096 "\`wasmtime serve -Scli -Sp3\`, best flags + \`--max-instance-concurrent-reuse-count 16 --max-instance-reuse-count 128\` (WASIp3 hello-p3)" guests/out/hello-p3.wasm -O "$POOL" -Sp3 --max-instance-concurrent-reuse-count 16 --max-instance-reuse-count 128
 
     cat >"$WORK/nginx.conf" <<CONF
 worker_processes 1;

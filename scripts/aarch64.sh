@@ -2,7 +2,8 @@
 # Builds swarmlet for a Raspberry Pi (aarch64-unknown-linux-gnu) and runs a
 # node under qemu-user with a Pi's address space (-R 512G: 39-bit virtual
 # addresses, as 64-bit Raspberry Pi OS gives a process): daemon, init,
-# `hello` with 2 replicas, requests through the mesh, `swarmlet info`.
+# `hello` with 2 replicas and the WASIp3 `hello-p3`, requests through the
+# mesh, `swarmlet info`.
 #
 #   scripts/aarch64.sh              build (cold: ~28 min on 2 cores) and run
 #   scripts/aarch64.sh --no-build   run the binary built before
@@ -20,6 +21,7 @@ BIN=$A64_TARGET_DIR/$TARGET/release/swarmlet
 DATA_DIR=${DATA_DIR:-/tmp/swarmlet-aarch64}
 ADDR=${ADDR:-127.0.0.91}
 PORT=${PORT:-18191}
+PORT3=${PORT3:-18192}
 # A64_ADDRESS_SPACE: the address space of a Pi 4 on 64-bit Pi OS. Never run
 # the daemon under qemu without -R: qemu's bookkeeping of large reservations
 # then costs GiBs.
@@ -35,7 +37,7 @@ done
 apt_need rustc-web cargo-web rust-web-src gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user curl
 
 if [ "$build" = 1 ]; then
-    [ -f guests/out/hello.wasm ] || "$REPO/guests/build.sh"
+    [ -f guests/out/hello.wasm ] && [ -f guests/out/hello-p3.wasm ] || "$REPO/guests/build.sh"
     (
         export PATH=/usr/bin:$PATH                 # Debian's cargo/rustc, not rustup's proxies
         export RUSTC_BOOTSTRAP=1                   # -Zbuild-std on a stable compiler
@@ -83,8 +85,17 @@ run_node() {
         body=$(curl -sf "http://$ADDR:$PORT/pi$i") || fail "request $i to hello failed (qemu -R $space)"
         case "$body" in "hello from hello."*) ok=$((ok + 1)) ;; *) fail "unexpected answer: $body" ;; esac
     done
+    # A WASIp3 component runs on the second engine (the component model's
+    # concurrency, on-demand allocation), built on first use: it must start
+    # in this address space too and serve (one instance may take 4 at once).
+    sl service create --name hellop3 --instance-concurrency 4 -p "$PORT3:80" guests/out/hello-p3.wasm
+    local ok3=0
+    for i in $(seq 20); do
+        body=$(curl -sf "http://$ADDR:$PORT3/pi$i") || fail "request $i to hello-p3 failed (qemu -R $space)"
+        case "$body" in "hello-p3 from hellop3."*) ok3=$((ok3 + 1)) ;; *) fail "unexpected answer: $body" ;; esac
+    done
     sl service ls
-    echo "aarch64 under qemu -R $space: $ok/20 requests answered by hello ($expect allocator)"
+    echo "aarch64 under qemu -R $space: $ok/20 requests answered by hello ($expect allocator), $ok3/20 by the WASIp3 hello-p3"
     grep "wasm engine" "$DATA_DIR/daemon.log" || true
     cleanup
 }

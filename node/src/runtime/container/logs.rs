@@ -20,11 +20,28 @@ const SETTLE_MAX: std::time::Duration = std::time::Duration::from_secs(1);
 /// has landed. The shim copies the container's stdout and stderr into the
 /// file itself and may still be copying when its exit event reaches us
 /// (seen here: a crash's last words missing from the task's error under
-/// load), so the file is read once its size held still for `SETTLE`, or
-/// after `SETTLE_EMPTY_MAX` if it stays empty, `SETTLE_MAX` at most.
-pub async fn settled_tail(path: &Path, lines: usize) -> String {
-    let size = || std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+/// load). containerd's shim holds the file open while it copies and closes
+/// it when the container's pipes reach their end, so the log is complete
+/// once no descriptor of process `shim_pid` points at it (`COPY_MAX` at
+/// most). Where the shim's descriptors cannot be read, the file is read
+/// once its size held still for `SETTLE` (or stayed empty for
+/// `SETTLE_EMPTY_MAX`), `SETTLE_MAX` at most.
+pub async fn settled_tail(path: &Path, shim_pid: u32, lines: usize) -> String {
     let start = tokio::time::Instant::now();
+    loop {
+        match shim_holds(shim_pid, path) {
+            Some(false) => return tail(path, lines),
+            Some(true) if start.elapsed() < COPY_MAX => {
+                tokio::time::sleep(COPY_POLL).await;
+            }
+            Some(true) => {
+                tracing::warn!(log = %path.display(), "the shim was still writing the log after {COPY_MAX:?}; reading it as it is");
+                return tail(path, lines);
+            }
+            None => break,
+        }
+    }
+    let size = || std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
     let mut last = size();
     loop {
         tokio::time::sleep(SETTLE).await;
@@ -37,6 +54,25 @@ pub async fn settled_tail(path: &Path, lines: usize) -> String {
         last = now;
     }
     tail(path, lines)
+}
+
+/// How long the shim is given to finish copying an exited container's
+/// output (containerd's own wait for it, at delete, is 2 s).
+const COPY_MAX: std::time::Duration = std::time::Duration::from_secs(5);
+const COPY_POLL: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// Whether process `pid` has `path` open; None when that cannot be told
+/// (no such process, `/proc` unreadable, the file missing).
+fn shim_holds(pid: u32, path: &Path) -> Option<bool> {
+    if pid == 0 {
+        return None;
+    }
+    let target = std::fs::canonicalize(path).ok()?;
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?;
+    Some(
+        fds.flatten()
+            .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|l| l == target)),
+    )
 }
 
 /// The last `lines` lines of the file at `path` (empty if there is none).

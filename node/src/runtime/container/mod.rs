@@ -512,7 +512,8 @@ impl ContainerRuntime {
         ContainerError::Exited {
             id: id.to_string(),
             status,
-            log_tail: logs::settled_tail(&task.record.log, LOG_TAIL_LINES).await,
+            log_tail: logs::settled_tail(&task.record.log, task.client.shim_pid, LOG_TAIL_LINES)
+                .await,
         }
     }
 
@@ -526,7 +527,8 @@ impl ContainerRuntime {
             .ok_or_else(|| ContainerError::NotFound { id: id.to_string() })?;
         Ok(Exit {
             status,
-            log_tail: logs::settled_tail(&task.record.log, LOG_TAIL_LINES).await,
+            log_tail: logs::settled_tail(&task.record.log, task.client.shim_pid, LOG_TAIL_LINES)
+                .await,
         })
     }
 

@@ -411,6 +411,34 @@ mod tests {
     use sha2::{Digest, Sha256};
 
     #[test]
+    fn the_world_is_told_by_the_components_own_exports() {
+        let top = wat::parse_str(
+            r#"(component
+                (instance $i)
+                (export "wasi:http/handler@0.3.0-rc-2025-09-16" (instance $i)))"#,
+        )
+        .unwrap();
+        assert_eq!(world_of(&top).unwrap(), HttpWorld::P3);
+        // The same export inside a nested component is not the component's.
+        let nested = wat::parse_str(
+            r#"(component
+                (component
+                    (instance $i)
+                    (export "wasi:http/handler@0.3.0-rc-2025-09-16" (instance $i))))"#,
+        )
+        .unwrap();
+        assert_eq!(world_of(&nested).unwrap(), HttpWorld::P2);
+        assert!(matches!(world_of(b"not wasm"), Err(WasmError::NotWasm)));
+        // A file cut before its exports is left to the compiler to describe.
+        assert_eq!(world_of(&top[..12]).unwrap(), HttpWorld::P2);
+        for (file, world) in [("hello", HttpWorld::P2), ("hello-p3", HttpWorld::P3)] {
+            let path = format!("{}/../guests/out/{file}.wasm", env!("CARGO_MANIFEST_DIR"));
+            let wasm = std::fs::read(&path).expect("guests/out (guests/build.sh)");
+            assert_eq!(world_of(&wasm).unwrap(), world, "{file}");
+        }
+    }
+
+    #[test]
     fn validation_compiles_once_per_digest_and_keeps_nothing_loaded() {
         let dir = std::env::temp_dir().join(format!("swarmlet-wasm-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);

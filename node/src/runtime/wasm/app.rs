@@ -329,14 +329,7 @@ impl P2App {
                     Ok(Err(f)) => f,
                     Err(e) => GuestFailure::Failed(format!("guest task aborted: {e}")),
                 };
-                tracing::warn!(%replica, "wasm request failed: {failure}");
-                match failure {
-                    GuestFailure::TimedOut(_) => text_response(504, format!("{failure}\n")),
-                    GuestFailure::OverBudget | GuestFailure::NodeFull(_) => {
-                        text_response(503, format!("{failure}\n"))
-                    }
-                    GuestFailure::Failed(_) => text_response(500, format!("{failure}\n")),
-                }
+                failure.respond(replica)
             }
         }
     }
@@ -362,4 +355,18 @@ pub(super) enum GuestFailure {
     OverBudget,
     #[error("this node runs as many wasm instances as it can ({0}); try again later")]
     NodeFull(String),
+}
+
+impl GuestFailure {
+    /// The client's answer for a guest that did not answer (logged once):
+    /// 504 for a timeout, 503 when the node had no room, else 500.
+    pub(super) fn respond(self, replica: &str) -> hyper::Response<Body> {
+        tracing::warn!(%replica, "wasm request failed: {self}");
+        let status = match self {
+            GuestFailure::TimedOut(_) => 504,
+            GuestFailure::OverBudget | GuestFailure::NodeFull(_) => 503,
+            GuestFailure::Failed(_) => 500,
+        };
+        text_response(status, format!("{self}\n"))
+    }
 }

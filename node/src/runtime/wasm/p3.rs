@@ -53,7 +53,7 @@ use wasmtime_wasi_http::{WasiBody, WasiHttpView};
 use super::app::{describe, new_store, GuestFailure, Host, ServiceSettings, QUEUE_WAIT};
 use super::limits::MemoryBudget;
 use super::lock;
-use crate::body::{text_response, Body, BoxError};
+use crate::body::{Body, BoxError};
 
 /// Requests one instance serves in all when it serves them concurrently
 /// and the service set no `--instance-reuse` (`wasmtime serve`'s default).
@@ -150,14 +150,7 @@ impl P3App {
             }
             Err(_) => GuestFailure::TimedOut(self.timeout),
         };
-        tracing::warn!(%replica, "wasm request failed: {failure}");
-        match failure {
-            GuestFailure::TimedOut(_) => text_response(504, format!("{failure}\n")),
-            GuestFailure::OverBudget | GuestFailure::NodeFull(_) => {
-                text_response(503, format!("{failure}\n"))
-            }
-            GuestFailure::Failed(_) => text_response(500, format!("{failure}\n")),
-        }
+        failure.respond(replica)
     }
 }
 

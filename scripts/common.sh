@@ -19,3 +19,29 @@ apt_need() {
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 }
+
+# start_watchdog SECONDS: after SECONDS, prints the stacks of this target
+# dir's test binaries still running (with gdb, where it is installed) and
+# kills them, so a hung test fails the run at once, showing where it hung,
+# instead of running into CI's time limit. stop_watchdog ends it.
+start_watchdog() {
+    local secs=$1
+    (
+        sleep "$secs"
+        echo "watchdog: tests still running after $secs s; their stacks follow, then they are killed" >&2
+        for p in $(pgrep -f "^$CARGO_TARGET_DIR/release/deps/"); do
+            echo "== pid $p: $(tr '\0' ' ' <"/proc/$p/cmdline")" >&2
+            if command -v gdb >/dev/null; then
+                timeout 120 gdb -q -batch -p "$p" -ex 'thread apply all bt 40' 2>&1 |
+                    grep -E '^(Thread |#)' >&2 || true
+            fi
+            kill -9 "$p" 2>/dev/null || true
+        done
+    ) &
+    WATCHDOG=$!
+    trap stop_watchdog EXIT
+}
+stop_watchdog() {
+    pkill -P "$WATCHDOG" 2>/dev/null || true
+    kill "$WATCHDOG" 2>/dev/null || true
+}

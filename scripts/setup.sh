@@ -7,6 +7,8 @@ source "$(dirname "$0")/common.sh"
 # curl and wrk for the demo and benchmark; the guest toolchain is installed
 # by guests/build.sh itself.
 apt_need curl wrk ca-certificates
+# gdb: scripts/test.sh's watchdog prints the stacks of a hung test with it.
+apt_need gdb
 # iproute2 and nftables (+ iptables) for the e2e tests that put nodes in
 # network namespaces and cut their links (tests/src/netns.rs).
 apt_need iproute2 nftables iptables

@@ -12,7 +12,11 @@ cd "$REPO"
 cargo fmt --all -- --check
 cargo clippy --release --workspace --all-targets -- -D warnings
 log=$(mktemp)
+# The whole suite takes ~10 minutes here; a test that hangs is killed (with
+# its stacks printed) after 35, well inside CI's 90.
+start_watchdog 2100
 cargo test --release --workspace 2>&1 | tee "$log"
+stop_watchdog
 "$REPO/scripts/aarch64.sh"
 "$REPO/scripts/bench.sh" --quick
 # One closing line for the whole run, summed over cargo's test binaries.

@@ -14,10 +14,10 @@ mod common;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use swarmlet::runtime::container::sweep::sweep_namespace;
 use swarmlet::runtime::container::{
     cgroup_dirs, is_mountpoint, link_exists, netns_path, remove_bridge, ContainerError,
     ContainerRuntime, ContainerSpec, ExitStatus, NetworkConfig, Reattached, RuntimeConfig,
@@ -88,7 +88,7 @@ fn config(n: u8) -> RuntimeConfig {
     let _ = std::fs::remove_dir_all(&root);
     let mut cfg = RuntimeConfig::new(root);
     cfg.namespace = format!("sh5-test{n}");
-    sweep_namespace(&cfg.namespace, &format!("sh5t{n}-"));
+    sweep_namespace(&cfg.namespace, &format!("sh5t{n}-"), "sh5-ct-");
     cfg.cgroup_parent = format!("sh5-test{n}");
     cfg.network = NetworkConfig {
         bridge: format!("sh5br{n}"),
@@ -97,66 +97,6 @@ fn config(n: u8) -> RuntimeConfig {
         name_prefix: format!("sh5t{n}"),
     };
     cfg
-}
-
-/// What an earlier run of this test binary that died mid-test (a failed
-/// assertion) left in `namespace`: its shims, whose test process is gone,
-/// and runc's state of their containers. The same IDs would collide with it
-/// ("container with given ID already exists"), and their network
-/// namespaces (named `netns_prefix` + ID).
-fn sweep_namespace(namespace: &str, netns_prefix: &str) {
-    let Ok(procs) = std::fs::read_dir("/proc") else {
-        return;
-    };
-    for p in procs.flatten() {
-        let Ok(pid) = p.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(cmdline) = std::fs::read(p.path().join("cmdline")) else {
-            continue;
-        };
-        let args: Vec<String> = cmdline
-            .split(|b| *b == 0)
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect();
-        let is_shim = args
-            .first()
-            .is_some_and(|a| a.ends_with("containerd-shim-runc-v2"));
-        let arg = |name: &str| {
-            args.iter()
-                .position(|a| a == name)
-                .and_then(|i| args.get(i + 1))
-        };
-        // The shim's socket is in the test's state dir, sh5-ct-PID-N.
-        let owner_gone = arg("-address")
-            .and_then(|a| a.split("sh5-ct-").nth(1))
-            .and_then(|r| r.split('-').next())
-            .is_some_and(|owner| !Path::new(&format!("/proc/{owner}")).exists());
-        if is_shim && arg("-namespace").map(String::as_str) == Some(namespace) && owner_gone {
-            // SAFETY: kill has no memory preconditions.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-        }
-    }
-    if let Ok(out) = Command::new("ip").args(["netns", "list"]).output() {
-        for line in String::from_utf8_lossy(&out.stdout).lines() {
-            let name = line.split_whitespace().next().unwrap_or_default();
-            if name.starts_with(netns_prefix) {
-                let _ = Command::new("ip").args(["netns", "delete", name]).status();
-            }
-        }
-    }
-    let state = format!("/run/containerd/runc/{namespace}");
-    let Ok(out) = Command::new("runc")
-        .args(["--root", &state, "list", "-q"])
-        .output()
-    else {
-        return;
-    };
-    for id in String::from_utf8_lossy(&out.stdout).lines() {
-        let _ = Command::new("runc")
-            .args(["--root", &state, "delete", "--force", id])
-            .status();
-    }
 }
 
 fn nginx(id: &str) -> ContainerSpec {
@@ -338,7 +278,10 @@ async fn killing_nginx_inside_is_an_exit_event_with_its_status() {
     assert_eq!(rt.exit_status(id), None);
     // SAFETY: kill(2) on the container's main process, which we just asked for.
     assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
-    let exit = rt.wait_exit(id).await.expect("exit event");
+    let exit = tokio::time::timeout(Duration::from_secs(60), rt.wait_exit(id))
+        .await
+        .expect("the exit comes within 60 s")
+        .expect("exit event");
     assert_eq!(
         exit.status,
         ExitStatus(137),
@@ -408,7 +351,10 @@ async fn bad_commands_give_typed_errors_and_leave_nothing() {
     let err = match rt.start(id).await {
         Err(e) => e,
         Ok(_) => {
-            let exit = rt.wait_exit(id).await.expect("exit");
+            let exit = tokio::time::timeout(Duration::from_secs(60), rt.wait_exit(id))
+                .await
+                .expect("the exit comes within 60 s")
+                .expect("exit");
             ContainerError::Exited {
                 id: id.to_string(),
                 status: exit.status,

@@ -70,15 +70,24 @@ fn stored(c: &TestCluster, id: &str) -> Task {
 }
 
 /// Polls `what` until it holds; fails naming it after a bounded number of tries.
+/// The deadline holds even when one check hangs (a connection that gets no
+/// answer): each check gets only the time that is left.
 async fn wait_for(what: &str, mut check: impl AsyncFnMut() -> bool) {
-    for _ in 0..600 {
-        if check().await {
-            return;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match tokio::time::timeout_at(deadline, check()).await {
+            Ok(true) => return,
+            Ok(false) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            _ => break,
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    panic!("never happened: {what}");
+    panic!("never happened within {WAIT:?}: {what}");
 }
+
+/// How long `wait_for` waits.
+const WAIT: Duration = Duration::from_secs(60);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wasm_replicas_run_serve_and_stop_and_oci_tasks_are_rejected() {
@@ -259,6 +268,7 @@ mod containers {
 
     use super::*;
     use crate::image::{ImageConfig, ImageInfo, ImageStore, Puller, RegistryOptions};
+    use crate::runtime::container::sweep::sweep_namespace;
     use crate::runtime::container::{
         cgroup_dirs, remove_bridge, ContainerRuntime, ContainerTasks, NetworkConfig, RuntimeConfig,
     };
@@ -349,16 +359,27 @@ mod containers {
             .count()
     }
 
+    /// One `GET /` to nginx, 5 s at most: false when it does not answer.
     async fn http_ok(addr: SocketAddr) -> bool {
-        let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else {
-            return false;
+        let get = async {
+            let mut s = tokio::net::TcpStream::connect(addr).await?;
+            s.write_all(b"GET / HTTP/1.0\r\n\r\n").await?;
+            let mut buf = Vec::new();
+            s.read_to_end(&mut buf).await?;
+            std::io::Result::Ok(String::from_utf8_lossy(&buf).contains("hello from nginx"))
         };
-        if s.write_all(b"GET / HTTP/1.0\r\n\r\n").await.is_err() {
-            return false;
-        }
-        let mut buf = Vec::new();
-        let _ = s.read_to_end(&mut buf).await;
-        String::from_utf8_lossy(&buf).contains("hello from nginx")
+        matches!(
+            tokio::time::timeout(Duration::from_secs(5), get).await,
+            Ok(Ok(true))
+        )
+    }
+
+    /// Waits for a stopped agent's run to end, `WAIT` at most.
+    async fn stopped(agent: tokio::task::JoinHandle<()>) {
+        tokio::time::timeout(WAIT, agent)
+            .await
+            .expect("the agent stops within the wait")
+            .expect("the agent's run ends without a panic");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -366,6 +387,9 @@ mod containers {
         if !can_run() {
             return;
         }
+        // What a run of this test that died left behind (its container
+        // n1 or n2 would collide with this run's).
+        sweep_namespace("sw21-agent", "sw21ag-", "sw21-agent-ct-");
         let c = cluster().await;
         let dir = std::env::temp_dir().join(format!(
             "sw21-agent-ct-{}-{}",
@@ -474,7 +498,7 @@ mod containers {
         // The node process stops (its containers stay); meanwhile n2 is
         // taken off this node.
         stop_tx.send(true).unwrap();
-        agent.await.unwrap();
+        stopped(agent).await;
         wait_for("the old agent let go of the runtime", async || {
             Arc::strong_count(&tasks) == 1
         })
@@ -528,7 +552,7 @@ mod containers {
         })
         .await;
         stop_tx.send(true).unwrap();
-        agent.await.unwrap();
+        stopped(agent).await;
         drop(tasks);
         remove_bridge(&cfg.network).await;
         for d in cgroup_dirs("/sw21-agent") {

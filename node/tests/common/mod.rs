@@ -10,7 +10,8 @@ use std::time::Duration;
 /// until something accepts the connection.
 pub fn get(addr: SocketAddr) -> String {
     let mut last = String::new();
-    for _ in 0..600 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while std::time::Instant::now() < deadline {
         match TcpStream::connect_timeout(&addr, Duration::from_secs(5)) {
             Ok(mut s) => {
                 s.set_read_timeout(Some(Duration::from_secs(30)))
@@ -25,7 +26,7 @@ pub fn get(addr: SocketAddr) -> String {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    panic!("nothing accepted a connection at {addr}: {last}");
+    panic!("nothing accepted a connection at {addr} within 60 s: {last}");
 }
 
 /// Shim processes of (namespace, id), found in /proc by their arguments.

@@ -32,6 +32,8 @@ mod network;
 mod reattach;
 mod rootfs;
 mod shim;
+#[doc(hidden)]
+pub mod sweep;
 mod task;
 
 pub use bundle::DOCKER_DEFAULT_CAPS;

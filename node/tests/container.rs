@@ -367,7 +367,11 @@ async fn bad_commands_give_typed_errors_and_leave_nothing() {
             status, log_tail, ..
         } => {
             assert_eq!(*status, ExitStatus(1), "{err}");
-            assert!(log_tail.contains("missing.conf"), "log tail: {log_tail}");
+            assert!(
+                log_tail.contains("missing.conf"),
+                "log tail: {log_tail}\nshim log: {}",
+                std::fs::read_to_string(info.bundle.join("shim.log")).unwrap_or_default()
+            );
         }
         other => panic!("expected an exit, got {other:?}"),
     }

@@ -1,5 +1,5 @@
 //! Container output: the shim appends the container's stdout and stderr to
-//! one file per task itself (`file://` stdio), so output is kept while the
+//! one file per task itself (see `shim::log_stdio`), so output is kept while the
 //! node restarts. Here: the log's place and its last lines for errors.
 
 use std::io::{Read, Seek, SeekFrom};

@@ -261,6 +261,30 @@ fn shim_log_tail(bundle: &Path) -> String {
     }
 }
 
+/// The container's stdout and stderr, both appended to the one file `log`.
+///
+/// Not as one `file://` URI: for that the shim (containerd 1.6, Debian 12's)
+/// opens the file once for both streams and hands the stdout copier the bare
+/// descriptor, which it closes when stdout ends, while the stderr copier may
+/// still have output to write. That output is lost ("error copying stderr"
+/// in shim.log): seen here as a crashed nginx whose `[emerg]` line never
+/// reached its log in about one start in three under load. Two plain paths
+/// that differ as strings but name the same file make the shim open it once
+/// per stream (`O_APPEND`, so whole writes still interleave, as Docker's
+/// json-file log does), and each copier closes only its own. Plain paths are
+/// opened, not created, so the file is created here.
+fn log_stdio(log: &Path) -> std::io::Result<(String, String)> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)?;
+    let (Some(dir), Some(name)) = (log.parent(), log.file_name()) else {
+        return Err(std::io::Error::other("not a file path"));
+    };
+    let stderr = dir.join(".").join(name);
+    Ok((log.display().to_string(), stderr.display().to_string()))
+}
+
 /// A connection to one shim's task service.
 #[derive(Clone)]
 pub struct ShimClient {
@@ -353,12 +377,13 @@ impl ShimClient {
 
     /// Create: runc creates the container (its process waits before exec).
     pub async fn create(&self, bundle: &Path, log: &Path) -> Result<u32, CallError> {
-        let stdio = format!("file://{}", log.display());
+        let (stdout, stderr) = log_stdio(log)
+            .map_err(|e| CallError::Other(format!("creating the log {}: {e}", log.display())))?;
         let req = api::CreateTaskRequest {
             id: self.id.clone(),
             bundle: bundle.display().to_string(),
-            stdout: stdio.clone(),
-            stderr: stdio,
+            stdout,
+            stderr,
             ..Default::default()
         };
         let resp: api::CreateTaskResponse = self.call("Create", &req).await?;
@@ -469,4 +494,29 @@ pub fn read_address(bundle: &Path) -> Option<String> {
 /// The socket file behind a `unix://` address.
 pub fn socket_path(address: &str) -> PathBuf {
     PathBuf::from(address.strip_prefix("unix://").unwrap_or(address))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::MetadataExt as _;
+
+    use super::log_stdio;
+
+    #[test]
+    fn stdout_and_stderr_name_one_created_file_by_two_strings() {
+        let dir = std::env::temp_dir().join(format!("sw-log-stdio-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = dir.join("t1.log");
+        let (out, err) = log_stdio(&log).unwrap();
+        assert_ne!(
+            out, err,
+            "one string would make the shim share one descriptor"
+        );
+        let (a, b) = (
+            std::fs::metadata(&out).unwrap(),
+            std::fs::metadata(&err).unwrap(),
+        );
+        assert_eq!((a.dev(), a.ino()), (b.dev(), b.ino()), "{out} and {err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -23,11 +23,16 @@ apt_need() {
 # start_watchdog SECONDS: after SECONDS, prints the stacks of this target
 # dir's test binaries still running (with gdb, where it is installed) and
 # kills them, so a hung test fails the run at once, showing where it hung,
-# instead of running into CI's time limit. stop_watchdog ends it.
+# instead of running into CI's time limit. stop_watchdog ends it (through a
+# flag file it polls: killing it would make bash print "Terminated").
 start_watchdog() {
     local secs=$1
+    WATCHDOG_DONE=$(mktemp -u)
     (
-        sleep "$secs"
+        for ((i = 0; i < secs; i++)); do
+            [ -e "$WATCHDOG_DONE" ] && exit 0
+            sleep 1
+        done
         echo "watchdog: tests still running after $secs s; their stacks follow, then they are killed" >&2
         for p in $(pgrep -f "^$CARGO_TARGET_DIR/release/deps/"); do
             echo "== pid $p: $(tr '\0' ' ' <"/proc/$p/cmdline")" >&2
@@ -42,6 +47,7 @@ start_watchdog() {
     trap stop_watchdog EXIT
 }
 stop_watchdog() {
-    pkill -P "$WATCHDOG" 2>/dev/null || true
-    kill "$WATCHDOG" 2>/dev/null || true
+    touch "$WATCHDOG_DONE"
+    wait "$WATCHDOG" 2>/dev/null || true
+    rm -f "$WATCHDOG_DONE"
 }

@@ -568,6 +568,7 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         socket = %sock.display(),
         "swarmlet daemon ready"
     );
+    tokio::spawn(crate::heap::trim_when_quiet());
     let (closing_tx, closing) = watch::channel(false);
     let listeners = api::Listeners { unix, tcp };
     let server = tokio::spawn(api::serve(

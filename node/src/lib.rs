@@ -13,6 +13,7 @@ pub mod dispatcher;
 pub mod fault;
 pub mod fsutil;
 pub mod gossip;
+pub mod heap;
 pub mod identity;
 pub mod image;
 pub mod link;

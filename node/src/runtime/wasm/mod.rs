@@ -290,7 +290,7 @@ impl WasmRuntime {
     /// Forgets a component no local replica uses any more.
     pub fn unload(&self, digest: &str) {
         lock(&self.loaded).remove(digest);
-        trim_heap();
+        crate::heap::trim();
     }
 
     fn digest_lock(&self, digest: &str) -> Arc<Mutex<()>> {
@@ -350,7 +350,7 @@ impl WasmRuntime {
                 component
             }
         };
-        trim_heap();
+        crate::heap::trim();
         Ok(component)
     }
 }
@@ -393,16 +393,6 @@ fn world_of(wasm: &[u8]) -> Result<HttpWorld, WasmError> {
         }
     }
     Ok(HttpWorld::P2)
-}
-
-/// Gives freed heap back to the system (glibc keeps it otherwise): loading
-/// a component allocates and frees megabytes once.
-fn trim_heap() {
-    #[cfg(target_env = "gnu")]
-    // SAFETY: malloc_trim has no preconditions.
-    unsafe {
-        libc::malloc_trim(0);
-    }
 }
 
 #[cfg(test)]

@@ -199,10 +199,6 @@ for round in $(seq "$ROUNDS"); do
 done
 LOADED_RSS=$(rss_mb $DAEMON); LOADED_PARTS=$(rss_parts $DAEMON)
 LOADED_HWM=$(hwm_mb $DAEMON)
-# The node gives freed heap back once it has been quiet for a tick or two
-# (node/src/heap.rs, 2 s ticks).
-sleep 5
-QUIET_RSS=$(rss_mb $DAEMON); QUIET_PARTS=$(rss_parts $DAEMON)
 declare -A MED
 for row in "${ROWS[@]}"; do
     IFS='|' read -r key _ _ <<<"$row"
@@ -298,6 +294,7 @@ if [ $QUICK = 0 ] && [ "${NO_DIST:-0}" != 1 ]; then
     wait_http "http://127.0.0.52:$PORT/"; wait_http "http://127.0.0.52:18085/"
     wrk_once "http://127.0.0.52:$PORT/" >/dev/null; wrk_once "http://127.0.0.52:18085/" >/dev/null
     DIST_LOADED="$(rss_mb $NODE_PID) MB ($(rss_parts $NODE_PID))"
+    # The node gives freed heap back once quiet (node/src/heap.rs, 2 s ticks).
     sleep 5
     DIST_QUIET="$(rss_mb $NODE_PID) MB ($(rss_parts $NODE_PID))"
     kill $NODE_PID; SWARMLET=$SWARMLET_RELEASE
@@ -394,8 +391,7 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a > 0 && b > 0) printf "%.2f×", 
     echo "| --- | ---: |"
     echo "| idle daemon RSS after init | $IDLE_RSS MB ($IDLE_PARTS) |"
     echo "| RSS after creating two wasm services (hello, compute) | $CREATED_RSS MB ($CREATED_PARTS) |"
-    echo "| RSS right after the HTTP load / peak (VmHWM) | $LOADED_RSS MB ($LOADED_PARTS) / $LOADED_HWM MB |"
-    echo "| RSS 5 s after the load (target < 30 MB; the node gives freed heap back when quiet) | $QUIET_RSS MB ($QUIET_PARTS) |"
+    echo "| RSS after the saturation rounds (4 services; its own last round ended ~30 s before, so its freed heap is given back) / peak (VmHWM) | $LOADED_RSS MB ($LOADED_PARTS) / $LOADED_HWM MB |"
     echo "| RSS with 100 / 1 wasm replicas (replicas share one compiled component) | $RSS_100 MB / $RSS_1 MB |"
     if [ -n "$PEER" ]; then
         echo "| Docker: dockerd / containerd RSS after the runs | $DOCKER_DOCKERD_MB MB / $DOCKER_CONTAINERD_MB MB |"

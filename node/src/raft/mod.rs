@@ -859,11 +859,33 @@ mod tests {
     use super::*;
     use raft::eraftpb::{ConfState, Entry, HardState};
 
-    fn temp_file(name: &str) -> std::path::PathBuf {
+    /// A raft log file in a temp dir of its own, removed with the guard.
+    struct TempLog {
+        dir: std::path::PathBuf,
+        path: std::path::PathBuf,
+    }
+
+    impl std::ops::Deref for TempLog {
+        type Target = std::path::Path;
+        fn deref(&self) -> &std::path::Path {
+            &self.path
+        }
+    }
+
+    impl Drop for TempLog {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    fn temp_file(name: &str) -> TempLog {
         let dir = std::env::temp_dir().join(format!("swarmlet-raft-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        dir.join("raft.redb")
+        TempLog {
+            path: dir.join("raft.redb"),
+            dir,
+        }
     }
 
     #[tokio::test]
@@ -967,8 +989,10 @@ mod tests {
         snap.mut_metadata().mut_conf_state().voters = vec![1, 2, 3];
         let mut handles = Vec::new();
         let mut stores = Vec::new();
+        let mut logs = Vec::new();
         for id in 1..=3u64 {
-            let storage = DiskStorage::open(&temp_file(&format!("three-{id}"))).unwrap();
+            logs.push(temp_file(&format!("three-{id}")));
+            let storage = DiskStorage::open(&logs[logs.len() - 1]).unwrap();
             storage.apply_snapshot(&snap).unwrap();
             let store = Arc::new(Store::new());
             let (h, _task) = start(

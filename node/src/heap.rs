@@ -13,7 +13,7 @@
 use std::time::Duration;
 
 /// How often `trim_when_quiet` looks at the heap.
-pub const QUIET_TICK: Duration = Duration::from_secs(2);
+const QUIET_TICK: Duration = Duration::from_secs(2);
 
 /// Free heap worth giving back.
 const WORTH_TRIMMING: usize = 1 << 20;

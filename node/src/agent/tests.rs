@@ -69,9 +69,9 @@ fn stored(c: &TestCluster, id: &str) -> Task {
     c.store.read().tasks[id].clone()
 }
 
-/// Polls `what` until it holds; fails naming it after a bounded number of tries.
-/// The deadline holds even when one check hangs (a connection that gets no
-/// answer): each check gets only the time that is left.
+/// Polls `what` until it holds; fails naming it after `WAIT`. The deadline
+/// holds even when one check hangs (a connection that gets no answer): each
+/// check gets only the time that is left.
 async fn wait_for(what: &str, mut check: impl AsyncFnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {

@@ -991,8 +991,9 @@ mod tests {
         let mut stores = Vec::new();
         let mut logs = Vec::new();
         for id in 1..=3u64 {
-            logs.push(temp_file(&format!("three-{id}")));
-            let storage = DiskStorage::open(&logs[logs.len() - 1]).unwrap();
+            let log = temp_file(&format!("three-{id}"));
+            let storage = DiskStorage::open(&log).unwrap();
+            logs.push(log);
             storage.apply_snapshot(&snap).unwrap();
             let store = Arc::new(Store::new());
             let (h, _task) = start(

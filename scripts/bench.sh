@@ -7,8 +7,10 @@
 #                             fixed-rate latency; control plane; Docker Swarm
 #                             (NO_DOCKER=1 skips it); container services
 #                             (scripts/bench-containers.sh; NO_CONTAINERS=1
-#                             skips it); the dist build at the very end
-#                             (NO_DIST=1 skips it)
+#                             skips it); the shipped (`dist`) binary's own
+#                             rows and footprint (NO_DIST=1 skips them) and
+#                             `wasmtime serve` built with wasmtime's own LTO
+#                             profile (NO_WT_LTO=1 skips it)
 #   scripts/bench.sh --quick  swarmlet's own figures, a few seconds each (CI)
 #
 # Servers run on core 0 and the load generator on core 1 (taskset). It never
@@ -60,6 +62,41 @@ start_node() {
 S() { "$SWARMLET" -H "unix://$WORK/node/swarmlet.sock" "$@"; }
 SF() { "$SWARMLET" -H "unix://$WORK/fast/swarmlet.sock" "$@"; }
 
+settle() { # waits (at most 3 min) for the 1-minute load average to fall below 1
+    for _ in $(seq 180); do
+        awk '{ exit !($1 < 1.0) }' /proc/loadavg && return 0
+        sleep 1
+    done
+    echo "note: the load average stayed at $(cut -d' ' -f1 /proc/loadavg) after 3 min" >&2
+}
+
+# --- builds first (full run), then the machine settles -----------------------
+# The binary a user ships is the `dist` profile (thin LTO, 1 codegen unit),
+# not the `release` one the tests use. A build this late would load the
+# machine between measured rows, so both builds happen before any server.
+DIST=""
+WT_VERSION=48.0.8
+WASMTIME_LTO=""
+if [ $QUICK = 0 ]; then
+    if [ "${NO_DIST:-0}" != 1 ]; then
+        echo "building the dist profile (thin LTO, 1 codegen unit; minutes when stale)" >&2
+        cargo build -q --profile dist -p swarmlet
+        DIST=$CARGO_TARGET_DIR/dist/swarmlet
+    fi
+    # Like with like for the LTO'd binary: wasmtime's own LTO profile
+    # (`fastest-runtime`: fat LTO, 1 codegen unit), beside the plain
+    # `--release` build wasmtime's release artifacts are made with.
+    if [ "${NO_WT_LTO:-0}" != 1 ]; then
+        WT_LTO_ROOT=${WT_LTO_ROOT:-/var/tmp/wasmtime-fastest-runtime}
+        if [ ! -x "$WT_LTO_ROOT/bin/wasmtime" ]; then
+            echo "installing wasmtime-cli $WT_VERSION --profile fastest-runtime (about 30 minutes on 2 cores, once)" >&2
+            cargo install -q --locked wasmtime-cli --version $WT_VERSION --profile fastest-runtime --root "$WT_LTO_ROOT" >&2
+        fi
+        WASMTIME_LTO=$WT_LTO_ROOT/bin/wasmtime
+    fi
+    settle
+fi
+
 # --- swarmlet node: start, create, footprint --------------------------------
 start_node node $IP
 DAEMON=$NODE_PID
@@ -94,6 +131,18 @@ fi
 # --- every HTTP server, all started before any measurement ------------------
 ROWS=()   # "key|label|url"
 ROWS+=("sw|swarmlet mesh, default isolation (guard pages, Spectre mitigations), 4 replicas|http://$IP:$PORT/")
+# The shipped binary's node: the same services as the release node's rows.
+IP_DIST=127.0.0.53
+if [ -n "$DIST" ]; then
+    SWARMLET=$DIST start_node distrows $IP_DIST
+    DR() { "$DIST" -H "unix://$WORK/distrows/swarmlet.sock" "$@"; }
+    DR init >/dev/null
+    DR service create --name hello --replicas 4 -p $PORT:80 guests/out/hello.wasm >/dev/null
+    DR service create --name reuse --instance-reuse 128 -p 18086:80 guests/out/hello.wasm >/dev/null
+    wait_http "http://$IP_DIST:$PORT/"; wait_http "http://$IP_DIST:18086/"
+    ROWS+=("swdist|swarmlet \`dist\` binary (what ships: thin LTO, 1 codegen unit), mesh, default isolation, 4 replicas|http://$IP_DIST:$PORT/")
+    ROWS+=("swdistreuse|swarmlet \`dist\` binary, default isolation, \`--instance-reuse 128\` (not a fresh instance per request)|http://$IP_DIST:18086/")
+fi
 FAST_ROW=0
 if [ $QUICK = 0 ]; then
     if "$SWARMLET" daemon --help | grep -q -- "${FAST_OPTS[0]}"; then
@@ -111,7 +160,6 @@ fi
 [ $CONC_ROW = 1 ] && ROWS+=("swconc|swarmlet mesh, default isolation, WASIp3 hello-p3 \`--instance-concurrency 16 --instance-reuse 128\` (not a fresh instance per request)|http://$IP:18087/")
 [ $REUSE_ROW = 1 ] && ROWS+=("swreuse|swarmlet mesh, default isolation, \`--instance-reuse 128\` (not a fresh instance per request)|http://$IP:18086/")
 
-WT_VERSION=48.0.8
 WASMTIME=""
 if [ $QUICK = 0 ]; then
     WASMTIME=$(command -v wasmtime || true)
@@ -125,7 +173,7 @@ if [ $QUICK = 0 ]; then
     NOGUARD="signals-based-traps=n,memory-guard-size=0"
     wt() { # wt KEY PORT LABEL WASM OPTS...
         local key=$1 port=$2 label=$3 wasm=$4; shift 4
-        "${SERVER_PIN[@]}" "$WASMTIME" serve -Scli "$@" --addr "$IP:$port" "$wasm" >"$WORK/wt-$key.log" 2>&1 &
+        "${SERVER_PIN[@]}" "${WT_BIN:-$WASMTIME}" serve -Scli "$@" --addr "$IP:$port" "$wasm" >"$WORK/wt-$key.log" 2>&1 &
         PIDS+=($!)
         wait_http "http://$IP:$port/"
         ROWS+=("$key|$label|http://$IP:$port/")
@@ -134,6 +182,10 @@ if [ $QUICK = 0 ]; then
     wt wtbest 18091 "\`wasmtime serve -Scli\`, best flags (pooling, PAGEMAP_SCAN, keep-resident; default isolation)" guests/out/hello.wasm -O "$POOL"
     wt wtfast 18092 "\`wasmtime serve -Scli\`, best flags + \`$NOGUARD\` (as swarmlet's fast mode)" guests/out/hello.wasm -O "$POOL,$NOGUARD"
     wt wtreuse 18093 "\`wasmtime serve -Scli\`, best flags + \`--max-instance-reuse-count 128\`" guests/out/hello.wasm -O "$POOL" --max-instance-reuse-count 128
+    if [ -n "$WASMTIME_LTO" ]; then
+        WT_BIN=$WASMTIME_LTO wt wtlto 18097 "\`wasmtime serve -Scli\` built with \`--profile fastest-runtime\` (fat LTO, 1 codegen unit), best flags (default isolation)" guests/out/hello.wasm -O "$POOL"
+        WT_BIN=$WASMTIME_LTO wt wtltoreuse 18098 "\`wasmtime serve -Scli\` \`fastest-runtime\` build, best flags + \`--max-instance-reuse-count 128\`" guests/out/hello.wasm -O "$POOL" --max-instance-reuse-count 128
+    fi
     [ $CONC_ROW = 1 ] && wt wtconc 18096 "\`wasmtime serve -Scli -Sp3\`, best flags + \`--max-instance-concurrent-reuse-count 16 --max-instance-reuse-count 128\` (WASIp3 hello-p3)" guests/out/hello-p3.wasm -O "$POOL" -Sp3 --max-instance-concurrent-reuse-count 16 --max-instance-reuse-count 128
 
     cat >"$WORK/nginx.conf" <<CONF
@@ -276,9 +328,7 @@ BIN_MB=$(awk -v b="$(stat -c %s "$SWARMLET")" 'BEGIN {printf "%.1f", b/1048576}'
 strip -o "$WORK/swarmlet.stripped" "$SWARMLET"
 STRIPPED_MB=$(awk -v b="$(stat -c %s "$WORK/swarmlet.stripped")" 'BEGIN {printf "%.1f", b/1048576}')
 DIST_MB=""
-if [ $QUICK = 0 ] && [ "${NO_DIST:-0}" != 1 ]; then
-    cargo build -q --profile dist -p swarmlet
-    DIST=$CARGO_TARGET_DIR/dist/swarmlet
+if [ -n "$DIST" ]; then
     DIST_MB=$(awk -v b="$(stat -c %s "$DIST")" 'BEGIN {printf "%.1f", b/1048576}')
     # The shipped binary's footprint: the same steps as above, on its own
     # node (a short load instead of the rounds).
@@ -319,7 +369,7 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a > 0 && b > 0) printf "%.2f×", 
     done
     if [ $QUICK = 0 ]; then
         echo
-        echo "Ratios of medians, same isolation on both sides:"
+        echo "Ratios of medians, same isolation on both sides; both \`release\` builds (no LTO):"
         echo
         echo "- swarmlet (default isolation) vs \`wasmtime serve\` best flags: $(ratio "${MED[sw]}" "${MED[wtbest]}") (target ≥ 2×); vs its default flags: $(ratio "${MED[sw]}" "${MED[wtdef]}")"
         echo "- swarmlet (default isolation, fresh instances) vs \`wasmtime serve --max-instance-reuse-count 128\`: $(ratio "${MED[sw]}" "${MED[wtreuse]}") (target ≥ 0.75×)"
@@ -327,6 +377,22 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a > 0 && b > 0) printf "%.2f×", 
         [ $REUSE_ROW = 1 ] && echo "- swarmlet \`--instance-reuse 128\` vs \`wasmtime serve --max-instance-reuse-count 128\`: $(ratio "${MED[swreuse]}" "${MED[wtreuse]}")"
         [ $CONC_ROW = 1 ] && echo "- swarmlet \`--instance-concurrency 16\` vs \`wasmtime serve -Sp3 --max-instance-concurrent-reuse-count 16\` (WASIp3): $(ratio "${MED[swconc]}" "${MED[wtconc]}")"
         echo "- compute guest, swarmlet vs \`wasmtime serve\` (default isolation): $(ratio "${MED[cmp]}" "${MED[wtcmp]}"); cost of default isolation for swarmlet: fast/default $( [ $FAST_ROW = 1 ] && ratio "${MED[cmpfast]}" "${MED[cmp]}" || echo n/a)"
+        if [ -n "$DIST" ]; then
+            echo
+            echo "The shipped binaries: swarmlet's \`dist\` build (thin LTO, 1 codegen unit) vs \`wasmtime serve\` as wasmtime's release artifacts are built (\`--release\`, no LTO):"
+            echo
+            echo "- swarmlet \`dist\` (default isolation) vs \`wasmtime serve\` best flags: $(ratio "${MED[swdist]}" "${MED[wtbest]}") (target ≥ 2×)"
+            echo "- swarmlet \`dist\` (fresh instances) vs \`wasmtime serve --max-instance-reuse-count 128\`: $(ratio "${MED[swdist]}" "${MED[wtreuse]}") (target ≥ 0.75×)"
+            echo "- swarmlet \`dist\` \`--instance-reuse 128\` vs \`wasmtime serve --max-instance-reuse-count 128\`: $(ratio "${MED[swdistreuse]}" "${MED[wtreuse]}")"
+            if [ -n "$WASMTIME_LTO" ]; then
+                echo
+                echo "Both built with LTO: swarmlet \`dist\` (thin) vs \`wasmtime serve\` built with its \`fastest-runtime\` profile (fat LTO):"
+                echo
+                echo "- swarmlet \`dist\` vs \`wasmtime serve\` best flags: $(ratio "${MED[swdist]}" "${MED[wtlto]}") (target ≥ 2×)"
+                echo "- swarmlet \`dist\` (fresh instances) vs its \`--max-instance-reuse-count 128\`: $(ratio "${MED[swdist]}" "${MED[wtltoreuse]}") (target ≥ 0.75×)"
+                echo "- swarmlet \`dist\` \`--instance-reuse 128\` vs the same: $(ratio "${MED[swdistreuse]}" "${MED[wtltoreuse]}")"
+            fi
+        fi
         echo
         echo "nginx and HAProxy rows are references (no wasm): they bound what any HTTP server or proxy does on this machine."
         echo

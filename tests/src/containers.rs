@@ -113,6 +113,10 @@ pub fn leftovers(data_dir: &Path, task_id: &str) -> Vec<String> {
     left
 }
 
+/// Where runc keeps the state of the test daemons' containers (their
+/// containerd namespace is the default, `swarmlet`).
+const RUNC_ROOT: &str = "/run/containerd/runc/swarmlet";
+
 fn quiet(cmd: &mut Command) {
     let _ = cmd.stdout(Stdio::null()).stderr(Stdio::null()).status();
 }
@@ -135,6 +139,9 @@ pub fn reap(data_dir: &Path) {
             // SAFETY: kill(2) on a pid read from /proc; at worst ESRCH.
             unsafe { libc::kill(pid, libc::SIGKILL) };
         }
+        // runc's record of the (now dead) container: the daemon would delete
+        // it through the shim on its next start; this node has none.
+        quiet(Command::new("runc").args(["--root", RUNC_ROOT, "delete", "--force", &id]));
         quiet(
             Command::new("umount")
                 .arg("-l")

@@ -268,7 +268,7 @@ mod containers {
 
     use super::*;
     use crate::image::{ImageConfig, ImageInfo, ImageStore, Puller, RegistryOptions};
-    use crate::runtime::container::sweep::sweep_namespace;
+    use crate::runtime::container::sweep::{self, sweep_namespace};
     use crate::runtime::container::{
         cgroup_dirs, remove_bridge, ContainerRuntime, ContainerTasks, NetworkConfig, RuntimeConfig,
     };
@@ -343,19 +343,9 @@ mod containers {
     }
 
     fn shims(namespace: &str, id: &str) -> usize {
-        std::fs::read_dir("/proc")
-            .unwrap()
-            .flatten()
-            .filter(|e| {
-                let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
-                let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
-                args.first()
-                    .is_some_and(|a| a.ends_with(b"containerd-shim-runc-v2"))
-                    && args
-                        .windows(2)
-                        .any(|w| w == [b"-namespace", namespace.as_bytes()])
-                    && args.windows(2).any(|w| w == [b"-id", id.as_bytes()])
-            })
+        sweep::shims()
+            .iter()
+            .filter(|s| s.namespace == namespace && s.id == id)
             .count()
     }
 

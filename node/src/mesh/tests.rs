@@ -33,9 +33,12 @@ fn hello() -> Arc<WasmApp> {
         let wasm = std::fs::read(&path).expect("guests/out/hello.wasm (guests/build.sh)");
         let digest = format!("sha256:{}", hex::encode(Sha256::digest(&wasm)));
         let dir = std::env::temp_dir().join(format!("swarmlet-mesh-{}", std::process::id()));
-        let rt = WasmRuntime::new(dir, Duration::from_secs(5), Default::default())
+        let rt = WasmRuntime::new(dir.clone(), Duration::from_secs(5), Default::default())
             .expect("wasm runtime");
         let app = rt.load(&digest, &path).expect("load hello");
+        // The compiled artifact is mapped now; nothing else is loaded, so
+        // the cache dir need not outlive the load (a static is never dropped).
+        let _ = std::fs::remove_dir_all(&dir);
         (rt, app)
     })
     .1

@@ -30,30 +30,12 @@ pub fn get(addr: SocketAddr) -> String {
 }
 
 /// Shim processes of (namespace, id), found in /proc by their arguments.
-pub fn shims(namespace: &str, id: &str) -> Vec<u32> {
-    let mut pids = Vec::new();
-    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-        let has = |flag: &str, value: &str| {
-            args.windows(2)
-                .any(|w| w[0] == flag.as_bytes() && w[1] == value.as_bytes())
-        };
-        if args
-            .first()
-            .is_some_and(|a| a.ends_with(b"containerd-shim-runc-v2"))
-            && has("-namespace", namespace)
-            && has("-id", id)
-        {
-            pids.push(pid);
-        }
-    }
-    pids
+pub fn shims(namespace: &str, id: &str) -> Vec<i32> {
+    swarmlet::runtime::container::sweep::shims()
+        .into_iter()
+        .filter(|s| s.namespace == namespace && s.id == id)
+        .map(|s| s.pid)
+        .collect()
 }
 
 /// Removes what test processes that are gone left in the temp dir: entries

@@ -18,34 +18,16 @@ use std::process::Command;
 /// `…{owner_marker}{PID}-…`); shims of a live owner (another test process
 /// running now) are left alone.
 pub fn sweep_namespace(namespace: &str, netns_prefix: &str, owner_marker: &str) {
-    if let Ok(procs) = std::fs::read_dir("/proc") {
-        for p in procs.flatten() {
-            let Ok(pid) = p.file_name().to_string_lossy().parse::<i32>() else {
-                continue;
-            };
-            let Ok(cmdline) = std::fs::read(p.path().join("cmdline")) else {
-                continue;
-            };
-            let args: Vec<String> = cmdline
-                .split(|b| *b == 0)
-                .map(|a| String::from_utf8_lossy(a).into_owned())
-                .collect();
-            let is_shim = args
-                .first()
-                .is_some_and(|a| a.ends_with(super::SHIM_BINARY));
-            let arg = |name: &str| {
-                args.iter()
-                    .position(|a| a == name)
-                    .and_then(|i| args.get(i + 1))
-            };
-            let owner_gone = arg("-address")
-                .and_then(|a| a.split(owner_marker).nth(1))
-                .and_then(|r| r.split('-').next())
-                .is_some_and(|owner| !Path::new(&format!("/proc/{owner}")).exists());
-            if is_shim && arg("-namespace").map(String::as_str) == Some(namespace) && owner_gone {
-                // SAFETY: kill has no memory preconditions.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-            }
+    for shim in shims() {
+        let owner_gone = shim
+            .address
+            .split(owner_marker)
+            .nth(1)
+            .and_then(|r| r.split('-').next())
+            .is_some_and(|owner| !Path::new(&format!("/proc/{owner}")).exists());
+        if shim.namespace == namespace && owner_gone {
+            // SAFETY: kill has no memory preconditions.
+            unsafe { libc::kill(shim.pid, libc::SIGKILL) };
         }
     }
     if let Ok(out) = Command::new("ip").args(["netns", "list"]).output() {
@@ -67,5 +49,78 @@ pub fn sweep_namespace(namespace: &str, netns_prefix: &str, owner_marker: &str) 
         let _ = Command::new("runc")
             .args(["--root", &state, "delete", "--force", id])
             .status();
+    }
+}
+
+/// A running `containerd-shim-runc-v2`, as its command line names it.
+#[derive(Debug, Clone)]
+pub struct ShimProcess {
+    pub pid: i32,
+    /// `-namespace`: the containerd namespace it serves.
+    pub namespace: String,
+    /// `-id`: the task (container) it runs.
+    pub id: String,
+    /// `-address`: the owner's (containerd's or the node's) socket.
+    pub address: String,
+}
+
+/// Every `containerd-shim-runc-v2` process running now, read from /proc.
+pub fn shims() -> Vec<ShimProcess> {
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    procs
+        .flatten()
+        .filter_map(|p| {
+            let pid = p.file_name().to_string_lossy().parse::<i32>().ok()?;
+            // A process may exit between the listing and this read.
+            let cmdline = std::fs::read(p.path().join("cmdline")).ok()?;
+            shim_of_cmdline(pid, &cmdline)
+        })
+        .collect()
+}
+
+/// The shim a NUL-separated command line describes, if it is one.
+fn shim_of_cmdline(pid: i32, cmdline: &[u8]) -> Option<ShimProcess> {
+    let args: Vec<String> = cmdline
+        .split(|b| *b == 0)
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    if !args.first()?.ends_with(super::SHIM_BINARY) {
+        return None;
+    }
+    let arg = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+            .unwrap_or_default()
+    };
+    Some(ShimProcess {
+        pid,
+        namespace: arg("-namespace"),
+        id: arg("-id"),
+        address: arg("-address"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_shims_command_line_names_its_namespace_task_and_owner() {
+        let cmd = b"/usr/bin/containerd-shim-runc-v2\0-namespace\0swarmlet\0-id\0abc\0-address\0/tmp/x/events.sock\0";
+        let s = shim_of_cmdline(7, cmd).expect("a shim");
+        assert_eq!(
+            (
+                s.pid,
+                s.namespace.as_str(),
+                s.id.as_str(),
+                s.address.as_str()
+            ),
+            (7, "swarmlet", "abc", "/tmp/x/events.sock")
+        );
+        assert!(shim_of_cmdline(8, b"/usr/sbin/nginx\0-g\0daemon off;\0").is_none());
     }
 }

@@ -466,7 +466,7 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a > 0 && b > 0) printf "%.2f×", 
     echo "| release binary | $BIN_MB MB |"
     echo "| release binary, stripped | $STRIPPED_MB MB |"
     if [ -n "$DIST_MB" ]; then
-        echo "| \`dist\` profile binary: thin LTO, 1 codegen unit, stripped (target ≤ 20 MB) | $DIST_MB MB |"
+        echo "| \`dist\` profile binary: stripped, thin LTO, 1 codegen unit, per-request crates at opt-level 3 and the rest at \"s\" (target ≤ 20 MB) | $DIST_MB MB |"
         echo "| \`dist\` binary's node: RSS after init | $DIST_IDLE |"
         echo "| \`dist\` binary's node: RSS after two wasm services | $DIST_CREATED |"
         echo "| \`dist\` binary's node: RSS right after a short load on each | $DIST_LOADED |"

@@ -377,20 +377,19 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a > 0 && b > 0) printf "%.2f×", 
         [ $REUSE_ROW = 1 ] && echo "- swarmlet \`--instance-reuse 128\` vs \`wasmtime serve --max-instance-reuse-count 128\`: $(ratio "${MED[swreuse]}" "${MED[wtreuse]}")"
         [ $CONC_ROW = 1 ] && echo "- swarmlet \`--instance-concurrency 16\` vs \`wasmtime serve -Sp3 --max-instance-concurrent-reuse-count 16\` (WASIp3): $(ratio "${MED[swconc]}" "${MED[wtconc]}")"
         echo "- compute guest, swarmlet vs \`wasmtime serve\` (default isolation): $(ratio "${MED[cmp]}" "${MED[wtcmp]}"); cost of default isolation for swarmlet: fast/default $( [ $FAST_ROW = 1 ] && ratio "${MED[cmpfast]}" "${MED[cmp]}" || echo n/a)"
+        # dist_ratios HEADING WT_BEST_KEY WT_REUSE_KEY: the dist rows against one wasmtime build
+        dist_ratios() {
+            echo
+            echo "$1"
+            echo
+            echo "- swarmlet \`dist\` (default isolation) vs \`wasmtime serve\` best flags: $(ratio "${MED[swdist]}" "${MED[$2]}") (target ≥ 2×)"
+            echo "- swarmlet \`dist\` (fresh instances) vs \`wasmtime serve --max-instance-reuse-count 128\`: $(ratio "${MED[swdist]}" "${MED[$3]}") (target ≥ 0.75×)"
+            echo "- swarmlet \`dist\` \`--instance-reuse 128\` vs \`wasmtime serve --max-instance-reuse-count 128\`: $(ratio "${MED[swdistreuse]}" "${MED[$3]}")"
+        }
         if [ -n "$DIST" ]; then
-            echo
-            echo "The shipped binaries: swarmlet's \`dist\` build (thin LTO, 1 codegen unit) vs \`wasmtime serve\` as wasmtime's release artifacts are built (\`--release\`, no LTO):"
-            echo
-            echo "- swarmlet \`dist\` (default isolation) vs \`wasmtime serve\` best flags: $(ratio "${MED[swdist]}" "${MED[wtbest]}") (target ≥ 2×)"
-            echo "- swarmlet \`dist\` (fresh instances) vs \`wasmtime serve --max-instance-reuse-count 128\`: $(ratio "${MED[swdist]}" "${MED[wtreuse]}") (target ≥ 0.75×)"
-            echo "- swarmlet \`dist\` \`--instance-reuse 128\` vs \`wasmtime serve --max-instance-reuse-count 128\`: $(ratio "${MED[swdistreuse]}" "${MED[wtreuse]}")"
+            dist_ratios "The shipped binaries: swarmlet's \`dist\` build (thin LTO, 1 codegen unit) vs \`wasmtime serve\` as wasmtime's release artifacts are built (\`--release\`, no LTO):" wtbest wtreuse
             if [ -n "$WASMTIME_LTO" ]; then
-                echo
-                echo "Both built with LTO: swarmlet \`dist\` (thin) vs \`wasmtime serve\` built with its \`fastest-runtime\` profile (fat LTO):"
-                echo
-                echo "- swarmlet \`dist\` vs \`wasmtime serve\` best flags: $(ratio "${MED[swdist]}" "${MED[wtlto]}") (target ≥ 2×)"
-                echo "- swarmlet \`dist\` (fresh instances) vs its \`--max-instance-reuse-count 128\`: $(ratio "${MED[swdist]}" "${MED[wtltoreuse]}") (target ≥ 0.75×)"
-                echo "- swarmlet \`dist\` \`--instance-reuse 128\` vs the same: $(ratio "${MED[swdistreuse]}" "${MED[wtltoreuse]}")"
+                dist_ratios "Both built with LTO: swarmlet \`dist\` (thin) vs \`wasmtime serve\` built with its \`fastest-runtime\` profile (fat LTO):" wtlto wtltoreuse
             fi
         fi
         echo

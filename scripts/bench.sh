@@ -332,8 +332,7 @@ if [ -n "$DIST" ]; then
     DIST_MB=$(awk -v b="$(stat -c %s "$DIST")" 'BEGIN {printf "%.1f", b/1048576}')
     # The shipped binary's footprint: the same steps as above, on its own
     # node (a short load instead of the rounds).
-    SWARMLET_RELEASE=$SWARMLET; SWARMLET=$DIST
-    start_node dist 127.0.0.52
+    SWARMLET=$DIST start_node dist 127.0.0.52
     D() { "$DIST" -H "unix://$WORK/dist/swarmlet.sock" "$@"; }
     D init >/dev/null; sleep 0.5
     DIST_IDLE="$(rss_mb $NODE_PID) MB ($(rss_parts $NODE_PID))"
@@ -347,7 +346,7 @@ if [ -n "$DIST" ]; then
     # The node gives freed heap back once quiet (node/src/heap.rs, 2 s ticks).
     sleep 5
     DIST_QUIET="$(rss_mb $NODE_PID) MB ($(rss_parts $NODE_PID))"
-    kill $NODE_PID; SWARMLET=$SWARMLET_RELEASE
+    kill $NODE_PID
 fi
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a > 0 && b > 0) printf "%.2f×", a/b; else print "n/a" }'; }

@@ -9,10 +9,12 @@
 //! (`swarmlet-manager` vs a node ID), which that client derives from the URI.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::future::{BoxFuture, FutureExt as _, Shared};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -47,7 +49,7 @@ impl Target {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum TransportError {
     #[error("cannot connect to {addr}: {reason}")]
     Connect { addr: String, reason: String },
@@ -84,12 +86,33 @@ impl Default for PoolOptions {
 
 type Key = (String, String);
 
+/// A connect in progress, shared by every request that wants the same
+/// peer meanwhile (one TLS handshake, not one per request).
+type Connecting = Shared<BoxFuture<'static, Result<SendRequest<OutBody>, TransportError>>>;
+
+/// `id` tells one connection (or connect) from a later one for the same
+/// key: an entry may be forgotten and a new connect started before an older
+/// request or connect settles, which must then leave the new one alone.
+enum Entry {
+    Ready { id: u64, send: SendRequest<OutBody> },
+    Connecting { id: u64, result: Connecting },
+}
+
+/// A connection handed to one request.
+struct Conn {
+    send: SendRequest<OutBody>,
+    id: u64,
+    /// It was pooled already (not made for this request or its burst).
+    reused: bool,
+}
+
 /// The pooled client. Cheap to clone (shared connections).
 #[derive(Clone)]
 pub struct Pool {
     config: Arc<rustls::ClientConfig>,
     opts: PoolOptions,
-    conns: Arc<Mutex<HashMap<Key, SendRequest<OutBody>>>>,
+    conns: Arc<Mutex<HashMap<Key, Entry>>>,
+    next_connect: Arc<AtomicU64>,
 }
 
 impl Pool {
@@ -99,6 +122,7 @@ impl Pool {
             config,
             opts,
             conns: Arc::default(),
+            next_connect: Arc::default(),
         }
     }
 
@@ -115,7 +139,7 @@ impl Pool {
         Ok(Pool::new(config, opts))
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Key, SendRequest<OutBody>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Entry>> {
         // The map holds only handles; a panic mid-update leaves it usable.
         self.conns.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -173,19 +197,84 @@ impl Pool {
         }
     }
 
-    /// The live connection to (addr, target), or a new one.
-    async fn conn(
-        &self,
-        addr: &str,
-        target: &Target,
-    ) -> Result<(SendRequest<OutBody>, bool), TransportError> {
+    /// The live connection to (addr, target), or a new one. Requests that
+    /// find no connection share one connect (single flight): a burst of
+    /// requests to a peer that just restarted makes one TLS handshake, and
+    /// all of them get its result, error included. The connect runs in its
+    /// own task, so it completes (and is pooled) even if every request that
+    /// wanted it is cancelled.
+    async fn conn(&self, addr: &str, target: &Target) -> Result<Conn, TransportError> {
         let key = (addr.to_string(), target.server_name());
-        if let Some(s) = self.lock().get(&key).filter(|s| !s.is_closed()).cloned() {
-            return Ok((s, true));
+        let (id, pending) = {
+            let mut conns = self.lock();
+            match conns.get(&key) {
+                Some(Entry::Ready { id, send }) if !send.is_closed() => {
+                    return Ok(Conn {
+                        send: send.clone(),
+                        id: *id,
+                        reused: true,
+                    })
+                }
+                Some(Entry::Connecting { id, result }) => (*id, result.clone()),
+                _ => {
+                    let id = self.next_connect.fetch_add(1, Ordering::Relaxed);
+                    let result = self.spawn_connect(key.clone(), id, target.clone());
+                    // Inserted before the task can take the lock to settle it.
+                    conns.insert(
+                        key,
+                        Entry::Connecting {
+                            id,
+                            result: result.clone(),
+                        },
+                    );
+                    (id, result)
+                }
+            }
+        };
+        pending.await.map(|send| Conn {
+            send,
+            id,
+            reused: false,
+        })
+    }
+
+    /// Connects in a task of its own; the task replaces its `Connecting`
+    /// entry with the connection, or removes it on failure (unless the entry
+    /// was forgotten or replaced meanwhile).
+    fn spawn_connect(&self, key: Key, id: u64, target: Target) -> Connecting {
+        let pool = self.clone();
+        let addr = key.0.clone();
+        let task = tokio::spawn(async move {
+            let result = pool.connect(&key.0, &target).await;
+            let mut conns = pool.lock();
+            if matches!(conns.get(&key), Some(Entry::Connecting { id: mine, .. }) if *mine == id) {
+                match &result {
+                    Ok(s) => {
+                        conns.insert(
+                            key,
+                            Entry::Ready {
+                                id,
+                                send: s.clone(),
+                            },
+                        );
+                    }
+                    Err(_) => {
+                        conns.remove(&key);
+                    }
+                }
+            }
+            result
+        });
+        async move {
+            task.await.unwrap_or_else(|e| {
+                Err(TransportError::Connect {
+                    addr,
+                    reason: format!("the connect task ended: {e}"),
+                })
+            })
         }
-        let s = self.connect(addr, target).await?;
-        self.lock().insert(key, s.clone());
-        Ok((s, false))
+        .boxed()
+        .shared()
     }
 
     /// The live HTTP/2 connection to (addr, target), or a new one, for a
@@ -196,18 +285,26 @@ impl Pool {
         addr: &str,
         target: &Target,
     ) -> Result<SendRequest<OutBody>, TransportError> {
-        self.conn(addr, target).await.map(|(s, _)| s)
+        self.conn(addr, target).await.map(|c| c.send)
     }
 
     /// Drops the pooled connection to (addr, target): the next request
-    /// connects anew.
+    /// connects anew. A connect in progress is left to finish.
     pub fn drop_connection(&self, addr: &str, target: &Target) {
-        self.forget(addr, target)
+        let mut conns = self.lock();
+        let key = (addr.to_string(), target.server_name());
+        if matches!(conns.get(&key), Some(Entry::Ready { .. })) {
+            conns.remove(&key);
+        }
     }
 
-    fn forget(&self, addr: &str, target: &Target) {
-        self.lock()
-            .remove(&(addr.to_string(), target.server_name()));
+    /// Drops the connection `id` if it is still the pooled one.
+    fn forget(&self, addr: &str, target: &Target, id: u64) {
+        let mut conns = self.lock();
+        let key = (addr.to_string(), target.server_name());
+        if matches!(conns.get(&key), Some(Entry::Ready { id: pooled, .. }) if *pooled == id) {
+            conns.remove(&key);
+        }
     }
 
     /// Sends one request (the URI is a path, e.g. `/v1/nodes`) and returns
@@ -222,15 +319,15 @@ impl Pool {
         req: hyper::Request<OutBody>,
         retry: Option<&(dyn Fn() -> hyper::Request<OutBody> + Send + Sync)>,
     ) -> Result<hyper::Response<Incoming>, TransportError> {
-        let (mut s, reused) = self.conn(addr, target).await?;
+        let mut c = self.conn(addr, target).await?;
         let req = with_authority(req, addr);
-        match self.send_on(&mut s, addr, req).await {
+        match self.send_on(&mut c.send, addr, req).await {
             Err(SendFailure::NotProcessed(e)) => {
-                self.forget(addr, target);
-                match (reused, retry) {
+                self.forget(addr, target, c.id);
+                match (c.reused, retry) {
                     (true, Some(rebuild)) => {
-                        let (mut s, _) = self.conn(addr, target).await?;
-                        self.send_on(&mut s, addr, with_authority(rebuild(), addr))
+                        let mut c = self.conn(addr, target).await?;
+                        self.send_on(&mut c.send, addr, with_authority(rebuild(), addr))
                             .await
                             .map_err(|f| f.into_error(addr))
                     }
@@ -238,8 +335,8 @@ impl Pool {
                 }
             }
             Err(f) => {
-                if s.is_closed() {
-                    self.forget(addr, target);
+                if c.send.is_closed() {
+                    self.forget(addr, target, c.id);
                 }
                 Err(f.into_error(addr))
             }

@@ -209,3 +209,49 @@ async fn a_foreign_ca_cert_fails_the_handshake_and_a_silent_client_is_cut() {
     );
     let _ = budget;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_requests_to_an_unconnected_peer_makes_one_connection() {
+    let ca = pki::create_ca("c1").unwrap();
+    let manager = node_certs(&ca, MANAGER, CertRole::Manager);
+    let worker = node_certs(&ca, WORKER, CertRole::Worker);
+    let (addr, _port, budget, _close) =
+        start_port("127.12.0.4", &manager, |_| {}, Duration::from_secs(5)).await;
+    // 32 requests at once find no connection: they share one connect. The
+    // handles are kept, so every connection made would still be open.
+    let pool = Pool::for_node(&worker, PoolOptions::default()).unwrap();
+    let conns =
+        futures::future::join_all((0..32).map(|_| pool.connection(&addr, &Target::Manager))).await;
+    let held: Vec<_> = conns.into_iter().map(|c| c.expect("connected")).collect();
+    assert_eq!(budget.open(), 1, "one TLS connection for the whole burst");
+    // And it is the pooled one: requests now use it.
+    let who: String = pool
+        .get_json(&addr, &Target::Manager, "/v1/blobs/x")
+        .await
+        .expect("a request on the pooled connection");
+    assert!(who.contains(WORKER), "{who}");
+    assert_eq!(budget.open(), 1);
+    drop(held);
+
+    // A burst to a port nobody listens on: every request gets the one
+    // connect's error, and the failure is not pooled (the next request tries
+    // again and fails the same way, not with a stale answer).
+    let closed = {
+        let l = tokio::net::TcpListener::bind("127.12.0.4:0").await.unwrap();
+        l.local_addr().unwrap().to_string()
+    };
+    let errors =
+        futures::future::join_all((0..16).map(|_| pool.connection(&closed, &Target::Manager)))
+            .await;
+    for e in errors {
+        match e {
+            Err(TransportError::Connect { addr, .. }) => assert_eq!(addr, closed),
+            Err(other) => panic!("unexpected error: {other}"),
+            Ok(_) => panic!("connected to a closed port"),
+        }
+    }
+    assert!(matches!(
+        pool.connection(&closed, &Target::Manager).await,
+        Err(TransportError::Connect { .. })
+    ));
+}

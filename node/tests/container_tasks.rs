@@ -564,3 +564,158 @@ async fn a_restarted_node_adopts_assigned_containers_and_removes_the_rest() {
     drop(tasks2);
     finish(&cfg).await;
 }
+
+/// A TCP proxy in front of the registry that forwards requests freely but
+/// answers only `limit` bytes per connection at full speed, then a byte
+/// every 500 ms (so manifests and configs pass and a layer download crawls
+/// without ever timing out, as behind a registry or link that stalls). Reports when a download stalled
+/// and when the client then closed that connection.
+struct StallingProxy {
+    addr: String,
+    stalled: Arc<std::sync::atomic::AtomicBool>,
+    closed_after_stall: Arc<std::sync::atomic::AtomicBool>,
+}
+
+async fn stalling_proxy(upstream: &str, limit: usize) -> StallingProxy {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.21.0.4:0")
+        .await
+        .expect("bind the proxy");
+    let addr = listener.local_addr().expect("addr").to_string();
+    let stalled = Arc::new(AtomicBool::new(false));
+    let closed_after_stall = Arc::new(AtomicBool::new(false));
+    let (s, c, up) = (
+        stalled.clone(),
+        closed_after_stall.clone(),
+        upstream.to_string(),
+    );
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(server) = tokio::net::TcpStream::connect(&up).await else {
+                continue;
+            };
+            let (mut cr, mut cw) = client.into_split();
+            let (mut sr, mut sw) = server.into_split();
+            let this_stalled = Arc::new(AtomicBool::new(false));
+            let (s1, t1) = (s.clone(), this_stalled.clone());
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 16 << 10];
+                let mut sent = 0;
+                while let Ok(n) = sr.read(&mut buf).await {
+                    if n == 0 {
+                        return;
+                    }
+                    // Up to the limit at once, then a byte every 500 ms: the
+                    // download neither ends nor times out.
+                    let fast = n.min(limit.saturating_sub(sent));
+                    if cw.write_all(&buf[..fast]).await.is_err() {
+                        return;
+                    }
+                    sent += fast;
+                    for byte in &buf[fast..n] {
+                        t1.store(true, Ordering::SeqCst);
+                        s1.store(true, Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        if cw.write_all(std::slice::from_ref(byte)).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+            let c1 = c.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 16 << 10];
+                loop {
+                    match cr.read(&mut buf).await {
+                        Ok(n) if n > 0 => {
+                            if sw.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                        _ => {
+                            if this_stalled.load(Ordering::SeqCst) {
+                                c1.store(true, Ordering::SeqCst);
+                            }
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    StallingProxy {
+        addr,
+        stalled,
+        closed_after_stall,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pull_no_task_waits_for_any_more_is_cancelled() {
+    use std::sync::atomic::Ordering;
+    if !prerequisites() {
+        return;
+    }
+    let reg = registry();
+    let proxy = stalling_proxy(reg, 64 << 10).await;
+    let cfg = config(4);
+    let images_tmp = ImageStore::open(cfg.root.parent().expect("data dir"))
+        .expect("image store")
+        .root()
+        .join("tmp");
+    let tasks = tasks(&cfg).await;
+    let runtime: Arc<dyn Runtime> = Arc::new(tasks.clone());
+    // Two replicas of one image share one pull, which stalls mid-layer.
+    let svc = service(
+        oci(&format!("{}/nginx:1.27", proxy.addr), false, &puller(&cfg)).await,
+        &[80],
+    );
+    let (tx, mut events) = mpsc::unbounded_channel();
+    let (a, b) = (id("ctr4a"), id("ctr4b"));
+    let ha = Supervisor::spawn(
+        a.clone(),
+        runtime.controller(&task(&a, 1), &svc).expect("controller"),
+        tx.clone(),
+    );
+    let hb = Supervisor::spawn(
+        b.clone(),
+        runtime.controller(&task(&b, 2), &svc).expect("controller"),
+        tx.clone(),
+    );
+    until("the layer download stalled", || {
+        proxy.stalled.load(Ordering::SeqCst)
+    })
+    .await;
+    assert_eq!(tasks.pull_count(), 1, "one pull for both replicas");
+    let unpacking = || std::fs::read_dir(&images_tmp).map_or(0, |d| d.count());
+    assert_eq!(unpacking(), 1, "the layer is being unpacked under tmp/");
+
+    // One replica removed: the other still waits, the pull goes on.
+    ha.stop(svc.spec.stop_grace(), Box::pin(async {}));
+    match next(&mut events, "the first replica stopped").await {
+        Event::Stopped { task_id } => assert_eq!(task_id, a),
+        _ => panic!("the first replica did not stop cleanly"),
+    }
+    assert!(
+        !proxy.closed_after_stall.load(Ordering::SeqCst),
+        "the pull was cancelled while a replica still waited for it"
+    );
+
+    // The last one removed: the download is abandoned (the registry sees
+    // the connection close; left alone it would crawl on for hours) and the
+    // half-unpacked layer is removed.
+    hb.stop(svc.spec.stop_grace(), Box::pin(async {}));
+    match next(&mut events, "the second replica stopped").await {
+        Event::Stopped { task_id } => assert_eq!(task_id, b),
+        _ => panic!("the second replica did not stop cleanly"),
+    }
+    until("the stalled download was closed", || {
+        proxy.closed_after_stall.load(Ordering::SeqCst)
+    })
+    .await;
+    until("the half-unpacked layer was removed", || unpacking() == 0).await;
+    drop(runtime);
+    drop(tasks);
+    finish(&cfg).await;
+}

@@ -470,16 +470,19 @@ impl Puller {
             .await
             .map_err(|e| self.map_err(e, r, "a layer"))?;
         let tmp = self.store.temp_dir()?;
-        let dest = tmp.path().to_path_buf();
         let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(16);
+        // The unpacker owns the directory it writes: if this pull is
+        // cancelled (its future dropped), the closed channel ends the
+        // unpack, and only then is the directory removed.
         let unpacker = tokio::task::spawn_blocking(move || {
-            unpack::unpack_layer(
+            let unpacked = unpack::unpack_layer(
                 ChannelReader {
                     rx,
                     buf: Bytes::new(),
                 },
-                &dest,
-            )
+                tmp.path(),
+            );
+            (tmp, unpacked)
         });
         let mut stream = sized.stream;
         let mut hasher = Sha256::new();
@@ -540,12 +543,11 @@ impl Puller {
                 actual,
             });
         }
-        let unpacked = unpacked
-            .map_err(|e| ImageError::BadLayer {
-                reference: r.to_string(),
-                detail: format!("unpacking stopped: {e}"),
-            })?
-            .map_err(|e| unpack_error(r, &desc.digest, e))?;
+        let (tmp, unpacked) = unpacked.map_err(|e| ImageError::BadLayer {
+            reference: r.to_string(),
+            detail: format!("unpacking stopped: {e}"),
+        })?;
+        let unpacked = unpacked.map_err(|e| unpack_error(r, &desc.digest, e))?;
         if unpacked.diff_id != diff_id {
             return Err(ImageError::DigestMismatch {
                 reference: r.to_string(),

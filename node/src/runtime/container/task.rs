@@ -53,13 +53,48 @@ const EXIT_LOG_CHARS: usize = 400;
 
 type Pull = Shared<BoxFuture<'static, Result<Arc<ImageInfo>, String>>>;
 
+/// One pull under way and how many tasks wait for it.
+struct Pulling {
+    /// Tells this pull from a later one of the same reference.
+    attempt: u64,
+    pull: Pull,
+    waiters: usize,
+    abort: tokio::task::AbortHandle,
+}
+
+/// A task waiting for a pull; the last one to stop waiting (its task was
+/// removed) before the pull ends cancels it.
+struct PullWaiter {
+    tasks: Arc<ContainerTasks>,
+    reference: String,
+    attempt: u64,
+}
+
+impl Drop for PullWaiter {
+    fn drop(&mut self) {
+        let mut pulling = lock(&self.tasks.pulling);
+        let Some(p) = pulling.get_mut(&self.reference) else {
+            return; // it ended and removed itself
+        };
+        if p.attempt != self.attempt {
+            return;
+        }
+        p.waiters -= 1;
+        if p.waiters == 0 {
+            p.abort.abort();
+            pulling.remove(&self.reference);
+            tracing::info!(image = %self.reference, "pull cancelled: no task waits for it any more");
+        }
+    }
+}
+
 /// Container tasks of one node: the runtime, the image puller, the pulls
 /// under way and the containers adopted after a restart.
 pub struct ContainerTasks {
     runtime: Arc<ContainerRuntime>,
     images: Arc<Puller>,
-    /// Pulls under way, per reference, with an attempt number.
-    pulling: Mutex<HashMap<String, (u64, Pull)>>,
+    /// Pulls under way, per reference.
+    pulling: Mutex<HashMap<String, Pulling>>,
     attempts: AtomicU64,
     /// Pulls that went to a registry (for logs and tests).
     pulls: AtomicU64,
@@ -126,31 +161,57 @@ impl ContainerTasks {
     }
 
     /// The image `reference` (pinned form when there is a digest): from the
-    /// store when it holds it, else pulled, one pull per reference at a time.
-    fn image(self: &Arc<Self>, reference: &str) -> Pull {
-        let mut pulling = lock(&self.pulling);
-        if let Some((_, p)) = pulling.get(reference) {
-            return p.clone();
-        }
-        let attempt = self.attempts.fetch_add(1, Ordering::Relaxed);
-        let (this, r) = (self.clone(), reference.to_string());
-        let handle = tokio::spawn(async move {
-            let result = this.get_or_pull(&r).await;
-            let mut pulling = lock(&this.pulling);
-            if pulling.get(&r).is_some_and(|(a, _)| *a == attempt) {
-                pulling.remove(&r);
+    /// store when it holds it, else pulled, one pull per reference at a time
+    /// however many tasks want it. The pull runs in its own task and is
+    /// cancelled when no task waits for it any more (each was removed or
+    /// scaled away): a node does not keep downloading an image nobody will
+    /// run. Layers already complete stay in the store for the next try.
+    async fn image(self: &Arc<Self>, reference: &str) -> Result<Arc<ImageInfo>, String> {
+        let (attempt, pull) = {
+            let mut pulling = lock(&self.pulling);
+            match pulling.get_mut(reference) {
+                Some(p) => {
+                    p.waiters += 1;
+                    (p.attempt, p.pull.clone())
+                }
+                None => {
+                    let attempt = self.attempts.fetch_add(1, Ordering::Relaxed);
+                    let (this, r) = (self.clone(), reference.to_string());
+                    let handle = tokio::spawn(async move {
+                        let result = this.get_or_pull(&r).await;
+                        let mut pulling = lock(&this.pulling);
+                        if pulling.get(&r).is_some_and(|p| p.attempt == attempt) {
+                            pulling.remove(&r);
+                        }
+                        result
+                    });
+                    let abort = handle.abort_handle();
+                    let pull = async move {
+                        handle.await.unwrap_or_else(|e| {
+                            Err(format!("pulling the image did not finish: {e}"))
+                        })
+                    }
+                    .boxed()
+                    .shared();
+                    pulling.insert(
+                        reference.to_string(),
+                        Pulling {
+                            attempt,
+                            pull: pull.clone(),
+                            waiters: 1,
+                            abort,
+                        },
+                    );
+                    (attempt, pull)
+                }
             }
-            result
-        });
-        let shared = async move {
-            handle
-                .await
-                .unwrap_or_else(|e| Err(format!("pulling the image panicked: {e}")))
-        }
-        .boxed()
-        .shared();
-        pulling.insert(reference.to_string(), (attempt, shared.clone()));
-        shared
+        };
+        let _waiting = PullWaiter {
+            tasks: self.clone(),
+            reference: reference.to_string(),
+            attempt,
+        };
+        pull.await
     }
 
     async fn get_or_pull(&self, reference: &str) -> Result<Arc<ImageInfo>, String> {

@@ -689,7 +689,10 @@ async fn a_pull_no_task_waits_for_any_more_is_cancelled() {
     .await;
     assert_eq!(tasks.pull_count(), 1, "one pull for both replicas");
     let unpacking = || std::fs::read_dir(&images_tmp).map_or(0, |d| d.count());
-    assert_eq!(unpacking(), 1, "the layer is being unpacked under tmp/");
+    until("the layer is being unpacked under tmp/", || {
+        unpacking() == 1
+    })
+    .await;
 
     // One replica removed: the other still waits, the pull goes on.
     ha.stop(svc.spec.stop_grace(), Box::pin(async {}));
@@ -697,10 +700,13 @@ async fn a_pull_no_task_waits_for_any_more_is_cancelled() {
         Event::Stopped { task_id } => assert_eq!(task_id, a),
         _ => panic!("the first replica did not stop cleanly"),
     }
+    // Longer than the node waits before abandoning a pull nobody awaits.
+    tokio::time::sleep(Duration::from_secs(4)).await;
     assert!(
         !proxy.closed_after_stall.load(Ordering::SeqCst),
         "the pull was cancelled while a replica still waited for it"
     );
+    assert_eq!(unpacking(), 1, "the layer is still being unpacked");
 
     // The last one removed: the download is abandoned (the registry sees
     // the connection close; left alone it would crawl on for hours) and the

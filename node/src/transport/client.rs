@@ -243,7 +243,7 @@ impl Pool {
     /// was forgotten or replaced meanwhile).
     fn spawn_connect(&self, key: Key, id: u64, target: Target) -> Connecting {
         let pool = self.clone();
-        let addr = key.0.clone();
+        let (addr, key_name) = key.clone();
         let task = tokio::spawn(async move {
             let result = pool.connect(&key.0, &target).await;
             let mut conns = pool.lock();
@@ -265,8 +265,15 @@ impl Pool {
             }
             result
         });
+        let (pool, key) = (self.clone(), (addr.clone(), key_name));
         async move {
             task.await.unwrap_or_else(|e| {
+                // It ended without settling its entry (a panic): drop the
+                // entry, so the next request connects anew.
+                let mut conns = pool.lock();
+                if matches!(conns.get(&key), Some(Entry::Connecting { id: mine, .. }) if *mine == id) {
+                    conns.remove(&key);
+                }
                 Err(TransportError::Connect {
                     addr,
                     reason: format!("the connect task ended: {e}"),

@@ -10,7 +10,9 @@
 //! Pulls are single-flight per image reference: three replicas of one image
 //! starting together pull it once (the first task's pull runs in its own
 //! tokio task; the others await the same attempt, failure included, and a
-//! task stopped while waiting does not cancel it for the others). An image
+//! task stopped while waiting does not cancel it for the others; when the
+//! last waiting task is gone and none came back within `PULL_ABANDON_AFTER`,
+//! the pull is aborted). An image
 //! already in the store (pulled before, or `image import`ed on an offline
 //! node) is not pulled again: a pinned digest names exactly one content.
 //!
@@ -80,13 +82,35 @@ impl Drop for PullWaiter {
             return;
         }
         p.waiters -= 1;
-        if p.waiters == 0 {
-            p.abort.abort();
-            pulling.remove(&self.reference);
-            tracing::info!(image = %self.reference, "pull cancelled: no task waits for it any more");
+        if p.waiters > 0 {
+            return;
         }
+        // A task replaced by another of the same image (scale 1 → 0 → 1,
+        // rm then create) may stop waiting just before the new one starts:
+        // give it a moment before abandoning the download.
+        let (tasks, reference, attempt) =
+            (self.tasks.clone(), self.reference.clone(), self.attempt);
+        drop(pulling);
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        rt.spawn(async move {
+            tokio::time::sleep(PULL_ABANDON_AFTER).await;
+            let mut pulling = lock(&tasks.pulling);
+            let Some(p) = pulling.get(&reference) else {
+                return;
+            };
+            if p.attempt == attempt && p.waiters == 0 {
+                p.abort.abort();
+                pulling.remove(&reference);
+                tracing::info!(image = %reference, "pull cancelled: no task waits for it any more");
+            }
+        });
     }
 }
+
+/// How long a pull nobody waits for goes on before it is aborted.
+const PULL_ABANDON_AFTER: Duration = Duration::from_secs(2);
 
 /// Container tasks of one node: the runtime, the image puller, the pulls
 /// under way and the containers adopted after a restart.
@@ -260,7 +284,8 @@ const ORPHAN_GRACE: Duration =
 /// Per-layer progress in the node's log: each layer's start and end.
 fn log_progress(r: &str, p: &Progress) {
     let layer = p.layer.strip_prefix("sha256:").unwrap_or(&p.layer);
-    let short = &layer[..layer.len().min(12)];
+    // The digest comes from the registry's manifest: cut by characters.
+    let short: String = layer.chars().take(12).collect();
     let n = p.index + 1;
     match &p.state {
         LayerState::AlreadyExists => {

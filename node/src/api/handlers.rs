@@ -17,7 +17,7 @@ use super::ApiError;
 use crate::identity::random_id;
 use crate::orchestrator::now_ms;
 use crate::runtime::wasm::HttpWorld;
-use crate::store::State;
+use crate::store::{Lookup, State};
 
 pub async fn info(st: &ApiState) -> Result<Response, ApiError> {
     let cluster = st.cluster.get();
@@ -353,10 +353,21 @@ fn not_found(key: &str) -> ApiError {
     ))
 }
 
+/// The service `key` names (ID, name or unique ID prefix), or the error a
+/// user reads: not found, or which prefix is ambiguous.
+pub(super) fn lookup_service<'a>(state: &'a State, key: &str) -> Result<&'a Service, ApiError> {
+    state.lookup_service(key).map_err(|e| match e {
+        Lookup::NotFound => not_found(key),
+        Lookup::Ambiguous { matches } => ApiError::bad_request(format!(
+            "service {key} is ambiguous ({matches} matches found); use more of the ID or the name"
+        )),
+    })
+}
+
 pub fn service(st: &ApiState, key: &str) -> Result<Response, ApiError> {
     let cluster = st.cluster()?;
     let state = cluster.store.read();
-    let s = state.find_service(key).ok_or_else(|| not_found(key))?;
+    let s = lookup_service(&state, key)?;
     Ok(json(200, &service_view(&state, s)))
 }
 
@@ -626,10 +637,7 @@ fn allocate_ports(
 /// The ID of the service `key` names (name, ID or unique ID prefix).
 fn service_id(cluster: &crate::daemon::Cluster, key: &str) -> Result<String, ApiError> {
     let state = cluster.store.read();
-    state
-        .find_service(key)
-        .map(|s| s.id.clone())
-        .ok_or_else(|| not_found(key))
+    lookup_service(&state, key).map(|s| s.id.clone())
 }
 
 /// Whether this request's `Idempotency-Key` names a write the swarm has
@@ -673,7 +681,7 @@ pub async fn scale_service(st: &ApiState, key: &str, body: Incoming) -> Result<R
 pub fn service_tasks(st: &ApiState, key: &str, query: &str) -> Result<Response, ApiError> {
     let cluster = st.cluster()?;
     let state = cluster.store.read();
-    let s = state.find_service(key).ok_or_else(|| not_found(key))?;
+    let s = lookup_service(&state, key)?;
     let only_running = query.split('&').any(|kv| kv == "desired-state=running");
     Ok(json(200, &task_views(&state, s, only_running)))
 }
@@ -728,7 +736,7 @@ pub async fn service_status(st: &ApiState, key: &str, query: &str) -> Result<Res
     }
     let version = cluster.raft.applied_index();
     let state = cluster.store.read();
-    let s = state.find_service(key).ok_or_else(|| not_found(key))?;
+    let s = lookup_service(&state, key)?;
     Ok(json(
         200,
         &ServiceStatus {

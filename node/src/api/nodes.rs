@@ -7,6 +7,8 @@ use hyper::body::Incoming;
 use swarmlet_proto::api::{NodeAvailabilityRequest, NodeGossip, NodeRoleRequest, NodeView};
 use swarmlet_proto::{Command, Node, NodeRole};
 
+use crate::store::Lookup;
+
 use super::server::{body_json, json, ApiState, Response};
 use super::ApiError;
 use crate::daemon::Cluster;
@@ -70,11 +72,15 @@ pub fn list(st: &ApiState) -> Result<Response, ApiError> {
 }
 
 fn find(cluster: &Cluster, key: &str) -> Result<Node, ApiError> {
-    cluster.store.read().find_node(key).cloned().ok_or_else(|| {
-        ApiError::not_found(format!(
+    match cluster.store.read().lookup_node(key) {
+        Ok(n) => Ok(n.clone()),
+        Err(Lookup::NotFound) => Err(ApiError::not_found(format!(
             "node {key} not found; \"swarmlet node ls\" lists the nodes"
-        ))
-    })
+        ))),
+        Err(Lookup::Ambiguous { matches }) => Err(ApiError::bad_request(format!(
+            "node {key} is ambiguous ({matches} matches found); use the node's ID (\"swarmlet node ls\" lists them)"
+        ))),
+    }
 }
 
 pub fn inspect(st: &ApiState, key: &str) -> Result<Response, ApiError> {

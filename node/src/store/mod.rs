@@ -9,7 +9,7 @@
 pub mod entry;
 mod state;
 
-pub use state::{State, StoreError};
+pub use state::{Lookup, State, StoreError};
 
 use std::sync::{RwLock, RwLockReadGuard};
 

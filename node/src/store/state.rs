@@ -90,17 +90,22 @@ impl State {
     /// Looks a service up by exact ID, exact name, or unique ID prefix, as
     /// docker does.
     pub fn find_service(&self, key: &str) -> Option<&Service> {
+        self.lookup_service(key).ok()
+    }
+
+    /// A service by exact ID, name (names are unique) or unique ID prefix;
+    /// a prefix of two IDs is ambiguous.
+    pub fn lookup_service(&self, key: &str) -> Result<&Service, Lookup> {
         if let Some(s) = self.services.get(key) {
-            return Some(s);
+            return Ok(s);
         }
         if let Some(s) = self.services.values().find(|s| s.spec.name == key) {
-            return Some(s);
+            return Ok(s);
         }
-        let mut prefixed = self.services.values().filter(|s| s.id.starts_with(key));
-        match (prefixed.next(), prefixed.next()) {
-            (Some(s), None) if !key.is_empty() => Some(s),
-            _ => None,
-        }
+        unique_prefix(
+            key,
+            self.services.values().filter(|s| s.id.starts_with(key)),
+        )
     }
 
     /// A fresh service ID that does not start with any existing service's
@@ -379,20 +384,47 @@ impl State {
     }
 
     /// Looks a node up by exact ID, hostname, or unique ID prefix, as
-    /// docker's `node inspect/rm/promote` do.
-    pub fn find_node(&self, key: &str) -> Option<&Node> {
+    /// docker's `node inspect/rm/promote` do: a hostname two nodes share,
+    /// or a prefix of two IDs, is ambiguous (never the first match; edge
+    /// devices often share a hostname such as `raspberrypi`).
+    pub fn lookup_node(&self, key: &str) -> Result<&Node, Lookup> {
         if let Some(n) = self.nodes.get(key) {
-            return Some(n);
+            return Ok(n);
         }
-        let mut named = self.nodes.values().filter(|n| n.hostname == key);
-        if let (Some(n), None) = (named.next(), named.next()) {
-            return Some(n);
+        let named: Vec<&Node> = self.nodes.values().filter(|n| n.hostname == key).collect();
+        match named.len() {
+            1 => return Ok(named[0]),
+            0 => {}
+            matches => return Err(Lookup::Ambiguous { matches }),
         }
-        let mut prefixed = self.nodes.values().filter(|n| n.id.starts_with(key));
-        match (prefixed.next(), prefixed.next()) {
-            (Some(n), None) if !key.is_empty() => Some(n),
-            _ => None,
-        }
+        unique_prefix(key, self.nodes.values().filter(|n| n.id.starts_with(key)))
+    }
+
+    pub fn find_node(&self, key: &str) -> Option<&Node> {
+        self.lookup_node(key).ok()
+    }
+}
+
+/// Why a name, ID or ID prefix found no single object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lookup {
+    NotFound,
+    /// It names (or prefixes the IDs of) this many.
+    Ambiguous {
+        matches: usize,
+    },
+}
+
+/// The one item among `prefixed`, if exactly one and `key` is not empty.
+fn unique_prefix<'a, T>(key: &str, prefixed: impl Iterator<Item = &'a T>) -> Result<&'a T, Lookup> {
+    if key.is_empty() {
+        return Err(Lookup::NotFound);
+    }
+    let found: Vec<&T> = prefixed.collect();
+    match found.len() {
+        0 => Err(Lookup::NotFound),
+        1 => Ok(found[0]),
+        matches => Err(Lookup::Ambiguous { matches }),
     }
 }
 
@@ -538,7 +570,62 @@ mod tests {
         assert_eq!(st.find_service("abd2").map(|s| s.id.as_str()), Some("abd2"));
         assert_eq!(st.find_service("abc").map(|s| s.id.as_str()), Some("abc1"));
         assert!(st.find_service("ab").is_none(), "ambiguous prefix");
+        assert_eq!(
+            st.lookup_service("ab").map(|s| s.id.as_str()),
+            Err(Lookup::Ambiguous { matches: 2 })
+        );
         assert!(st.find_service("").is_none());
+    }
+
+    #[test]
+    fn a_shared_hostname_or_id_prefix_is_ambiguous_never_the_first_match() {
+        let mut st = State::default();
+        for (id, hostname) in [
+            ("12a0fc01", "n3"),
+            ("7b01", "12a"),
+            ("7c02", "12a"),
+            ("9d03", "pi"),
+        ] {
+            st.nodes.insert(
+                id.into(),
+                Node {
+                    id: id.into(),
+                    raft_id: 1,
+                    hostname: hostname.into(),
+                    role: swarmlet_proto::NodeRole::Worker,
+                    availability: swarmlet_proto::Availability::Active,
+                    addr: "127.0.0.1:2377".into(),
+                    created_at_ms: 0,
+                    status: Default::default(),
+                    port_problems: vec![],
+                },
+            );
+        }
+        // Two nodes are called "12a": ambiguous, not the node whose ID
+        // happens to start with it.
+        assert_eq!(
+            st.lookup_node("12a").map(|n| n.id.as_str()),
+            Err(Lookup::Ambiguous { matches: 2 })
+        );
+        assert_eq!(st.lookup_node("n3").map(|n| n.id.as_str()), Ok("12a0fc01"));
+        assert_eq!(
+            st.lookup_node("12a0").map(|n| n.id.as_str()),
+            Ok("12a0fc01")
+        );
+        assert_eq!(st.lookup_node("7b01").map(|n| n.id.as_str()), Ok("7b01"));
+        assert_eq!(
+            st.lookup_node("7").map(|n| n.id.as_str()),
+            Err(Lookup::Ambiguous { matches: 2 })
+        );
+        assert_eq!(st.lookup_node("pi").map(|n| n.id.as_str()), Ok("9d03"));
+        assert_eq!(
+            st.lookup_node("zz").map(|n| n.id.as_str()),
+            Err(Lookup::NotFound)
+        );
+        assert_eq!(
+            st.lookup_node("").map(|n| n.id.as_str()),
+            Err(Lookup::NotFound)
+        );
     }
 
     #[test]

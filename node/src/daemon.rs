@@ -97,6 +97,26 @@ pub async fn start_cluster(
     start_manager(st, bootstrap, &[]).await
 }
 
+/// A manager removed from the swarm while it was down (`node rm` on a Down
+/// node) comes back with a raft log that still lists it, and would run the
+/// replicas it had (already replaced elsewhere). Its peers refuse it with
+/// `REMOVED_HEADER`; it then does what `leave --force` does: forgets the
+/// swarm and restarts out of it, stopping those replicas, as Docker's
+/// removed nodes do.
+async fn leave_when_removed(removed: Arc<tokio::sync::Notify>, data_dir: std::path::PathBuf) {
+    removed.notified().await;
+    match crate::roles::forget_swarm(&data_dir) {
+        Ok(()) => crate::roles::restart_daemon(
+            "this node was removed from the swarm (\"swarmlet node rm\" while it was away); \
+             it leaves the swarm: join again with a token to take part",
+        ),
+        Err(e) => tracing::error!(
+            "this node was removed from the swarm but cannot forget it ({e}); \
+             run \"swarmlet leave --force\" and join again"
+        ),
+    }
+}
+
 /// `start_cluster`, also for a manager that joined and has no log yet
 /// (`peers`: the managers its join answer named; it then waits for the
 /// leader to send it the log).
@@ -120,7 +140,9 @@ pub async fn start_manager(
     for p in peers {
         book.set(p.raft_id, p.addr.clone());
     }
-    let link = RaftLink::new(st.cluster_port.clone(), book.clone());
+    let removed = Arc::new(tokio::sync::Notify::new());
+    let link = RaftLink::new(st.cluster_port.clone(), book.clone(), removed.clone());
+    tokio::spawn(leave_when_removed(removed, st.data_dir.clone()));
     let (handle, raft_task) = raft::start(
         RaftConfig {
             id: st.identity.raft_id,

@@ -258,3 +258,62 @@ fn the_demoted_leader_hands_over_and_becomes_a_worker() {
     let err = old.fails(&["service", "ls"]);
     assert!(err.contains("manager"), "{err}");
 }
+
+#[test]
+fn a_manager_removed_while_down_leaves_the_swarm_when_it_comes_back() {
+    let mut swarm = Swarm::start("rmmgr", 3, 0);
+    // One replica on every node (spread), each node publishing the port.
+    swarm.managers[0].create("spread", "hello", &["--replicas", "3", "-p", "8080:80"]);
+    let victim = if swarm.leader() == 2 { 1 } else { 2 };
+    let name = swarm.managers[victim].name.clone();
+    let keep = if victim == 0 { 1 } else { 0 };
+    eventually("a replica answering on the victim", || {
+        match swarm.managers[victim].get(8080, "/") {
+            Ok((200, body)) if body.contains("hello") => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    });
+    swarm.managers[victim].kill9();
+    wait_status(&swarm.managers[keep], &name, "Down");
+    // Removed while it is down (a Down node needs no --force).
+    let out = swarm.managers[keep].ok(&["node", "rm", &name]);
+    assert!(out.contains(&name), "{out}");
+    eventually("its replica replaced on the other two", || {
+        let out = swarm.managers[keep].ok(&["service", "ls"]);
+        if out.contains("3/3") {
+            Ok(())
+        } else {
+            Err(out)
+        }
+    });
+
+    // Back on its old data dir: its raft log still lists it as a manager
+    // with a replica. Its peers refuse it as removed, and it leaves.
+    swarm.managers[victim].spawn();
+    let v = &swarm.managers[victim];
+    v.wait_until("the removed manager to leave the swarm", || {
+        v.log().contains("this node was removed from the swarm")
+    });
+    eventually("the removed manager out of any swarm", || {
+        let out = v.cli(&["service", "ls"]);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        if !out.status.success() && err.contains("not a swarm manager") {
+            Ok(())
+        } else {
+            Err(format!("{out:?}"))
+        }
+    });
+    // Its stale replica no longer serves; the swarm still has 2 nodes and
+    // 3 replicas.
+    eventually("nothing served on the removed node's port", || {
+        match v.get(8080, "/") {
+            Err(_) => Ok(()),
+            Ok(r) => Err(format!("still answered: {r:?}")),
+        }
+    });
+    let rows = node_rows(&swarm.managers[keep]).expect("node ls");
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert!(rows.iter().all(|r| r.hostname != name), "{rows:?}");
+    let out = swarm.managers[keep].ok(&["service", "ls"]);
+    assert!(out.contains("3/3"), "{out}");
+}

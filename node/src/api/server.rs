@@ -281,7 +281,14 @@ pub async fn route_cluster(state: Arc<ApiState>, req: hyper::Request<Incoming>) 
     let path = req.uri().path().to_string();
     if let Err(f) = state.cluster_port.check(&peer, &method, &path) {
         tracing::debug!(%method, %path, ?peer, "cluster port: forbidden");
-        return json(403, &ErrorBody { message: f.0 });
+        let mut r = json(403, &ErrorBody { message: f.0 });
+        if state.cluster_port.is_removed_peer(&peer) {
+            r.headers_mut().insert(
+                crate::transport::REMOVED_HEADER,
+                http::HeaderValue::from_static("true"),
+            );
+        }
+        return r;
     }
     let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
     let result = match (&method, segs.as_slice()) {

@@ -33,6 +33,7 @@ pub struct RaftLink {
     port: Arc<ClusterPort>,
     book: Arc<AddressBook>,
     queues: Mutex<HashMap<u64, mpsc::Sender<Vec<Message>>>>,
+    removed: Arc<tokio::sync::Notify>,
 }
 
 impl crate::raft::RaftTransport for RaftLink {
@@ -42,11 +43,19 @@ impl crate::raft::RaftTransport for RaftLink {
 }
 
 impl RaftLink {
-    pub fn new(port: Arc<ClusterPort>, book: Arc<AddressBook>) -> Arc<RaftLink> {
+    /// `removed` is notified when a manager refuses this node's messages
+    /// because the swarm removed it (`REMOVED_HEADER`): a manager removed
+    /// while it was down learns it on its first messages after a restart.
+    pub fn new(
+        port: Arc<ClusterPort>,
+        book: Arc<AddressBook>,
+        removed: Arc<tokio::sync::Notify>,
+    ) -> Arc<RaftLink> {
         Arc::new(RaftLink {
             port,
             book,
             queues: Mutex::default(),
+            removed,
         })
     }
 
@@ -54,7 +63,13 @@ impl RaftLink {
         let mut queues = self.queues.lock().unwrap_or_else(|e| e.into_inner());
         let tx = queues.entry(to).or_insert_with(|| {
             let (tx, rx) = mpsc::channel(QUEUE);
-            tokio::spawn(sender(to, rx, self.port.clone(), self.book.clone()));
+            tokio::spawn(sender(
+                to,
+                rx,
+                self.port.clone(),
+                self.book.clone(),
+                self.removed.clone(),
+            ));
             tx
         });
         if tx.try_send(msgs).is_err() {
@@ -68,6 +83,7 @@ async fn sender(
     mut rx: mpsc::Receiver<Vec<Message>>,
     port: Arc<ClusterPort>,
     book: Arc<AddressBook>,
+    removed: Arc<tokio::sync::Notify>,
 ) {
     let mut failing = false;
     while let Some(mut batch) = rx.recv().await {
@@ -104,6 +120,13 @@ async fn sender(
                     tracing::info!(to, %addr, "raft peer reachable again");
                     failing = false;
                 }
+            }
+            Ok(r) if r.headers().contains_key(crate::transport::REMOVED_HEADER) => {
+                // The peer proved it is a manager (TLS, `Target::Manager`),
+                // and the set of removed nodes it checked only grows by
+                // committed raft entries.
+                tracing::error!(to, %addr, "a manager says the swarm removed this node");
+                removed.notify_one();
             }
             Ok(r) => {
                 tracing::warn!(to, %addr, status = %r.status(), "raft peer refused messages");

@@ -93,6 +93,12 @@ impl ClusterPort {
         self.revoked.store(Arc::new(node_ids));
     }
 
+    /// Whether `peer` is a node the swarm removed (its 403s then carry
+    /// `REMOVED_HEADER`, so the node itself can tell it was removed).
+    pub fn is_removed_peer(&self, peer: &Peer) -> bool {
+        matches!(peer, Peer::Node { node_id, .. } if self.is_revoked(node_id))
+    }
+
     pub fn is_revoked(&self, node_id: &str) -> bool {
         self.revoked.load().contains(node_id)
     }
@@ -136,6 +142,10 @@ impl ClusterPort {
         authorize(peer, method, path)
     }
 }
+
+/// Set (to "true") on the 403 a removed node's requests get: a manager that
+/// was removed while it was down learns from it that it is out of the swarm.
+pub const REMOVED_HEADER: &str = "swarmlet-node-removed";
 
 /// A refused request: the message says who may call it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -518,6 +518,21 @@ async fn converge(c: &Client, id: &str) -> anyhow::Result<()> {
         };
         let status: ServiceStatus = c.get(&path).await?;
         version = Some(status.version);
+        // As docker's progress display: tasks on a Down node are not waited
+        // for (they cannot report stopping; their slots run elsewhere).
+        let down: std::collections::HashSet<String> = c
+            .get::<Vec<NodeView>>("/v1/nodes")
+            .await
+            .map(|nodes| {
+                nodes
+                    .into_iter()
+                    .filter(|n| n.status == "Down")
+                    .map(|n| n.node.id)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let on_live_node =
+            |t: &&TaskView| t.task.node_id.as_ref().is_none_or(|n| !down.contains(n));
         let (svc, tasks) = (status.service, status.tasks);
         let desired = svc.service.spec.replicas;
         let mut lines = Vec::new();
@@ -551,6 +566,7 @@ async fn converge(c: &Client, id: &str) -> anyhow::Result<()> {
         }
         let stopping = tasks
             .iter()
+            .filter(on_live_node)
             .filter(|t| {
                 t.task.desired_state == DesiredState::Shutdown && !t.task.state.is_terminal()
             })
@@ -559,6 +575,7 @@ async fn converge(c: &Client, id: &str) -> anyhow::Result<()> {
         // told to stop (right after a scale-down): not converged either.
         let surplus = tasks
             .iter()
+            .filter(on_live_node)
             .filter(|t| {
                 t.task.slot > desired
                     && t.task.desired_state == DesiredState::Running

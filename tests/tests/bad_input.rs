@@ -176,6 +176,37 @@ fn guest_faults_fail_only_their_own_request() {
     assert_eq!(node.get(8081, "/ok").unwrap().0, 200);
     assert_serving(&node);
     assert!(node.ok(&["service", "ls"]).contains("1/1"));
+
+    // Anyone who reaches the port can make it trap on every request: the
+    // node's log about the service stays within its budget (a burst of 50
+    // lines, then 10 a second), says how many lines it dropped, and the
+    // guest's own stderr (its panic message) only appears tagged with the
+    // service, never as a raw line.
+    for _ in 0..300 {
+        assert_eq!(node.get(8081, "/trap").unwrap().0, 500);
+    }
+    node.wait_until("the dropped lines counted in the log", || {
+        node.log()
+            .contains("log lines about this service were dropped")
+    });
+    let log = node.log();
+    let about: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("wasm request failed") || l.contains("stderr:"))
+        .collect();
+    // Each trap makes at least 2 lines (the failure and the guest's panic).
+    assert!(
+        about.len() < 600,
+        "{} lines for 301 trapping requests",
+        about.len()
+    );
+    for l in log.lines().filter(|l| l.contains("panicked at")) {
+        assert!(
+            l.contains("stderr:") && l.contains("service=faulty"),
+            "a guest line in the log untagged: {l}"
+        );
+    }
+    assert!(about.iter().any(|l| l.contains("stderr:")), "{log}");
 }
 
 #[test]

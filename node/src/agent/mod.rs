@@ -458,6 +458,7 @@ impl Agent {
                     egress: Default::default(),
                     instance_reuse: 0,
                     instance_concurrency: 0,
+                    log: crate::runtime::wasm::LogBudget::of_service(&l.service_name),
                 },
             };
             entry.list.push(Backend::LocalWasm {

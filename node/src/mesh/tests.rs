@@ -55,6 +55,7 @@ fn local(task_id: &str, name: &str) -> Backend {
             egress: Default::default(),
             instance_reuse: 0,
             instance_concurrency: 0,
+            log: crate::runtime::wasm::LogBudget::of_service("hello"),
         }),
         task_id: task_id.to_string(),
     }

@@ -54,6 +54,8 @@ pub struct ServiceSettings {
     /// `--instance-concurrency`: requests one (WASIp3) instance serves at
     /// the same time (0 and 1: one).
     pub instance_concurrency: u32,
+    /// Lines per second the service's guests and failures may log.
+    pub log: Arc<super::LogBudget>,
 }
 
 impl ServiceSettings {
@@ -70,6 +72,7 @@ impl ServiceSettings {
             egress: Arc::new(egress),
             instance_reuse: spec.instance_reuse,
             instance_concurrency: spec.instance_concurrency,
+            log: super::LogBudget::of_service(&spec.name),
         }
     }
 }
@@ -181,7 +184,11 @@ pub(super) fn new_store(
 ) -> Store<Host> {
     let wasi = WasiCtx::builder()
         .env("SWARMLET_TASK_NAME", replica)
-        .inherit_stderr()
+        .stderr(super::guest_log::GuestStderr {
+            service: settings.service.clone(),
+            replica: replica.into(),
+            budget: settings.log.clone(),
+        })
         .build();
     let mut store = Store::new(
         engine,
@@ -329,7 +336,7 @@ impl P2App {
                     Ok(Err(f)) => f,
                     Err(e) => GuestFailure::Failed(format!("guest task aborted: {e}")),
                 };
-                failure.respond(replica)
+                failure.respond(settings, replica)
             }
         }
     }
@@ -340,7 +347,8 @@ impl P2App {
 pub(super) fn describe(e: &wasmtime::Error) -> String {
     tracing::debug!("guest error: {e:?}");
     match e.downcast_ref::<wasmtime::Trap>() {
-        Some(trap) => format!("wasm trap: {trap}"),
+        // A trap's own text starts "wasm trap: ".
+        Some(trap) => trap.to_string(),
         None => e.to_string(),
     }
 }
@@ -360,8 +368,17 @@ pub(super) enum GuestFailure {
 impl GuestFailure {
     /// The client's answer for a guest that did not answer (logged once):
     /// 504 for a timeout, 503 when the node had no room, else 500.
-    pub(super) fn respond(self, replica: &str) -> hyper::Response<Body> {
-        tracing::warn!(%replica, "wasm request failed: {self}");
+    pub(super) fn respond(
+        self,
+        settings: &ServiceSettings,
+        replica: &str,
+    ) -> hyper::Response<Body> {
+        super::guest_log::warn(
+            &settings.log,
+            &settings.service,
+            replica,
+            format_args!("wasm request failed: {self}"),
+        );
         let status = match self {
             GuestFailure::TimedOut(_) => 504,
             GuestFailure::OverBudget | GuestFailure::NodeFull(_) => 503,

@@ -150,7 +150,7 @@ impl P3App {
             }
             Err(_) => GuestFailure::TimedOut(self.timeout),
         };
-        failure.respond(replica)
+        failure.respond(settings, replica)
     }
 }
 
@@ -264,6 +264,7 @@ impl HandlerState for Replica {
             },
             state: Worker {
                 service: self.settings.service.clone(),
+                log: self.settings.log.clone(),
                 concurrency,
                 total,
                 timeout: self.timeout,
@@ -328,6 +329,7 @@ impl WorkerExpiration for Expiry {
 /// One instance's `WorkerState`.
 struct Worker {
     service: Arc<str>,
+    log: Arc<super::LogBudget>,
     concurrency: usize,
     total: usize,
     timeout: Duration,
@@ -380,7 +382,12 @@ impl WorkerState for Worker {
             Err(e) if e.is::<wasmtime::Trap>() => {
                 tracing::debug!("guest error: {e:?}");
                 let trap = e.downcast_ref::<wasmtime::Trap>().map(|t| t.to_string());
-                tracing::warn!(service = %self.service, "wasm instance trapped: {}", trap.unwrap_or_default())
+                super::guest_log::warn(
+                    &self.log,
+                    &self.service,
+                    "",
+                    format_args!("wasm instance trapped: {}", trap.unwrap_or_default()),
+                )
             }
             // Expired (timed out), or its host side failed.
             Err(e) => tracing::debug!(service = %self.service, "wasm instance ended: {e:#}"),

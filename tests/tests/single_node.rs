@@ -250,4 +250,40 @@ fn a_retried_write_with_the_same_key_applies_once() {
     assert!(other.contains("already in use"), "{other}");
     let bad = post("not a key");
     assert!(bad.starts_with("HTTP/1.1 400"), "{bad}");
+
+    // The same key on another request is not taken for a retry: never a
+    // made-up success for a write that was not done.
+    let raw = |head: &str, body: &str| {
+        node.api_raw(
+            format!(
+                "{head} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nIdempotency-Key: retry-me-1\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        )
+    };
+    let c = body.replace(r#""name":"b""#, r#""name":"c""#);
+    let create_c = raw("POST /v1/services", &c);
+    assert!(create_c.starts_with("HTTP/1.1 422"), "{create_c}");
+    assert!(create_c.contains("different request"), "{create_c}");
+    assert!(node
+        .fails(&["service", "inspect", "c"])
+        .contains("not found"));
+    // Another route with that key is another key: this scale is applied,
+    // and its retry answers the same; the same key with another count is
+    // refused.
+    let scale = raw("POST /v1/services/b/scale", r#"{"replicas":2}"#);
+    assert!(scale.starts_with("HTTP/1.1 200"), "{scale}");
+    let retry = raw("POST /v1/services/b/scale", r#"{"replicas":2}"#);
+    assert!(retry.starts_with("HTTP/1.1 200"), "{retry}");
+    let other = raw("POST /v1/services/b/scale", r#"{"replicas":3}"#);
+    assert!(other.starts_with("HTTP/1.1 422"), "{other}");
+    let inspect: serde_json::Value =
+        serde_json::from_str(&node.ok(&["service", "inspect", "b"])).unwrap();
+    assert_eq!(inspect[0]["service"]["spec"]["replicas"], 2);
+    let rm = raw("DELETE /v1/services/a", "");
+    assert!(rm.starts_with("HTTP/1.1 200"), "{rm}");
+    assert!(node
+        .fails(&["service", "inspect", "a"])
+        .contains("not found"));
 }

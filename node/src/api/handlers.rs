@@ -520,13 +520,16 @@ pub async fn create_service(st: &ApiState, body: Incoming) -> Result<Response, A
         .await?;
     let state = cluster.store.read();
     // A client's retry (same Idempotency-Key) made no new service: answer
-    // with the one its first attempt created.
-    let created = state
+    // with the one its first attempt created. A key first used to create
+    // another service made nothing: say so, never a made-up success.
+    match state
         .services
         .get(&service.id)
         .or_else(|| state.find_service(&service.spec.name))
-        .unwrap_or(&service);
-    Ok(json(201, &service_view(&state, created)))
+    {
+        Some(created) => Ok(json(201, &service_view(&state, created))),
+        None => Err(key_reused()),
+    }
 }
 
 /// A wasm service's checks and its image: the uploaded component, which
@@ -640,6 +643,14 @@ fn service_id(cluster: &crate::daemon::Cluster, key: &str) -> Result<String, Api
     lookup_service(&state, key).map(|s| s.id.clone())
 }
 
+/// A client reused an `Idempotency-Key` for a different request.
+fn key_reused() -> ApiError {
+    ApiError::new(
+        422,
+        "this Idempotency-Key was already used for a different request; send a new key with each request (the same key only to retry that request)",
+    )
+}
+
 /// Whether this request's `Idempotency-Key` names a write the swarm has
 /// applied already (the client is retrying it).
 fn replayed(cluster: &crate::daemon::Cluster) -> bool {
@@ -667,6 +678,16 @@ pub async fn scale_service(st: &ApiState, key: &str, body: Incoming) -> Result<R
     let req: ScaleRequest = body_json(body).await?;
     check_replicas(req.replicas)?;
     let id = service_id(cluster, key)?;
+    if replayed(cluster) {
+        // A retry answers as the first attempt did; the same key with
+        // another count is another request.
+        let state = cluster.store.read();
+        let s = state.services.get(&id).ok_or_else(|| not_found(key))?;
+        if s.spec.replicas != req.replicas {
+            return Err(key_reused());
+        }
+        return Ok(json(200, &service_view(&state, s)));
+    }
     cluster
         .propose_once(Command::ScaleService {
             service_id: id.clone(),

@@ -134,8 +134,10 @@ async fn route(state: Arc<ApiState>, req: hyper::Request<Incoming>) -> Response 
     let path = req.uri().path().to_string();
     let query = req.uri().query().unwrap_or("").to_string();
     let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
+    // A key names one request: the same key on another route is another
+    // key (a create's key reused for a delete must not answer "done").
     let key = match client_key(&req) {
-        Ok(k) => k,
+        Ok(k) => k.map(|k| format!("{k} {method} {path}")),
         Err(e) => return error_response(e),
     };
     let body = req.into_body();

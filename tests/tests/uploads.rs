@@ -391,3 +391,36 @@ fn names_that_no_service_can_have_are_refused_before_anything_is_sent() {
     assert!(blob_files(&node).is_empty(), "{:?}", blob_files(&node));
     assert_eq!(node.ok(&["service", "ls"]).lines().count(), 1);
 }
+
+#[test]
+fn a_trickling_upload_loses_its_slot_after_the_grace() {
+    let node = Node::start("n1");
+    node.ok(&["init"]);
+    // A byte every second: never idle long enough for the idle timeout,
+    // but far below the least rate once the 10 s grace is over.
+    let mut s = connect(&node);
+    write!(
+        s,
+        "POST /v1/blobs HTTP/1.1\r\nHost: swarmlet\r\nContent-Length: 1000000\r\n\r\n"
+    )
+    .unwrap();
+    s.write_all(COMPONENT_HEADER).unwrap();
+    let mut reader = s.try_clone().expect("clone the socket");
+    let answer = std::thread::spawn(move || read_answer(&mut reader));
+    let mut sent = 0;
+    while !answer.is_finished() && sent < 40 {
+        std::thread::sleep(Duration::from_secs(1));
+        if s.write_all(b"x").is_err() {
+            break;
+        }
+        sent += 1;
+    }
+    let a = answer.join().expect("answer");
+    assert_eq!(a.status, 408, "{}", a.body);
+    assert!(a.body.contains("too slow"), "{}", a.body);
+    node.wait_until("the partial upload removed", || {
+        blob_files(&node).is_empty()
+    });
+    let a = upload(&node, &std::fs::read(guest("hello")).unwrap());
+    assert_eq!(a.status, 201, "{}", a.body);
+}

@@ -199,10 +199,6 @@ fn parse_advertise(a: &str, default_port: u16) -> Result<SocketAddr, ApiError> {
 const LINGER: std::time::Duration = std::time::Duration::from_secs(10);
 const LINGER_BYTES: u64 = 1 << 30;
 
-/// How long an upload may send nothing before it is given up (its slot is
-/// one of few: a stalled client must not hold it forever).
-const UPLOAD_IDLE: std::time::Duration = std::time::Duration::from_secs(30);
-
 /// `POST /v1/blobs`: the body is streamed to a temp file while it is hashed
 /// (see `blobs`), checked, validated as a component and only then stored;
 /// the answer comes after the blob is durable.
@@ -236,29 +232,23 @@ async fn receive_blob(st: &ApiState, body: &mut Incoming) -> Result<Response, Ap
     });
     // On any early return the writer's result is dropped, which removes
     // its temp file.
+    let mut pace = super::upload::Pace::start();
     loop {
         let next = tokio::select! {
-            next = tokio::time::timeout(UPLOAD_IDLE, body.frame()) => next,
+            next = tokio::time::timeout(super::upload::UPLOAD_IDLE, body.frame()) => next,
             // The writer refused the upload (junk, too large, disk full):
             // answer now, not when the client sends its next bytes.
             _ = tx.closed() => break,
         };
         match next {
-            Err(_) => {
-                return Err(ApiError::new(
-                    408,
-                    format!(
-                        "the upload sent nothing for {}s; send it again",
-                        UPLOAD_IDLE.as_secs()
-                    ),
-                ))
-            }
+            Err(_) => return Err(super::upload::Pace::idle()),
             Ok(None) => break,
             Ok(Some(Err(e))) => {
                 return Err(ApiError::bad_request(format!("reading the upload: {e}")));
             }
             Ok(Some(Ok(frame))) => {
                 if let Ok(data) = frame.into_data() {
+                    pace.add(data.len())?;
                     if tx.send(data).await.is_err() {
                         break; // the writer refused the upload
                     }

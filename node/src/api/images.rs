@@ -19,9 +19,6 @@ use super::ApiError;
 use crate::body::Body;
 use crate::image::{ImageInfo, ImageRef, LayerState, Platform, Progress};
 
-/// How long an import upload may send nothing before it is given up.
-const UPLOAD_IDLE: std::time::Duration = std::time::Duration::from_secs(30);
-
 pub fn summary(i: &ImageInfo) -> ImageSummary {
     ImageSummary {
         id: i.id.clone(),
@@ -145,17 +142,10 @@ pub async fn import(st: &ApiState, mut body: Incoming) -> Result<Response, ApiEr
         .await
         .map_err(|e| image_error(crate::image::ImageError::disk("create", &path, e)))?;
     let mut written = 0u64;
+    let mut pace = super::upload::Pace::start();
     loop {
-        let frame = match tokio::time::timeout(UPLOAD_IDLE, body.frame()).await {
-            Err(_) => {
-                return Err(ApiError::new(
-                    408,
-                    format!(
-                        "the upload sent nothing for {}s; send it again",
-                        UPLOAD_IDLE.as_secs()
-                    ),
-                ))
-            }
+        let frame = match tokio::time::timeout(super::upload::UPLOAD_IDLE, body.frame()).await {
+            Err(_) => return Err(super::upload::Pace::idle()),
             Ok(None) => break,
             Ok(Some(Err(e))) => {
                 return Err(ApiError::bad_request(format!("reading the upload: {e}")))
@@ -163,6 +153,7 @@ pub async fn import(st: &ApiState, mut body: Incoming) -> Result<Response, ApiEr
             Ok(Some(Ok(f))) => f,
         };
         if let Ok(data) = frame.into_data() {
+            pace.add(data.len())?;
             written += data.len() as u64;
             if written > limit {
                 return Err(too_large());

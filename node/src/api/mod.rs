@@ -14,6 +14,7 @@ pub mod logs;
 mod nodes;
 mod peers;
 mod server;
+mod upload;
 
 pub use error::ApiError;
 pub use server::route_cluster;

@@ -28,7 +28,10 @@ pub struct InitResponse {
 pub struct InfoResponse {
     pub node_id: String,
     pub hostname: String,
+    /// In a swarm: a manager, or a worker that joined one.
     pub swarm_active: bool,
+    #[serde(default)]
+    pub is_manager: bool,
     pub is_leader: bool,
     pub cluster_id: Option<String>,
     pub api_addr: String,

@@ -188,10 +188,20 @@ fn a_worker_leaves_and_joins_again() {
     assert!(err.contains("last manager"), "{err}");
     assert!(err.contains("--force"), "{err}");
 
+    // A joined worker is in a swarm, as a worker (docker info's words).
+    let info = w.ok(&["info"]);
+    assert!(
+        info.contains("Swarm: active") && info.contains("Is Manager: false"),
+        "{info}"
+    );
     let out = w.ok(&["leave"]);
     assert!(out.contains("left the swarm"), "{out}");
     let err = w.fails(&["service", "ls"]);
     assert!(err.contains("not a swarm manager"), "{err}");
+    w.wait_until("the worker out of the swarm in info", || {
+        w.cli(&["info"]).status.success()
+            && String::from_utf8_lossy(&w.cli(&["info"]).stdout).contains("Swarm: inactive")
+    });
     wait_status(m, &w.name, "Down");
     // Leaving twice: nothing to leave.
     let err = w.fails(&["leave"]);

@@ -21,14 +21,19 @@ use crate::store::{Lookup, State};
 
 pub async fn info(st: &ApiState) -> Result<Response, ApiError> {
     let cluster = st.cluster.get();
+    // A worker has no store: what it joined says which swarm.
+    let joined = st.joined.get();
     Ok(json(
         200,
         &InfoResponse {
             node_id: st.identity.node_id.clone(),
             hostname: st.identity.hostname.clone(),
-            swarm_active: cluster.is_some(),
+            swarm_active: cluster.is_some() || joined.is_some(),
+            is_manager: cluster.is_some(),
             is_leader: cluster.map(|c| c.raft.is_leader()).unwrap_or(false),
-            cluster_id: cluster.and_then(|c| c.store.read().cluster_id.clone()),
+            cluster_id: cluster
+                .and_then(|c| c.store.read().cluster_id.clone())
+                .or_else(|| joined.map(|j| j.cluster_id.clone())),
             api_addr: st.api_addr.to_string(),
             engine: Some(engine_info(st.runtime.settings())),
             gossip: gossip_info(st),

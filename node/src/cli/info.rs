@@ -28,7 +28,10 @@ fn render(i: &InfoResponse) -> String {
     if i.swarm_active {
         out += "Swarm: active\n";
         out += &format!(" Cluster ID: {}\n", i.cluster_id.as_deref().unwrap_or("-"));
-        out += &format!(" Is Leader: {}\n", i.is_leader);
+        out += &format!(" Is Manager: {}\n", i.is_manager);
+        if i.is_manager {
+            out += &format!(" Is Leader: {}\n", i.is_leader);
+        }
     } else {
         out += "Swarm: inactive\n";
     }

@@ -263,3 +263,68 @@ fn memory_limit_fails_only_the_greedy_request() {
         assert!(err.contains(says), "--limit-memory {limit}: {err}");
     }
 }
+
+/// A daemon started with a `--publish-addr` this machine does not have
+/// (192.0.2.1, TEST-NET-1): publishing a port says so, not "in use".
+#[test]
+fn a_publish_address_this_machine_lacks_is_named_as_the_problem() {
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let dir = std::env::temp_dir().join(format!("swarmlet-e2e-{}-pubaddr", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let _daemon = Kill(
+        std::process::Command::new(swarmlet_e2e::swarmlet_bin())
+            .args(["daemon", "--data-dir"])
+            .arg(&dir)
+            .args([
+                "--listen-addr",
+                "127.0.77.1:2377",
+                "--publish-addr",
+                "192.0.2.1",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start the daemon"),
+    );
+    let sock = format!("unix://{}", dir.join("swarmlet.sock").display());
+    let cli = |args: &[&str]| {
+        std::process::Command::new(swarmlet_e2e::swarmlet_bin())
+            .args(["-H", &sock])
+            .args(args)
+            .output()
+            .expect("run the CLI")
+    };
+    let mut ready = false;
+    for _ in 0..600 {
+        if cli(&["init"]).status.success() {
+            ready = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(ready, "the daemon never took init");
+    let hello = guest("hello");
+    let out = cli(&[
+        "service",
+        "create",
+        "--name",
+        "x",
+        "-p",
+        "9100:80",
+        hello.to_str().expect("path"),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("192.0.2.1") && err.contains("not an address of this machine"),
+        "{err}"
+    );
+    drop(_daemon);
+    let _ = std::fs::remove_dir_all(&dir);
+}

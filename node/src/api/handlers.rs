@@ -606,6 +606,12 @@ fn allocate_ports(
                     )));
                 }
                 if let Some(e) = port_taken(st, port) {
+                    if e.kind() == std::io::ErrorKind::AddrNotAvailable {
+                        return Err(ApiError::conflict(format!(
+                            "this node cannot listen on its publish address {}: it is not an address of this machine ({e}); start the daemon with a --publish-addr this machine has",
+                            st.publish_ip()
+                        )));
+                    }
                     return Err(ApiError::conflict(format!(
                         "port {port} is already in use on this node by another process ({e}); stop it or choose another published port"
                     )));
